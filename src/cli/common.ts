@@ -1,0 +1,176 @@
+/** What every command shares: exit codes, error printing, key files, sizes, progress. */
+import { readFile } from "node:fs/promises";
+import { CommanderError } from "commander";
+import { type ImageKey, parseImageKey } from "../crypto/image-key.js";
+import { DadiError, type ErrorCode, fromSystemError } from "../errors.js";
+
+/** Exit codes, documented in docs/cli.md. */
+export const EXIT = {
+	ok: 0,
+	internal: 1,
+	usage: 2,
+	input: 3,
+	format: 4,
+	integrity: 5,
+	key: 6,
+	io: 7,
+} as const;
+
+export function exitCodeFor(code: ErrorCode): number {
+	switch (code) {
+		case "USAGE":
+			return EXIT.usage;
+		case "INPUT_NOT_FOUND":
+		case "INPUT_INVALID":
+		case "OUTPUT_EXISTS":
+		case "OUT_OF_RANGE":
+			return EXIT.input;
+		case "FORMAT_INVALID":
+		case "FORMAT_UNSUPPORTED":
+		case "LAYOUT_INVALID":
+			return EXIT.format;
+		case "AUTH_FAILED":
+		case "DIGEST_MISMATCH":
+		case "LAYER_MISMATCH":
+			return EXIT.integrity;
+		case "KEY_INVALID":
+		case "KEY_MISMATCH":
+			return EXIT.key;
+		case "IO":
+			return EXIT.io;
+		default:
+			return EXIT.internal;
+	}
+}
+
+/** Runs a command's action; prints a one-line error and sets the exit code on failure. */
+export async function runAction(
+	prog: string,
+	json: boolean,
+	fn: () => Promise<void>,
+): Promise<void> {
+	try {
+		await fn();
+	} catch (e) {
+		const err =
+			e instanceof DadiError
+				? e
+				: new DadiError(
+						"INTERNAL",
+						`unexpected error: ${(e as Error)?.stack ?? String(e)}`,
+					);
+		if (json)
+			process.stdout.write(
+				`${JSON.stringify({ ok: false, error: { code: err.code, message: err.message } })}\n`,
+			);
+		process.stderr.write(`${prog}: error: ${err.message} [${err.code}]\n`);
+		process.exitCode = exitCodeFor(err.code);
+	}
+}
+
+/** Parses argv with commander, mapping its usage errors to exit code 2. */
+export async function runProgram(
+	program: import("commander").Command,
+	argv: string[],
+): Promise<void> {
+	program.exitOverride();
+	program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+	try {
+		await program.parseAsync(argv);
+	} catch (e) {
+		if (e instanceof CommanderError) {
+			process.exitCode = e.exitCode === 0 ? EXIT.ok : EXIT.usage;
+			return;
+		}
+		throw e;
+	}
+}
+
+export async function readKeyFile(path: string): Promise<ImageKey> {
+	let text: string;
+	try {
+		text = await readFile(path, "utf8");
+	} catch (e) {
+		const err = fromSystemError(e, path, "reading the key file");
+		if (err.code === "INPUT_NOT_FOUND")
+			throw new DadiError(
+				"INPUT_NOT_FOUND",
+				`${path}: key file not found; create one with 'dadi-seal keygen --out ${path}'`,
+			);
+		throw err;
+	}
+	return parseImageKey(text, path);
+}
+
+/** "65536", "64k", "64KiB", "1M" → bytes. */
+export function parseSize(text: string, what: string): number {
+	const m = /^(\d+)\s*(k|kb|kib|m|mb|mib)?$/i.exec(text.trim());
+	if (!m)
+		throw new DadiError(
+			"USAGE",
+			`${what}: "${text}" is not a size (e.g. 65536, 64k, 1M)`,
+		);
+	const unit = (m[2] ?? "").toLowerCase();
+	const mult = unit.startsWith("k")
+		? 1024
+		: unit.startsWith("m")
+			? 1024 * 1024
+			: 1;
+	return Number(m[1]) * mult;
+}
+
+export function formatBytes(n: number): string {
+	const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+	let v = n;
+	let u = 0;
+	while (v >= 1024 && u < units.length - 1) {
+		v /= 1024;
+		u++;
+	}
+	return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/**
+ * Progress on stderr: a rewritten line on a terminal (at most 5 a second), otherwise one line per
+ * 25% so logs stay short. Silent with --quiet.
+ */
+export class Progress {
+	#last = 0;
+	#lastStep = -1;
+	#phase = "";
+	readonly #tty = Boolean(process.stderr.isTTY);
+
+	constructor(private readonly enabled: boolean) {}
+
+	update(phase: string, done: number, total: number): void {
+		if (!this.enabled || total <= 0) return;
+		const pct = Math.min(100, Math.floor((done / total) * 100));
+		if (this.#tty) {
+			const now = Date.now();
+			if (now - this.#last < 200 && done < total && phase === this.#phase)
+				return;
+			this.#last = now;
+			this.#phase = phase;
+			process.stderr.write(
+				`\r${phase}: ${pct}% (${formatBytes(done)} / ${formatBytes(total)})\x1b[K`,
+			);
+		} else {
+			const step = Math.floor(pct / 25);
+			if (phase === this.#phase && step === this.#lastStep) return;
+			this.#phase = phase;
+			this.#lastStep = step;
+			process.stderr.write(
+				`${phase}: ${pct}% (${formatBytes(done)} / ${formatBytes(total)})\n`,
+			);
+		}
+	}
+
+	done(): void {
+		if (this.enabled && this.#tty && this.#phase !== "")
+			process.stderr.write("\r\x1b[K");
+	}
+}
+
+export function printJson(v: unknown): void {
+	process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+}

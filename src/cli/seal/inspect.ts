@@ -1,0 +1,44 @@
+import type { Command } from "commander";
+import { DadiError } from "../../errors.js";
+import { summarize } from "../../image/inspect.js";
+import { loadSealedImage } from "../../image/open-image.js";
+import { parseReference } from "../../oci/reference.js";
+import { formatBytes, printJson, runAction } from "../common.js";
+
+export function inspectCommand(program: Command): void {
+	program
+		.command("inspect")
+		.description(
+			"show a sealed image's public facts: layers, sizes, chunk counts (no key needed, nothing secret shown)",
+		)
+		.argument("<REF>", "oci:DIR[:TAG] or oci:DIR@sha256:…")
+		.option("--json", "print as JSON")
+		.action(async (refText: string, opts: { json?: boolean }) =>
+			runAction("dadi-seal inspect", Boolean(opts.json), async () => {
+				const ref = parseReference(refText);
+				if (ref.transport !== "oci")
+					throw new DadiError(
+						"USAGE",
+						`"${refText}": inspect reads oci:DIR[:TAG]`,
+					);
+				const s = summarize(await loadSealedImage(ref));
+				if (opts.json) {
+					printJson({ ok: true, ...s });
+					return;
+				}
+				const lines = [
+					`image     ${refText}`,
+					`manifest  ${s.manifestDigest}`,
+					`disk      ${formatBytes(s.virtualSize)} (${s.virtualSize} bytes), ${s.fsType}, chunk size ${formatBytes(s.chunkSize)}`,
+					`crypto    ${s.suite}, key ${s.keyId} at ${s.keyRef}`,
+					`stored    ${formatBytes(s.storedBytes)} in ${s.layers.length} layer(s), ${((s.storedBytes / s.virtualSize) * 100).toFixed(1)}% of the virtual size`,
+					"layers (bottom first):",
+					...s.layers.map(
+						(l, i) =>
+							`  ${i}  ${l.digest.slice(0, 19)}…  ${formatBytes(l.size).padStart(10)}  ${String(l.storedChunks).padStart(8)} stored  ${String(l.zeroChunks).padStart(6)} zero  ${l.compression}`,
+					),
+				];
+				process.stdout.write(`${lines.join("\n")}\n`);
+			}),
+		);
+}

@@ -1,0 +1,144 @@
+/**
+ * Opening a sealed image from an OCI image layout: manifest and config checked against their
+ * digests, the config's MAC checked under the image key, layer keys unwrapped, layers opened and
+ * merged into one virtual disk.
+ */
+
+import { checkConfigMac } from "../crypto/config-auth.js";
+import type { ImageKey } from "../crypto/image-key.js";
+import { unwrapLayerKey } from "../crypto/keywrap.js";
+import { DadiError } from "../errors.js";
+import type { Descriptor } from "../oci/digest.js";
+import { OciLayout, parseJson } from "../oci/layout.js";
+import { parseSealedManifest, type SealedManifest } from "../oci/manifest.js";
+import { ANNOTATION_LAYER_ID } from "../oci/media-types.js";
+import type { Reference } from "../oci/reference.js";
+import { parseSealedConfig, type SealedConfig } from "../oci/sealed-config.js";
+import { SealedLayer } from "../storage/sealed-layer.js";
+import type { RangeSource } from "../storage/source.js";
+import { VirtualDisk } from "../storage/virtual-disk.js";
+
+export interface SealedImageRef {
+	layout: OciLayout;
+	manifestDesc: Descriptor;
+	manifest: SealedManifest;
+	config: SealedConfig;
+	configBytes: Buffer;
+}
+
+/** Reads and checks manifest and config; needs no key. */
+export async function loadSealedImage(ref: Reference): Promise<SealedImageRef> {
+	if (ref.transport !== "oci")
+		throw new DadiError(
+			"USAGE",
+			"a sealed image is read from an oci: reference",
+		);
+	const layout = await OciLayout.open(ref.dir);
+	const manifestDesc = await layout.resolve(ref);
+	const manifestBytes = await layout.readBlob(manifestDesc, "manifest");
+	const manifest = parseSealedManifest(
+		parseJson(manifestBytes, "manifest"),
+		"manifest",
+	);
+	const configBytes = await layout.readBlob(manifest.config, "sealed config");
+	const config = parseSealedConfig(parseJson(configBytes, "sealed config"));
+	if (config.layers.length !== manifest.layers.length)
+		throw new DadiError(
+			"LAYOUT_INVALID",
+			"manifest and sealed config list different numbers of layers",
+		);
+	config.layers.forEach((l, i) => {
+		const d = manifest.layers[i] as Descriptor;
+		if (d.digest !== l.digest || d.size !== l.size)
+			throw new DadiError(
+				"LAYOUT_INVALID",
+				`manifest layer ${i} is not the layer the sealed config names`,
+			);
+		const ann = d.annotations?.[ANNOTATION_LAYER_ID];
+		if (ann !== undefined && ann !== l.layerId)
+			throw new DadiError(
+				"LAYOUT_INVALID",
+				`manifest layer ${i} annotation names another layer id`,
+			);
+	});
+	return { layout, manifestDesc, manifest, config, configBytes };
+}
+
+/** Checks that `key` is the image's key and that the config is authentic under it. */
+export function authenticateConfig(image: SealedImageRef, key: ImageKey): void {
+	if (key.kid !== image.config.key.kid)
+		throw new DadiError(
+			"KEY_MISMATCH",
+			`the image was sealed for key ${image.config.key.kid}, but the key given is ${key.kid}`,
+		);
+	checkConfigMac(key.key, image.config);
+}
+
+/** Unwraps every layer's key (after authenticateConfig). */
+export function unwrapLayerKeys(
+	image: SealedImageRef,
+	key: ImageKey,
+): Buffer[] {
+	return image.config.layers.map((l) =>
+		unwrapLayerKey(
+			key.key,
+			Buffer.from(l.layerId, "hex"),
+			Buffer.from(l.wrappedKey, "base64url"),
+		),
+	);
+}
+
+export interface OpenedImage extends SealedImageRef {
+	disk: VirtualDisk;
+	layerKeys: Buffer[];
+	close(): Promise<void>;
+}
+
+/** Opens the image for reading with its key: every layer's header, trailer and index checked. */
+export async function openSealedImage(
+	ref: Reference,
+	key: ImageKey,
+): Promise<OpenedImage> {
+	const image = await loadSealedImage(ref);
+	authenticateConfig(image, key);
+	const layerKeys = unwrapLayerKeys(image, key);
+	const sources: RangeSource[] = [];
+	try {
+		const layers: SealedLayer[] = [];
+		for (const [i, l] of image.config.layers.entries()) {
+			const src = await image.layout.openBlob(
+				image.manifest.layers[i] as Descriptor,
+				`layer ${i}`,
+			);
+			sources.push(src);
+			layers.push(
+				await SealedLayer.open(src, layerKeys[i] as Buffer, {
+					layerId: Buffer.from(l.layerId, "hex"),
+					chunkSize: image.config.chunkSize,
+					virtualSize: l.virtualSize,
+				}),
+			);
+			const opened = layers[i] as SealedLayer;
+			if (
+				opened.storedChunks !== l.storedChunks ||
+				opened.zeroChunks !== l.zeroChunks
+			)
+				throw new DadiError(
+					"LAYER_MISMATCH",
+					`layer ${i}: its index does not match the chunk counts in the sealed config`,
+				);
+		}
+		const disk = new VirtualDisk(layers);
+		return {
+			...image,
+			disk,
+			layerKeys,
+			close: async () => {
+				await Promise.all(sources.map((s) => s.close()));
+			},
+		};
+	} catch (e) {
+		await Promise.all(sources.map((s) => s.close().catch(() => {})));
+		throw e;
+	}
+}

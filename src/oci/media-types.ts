@@ -1,0 +1,12 @@
+/** Media types: the OCI ones we read and write, and dadi's own for sealed content. */
+export const OCI_LAYOUT_VERSION = "1.0.0";
+export const MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json";
+export const MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+export const MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json";
+
+export const MT_SEALED_CONFIG = "application/vnd.dadi.image.config.v1+json";
+export const MT_SEALED_LAYER = "application/vnd.dadi.image.layer.v1.sealed";
+export const ARTIFACT_TYPE = "application/vnd.dadi.image.v1";
+
+export const ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name";
+export const ANNOTATION_LAYER_ID = "io.dadi.layer.id";

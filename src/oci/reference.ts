@@ -1,0 +1,55 @@
+/**
+ * Image references in skopeo's transport syntax: `oci:DIR[:TAG]` or `oci:DIR@sha256:…` for an OCI
+ * image layout, `raw:FILE` for a raw disk image.
+ */
+import { DadiError } from "../errors.js";
+import { DIGEST_RE } from "./digest.js";
+
+export type Reference =
+	| { transport: "oci"; dir: string; tag?: string; digest?: string }
+	| { transport: "raw"; path: string };
+
+const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
+
+export function parseReference(text: string): Reference {
+	const colon = text.indexOf(":");
+	if (colon < 1)
+		throw new DadiError(
+			"USAGE",
+			`"${text}": expected a transport prefix, e.g. oci:DIR:TAG or raw:FILE`,
+		);
+	const transport = text.slice(0, colon);
+	const rest = text.slice(colon + 1);
+	if (rest === "")
+		throw new DadiError("USAGE", `"${text}": nothing after "${transport}:"`);
+	if (transport === "raw") return { transport: "raw", path: rest };
+	if (transport !== "oci")
+		throw new DadiError(
+			"USAGE",
+			`"${text}": unknown transport "${transport}" (this build knows oci: and raw:)`,
+		);
+	const at = rest.lastIndexOf("@");
+	if (at > 0 && DIGEST_RE.test(rest.slice(at + 1)))
+		return {
+			transport: "oci",
+			dir: rest.slice(0, at),
+			digest: rest.slice(at + 1),
+		};
+	const last = rest.lastIndexOf(":");
+	if (last > 0) {
+		const tag = rest.slice(last + 1);
+		if (!TAG_RE.test(tag))
+			throw new DadiError(
+				"USAGE",
+				`"${text}": "${tag}" is not a valid tag (letters, digits, _ . -; at most 128)`,
+			);
+		return { transport: "oci", dir: rest.slice(0, last), tag };
+	}
+	return { transport: "oci", dir: rest };
+}
+
+export function formatReference(r: Reference): string {
+	if (r.transport === "raw") return `raw:${r.path}`;
+	if (r.digest) return `oci:${r.dir}@${r.digest}`;
+	return r.tag ? `oci:${r.dir}:${r.tag}` : `oci:${r.dir}`;
+}

@@ -1,0 +1,154 @@
+/**
+ * One sealed layer opened for reading: trailer, header and index fetched, checked and decrypted
+ * once; chunks then authenticated and decrypted on demand. Pure logic over a RangeSource.
+ */
+
+import { LayerCipher } from "../crypto/layer-cipher.js";
+import { authFailed, DadiError } from "../errors.js";
+import { type ChunkCodec, createCodec } from "../format/codec.js";
+import {
+	COMPRESSION_NAMES,
+	chunkCountOf,
+	EXTENT_COMPRESSED,
+	HEADER_SIZE,
+	TRAILER_SIZE,
+} from "../format/constants.js";
+import {
+	decodeExtents,
+	type Extent,
+	isZeroExtent,
+	storedOffsetOf,
+} from "../format/extents.js";
+import { decodeHeader, type LayerHeader } from "../format/header.js";
+import {
+	decodeTrailer,
+	indexLengthOf,
+	indexOffsetOf,
+	type LayerTrailer,
+} from "../format/trailer.js";
+import type { RangeSource } from "./source.js";
+
+export interface LayerExpectation {
+	/** The layer id the image config names; a different one is LAYER_MISMATCH. */
+	layerId: Buffer;
+	chunkSize: number;
+	virtualSize: number;
+}
+
+export class SealedLayer {
+	readonly chunkSize: number;
+	readonly chunkCount: number;
+	readonly #cipher: LayerCipher;
+	readonly #codec: ChunkCodec | null;
+
+	private constructor(
+		readonly source: RangeSource,
+		readonly header: LayerHeader,
+		readonly trailer: LayerTrailer,
+		readonly extents: readonly Extent[],
+		cipher: LayerCipher,
+	) {
+		this.chunkSize = 2 ** header.chunkShift;
+		this.chunkCount = chunkCountOf(header.virtualSize, this.chunkSize);
+		this.#cipher = cipher;
+		this.#codec = createCodec(COMPRESSION_NAMES[header.compression] ?? "none");
+	}
+
+	/** Opens a layer: two small reads (head and tail), then the index; all checked before use. */
+	static async open(
+		source: RangeSource,
+		layerKey: Buffer,
+		expect: LayerExpectation,
+	): Promise<SealedLayer> {
+		const where = source.name;
+		if (source.size < HEADER_SIZE + TRAILER_SIZE)
+			throw new DadiError(
+				"FORMAT_INVALID",
+				`${where}: too small to be a sealed layer (${source.size} bytes)`,
+			);
+		const headBytes = await source.read(0, HEADER_SIZE);
+		const header = decodeHeader(headBytes);
+		const trailerBytes = await source.read(
+			source.size - TRAILER_SIZE,
+			TRAILER_SIZE,
+		);
+		const trailer = decodeTrailer(trailerBytes, source.size);
+		if (!header.layerId.equals(expect.layerId))
+			throw new DadiError(
+				"LAYER_MISMATCH",
+				`${where}: this blob is layer ${header.layerId.toString("hex").slice(0, 16)}…, the image expects ${expect.layerId.toString("hex").slice(0, 16)}…`,
+			);
+		const chunkSize = 2 ** header.chunkShift;
+		if (
+			chunkSize !== expect.chunkSize ||
+			header.virtualSize !== expect.virtualSize
+		)
+			throw new DadiError(
+				"LAYER_MISMATCH",
+				`${where}: chunk size or virtual size differs from the image config`,
+			);
+		const cipher = new LayerCipher(layerKey, header.layerId, chunkSize);
+		const stored = await source.read(
+			indexOffsetOf(trailer),
+			indexLengthOf(trailer),
+		);
+		const plain = cipher.openIndex(
+			stored,
+			Buffer.concat([headBytes, trailerBytes]),
+		);
+		const extents = decodeExtents(plain, {
+			chunkCount: chunkCountOf(header.virtualSize, chunkSize),
+			chunkSize,
+			dataLength: trailer.dataLength,
+			compressionAllowed: header.compression !== 0,
+		});
+		return new SealedLayer(source, header, trailer, extents, cipher);
+	}
+
+	/** Turns stored bytes of one chunk into its plaintext (authenticate, decrypt, decompress). */
+	decodeChunk(extent: Extent, chunk: number, stored: Buffer): Buffer {
+		const plain = this.#cipher.openChunk(chunk, stored, extent.flags);
+		if ((extent.flags & EXTENT_COMPRESSED) === 0) return plain;
+		if (this.#codec === null) throw authFailed(`chunk ${chunk}`);
+		const out = Buffer.allocUnsafe(this.chunkSize);
+		this.#codec.decompress(plain, out);
+		return out;
+	}
+
+	/**
+	 * Plaintext of `n` consecutive chunks of one data extent starting at `chunk`, with one read of
+	 * their stored bytes.
+	 */
+	async readRun(extent: Extent, chunk: number, n: number): Promise<Buffer[]> {
+		if (isZeroExtent(extent))
+			throw new DadiError("INTERNAL", "readRun on a zero extent");
+		if (chunk < extent.first || chunk + n > extent.first + extent.count)
+			throw new DadiError("INTERNAL", "readRun outside its extent");
+		const stored = await this.source.read(
+			storedOffsetOf(extent, chunk),
+			n * extent.storedLength,
+		);
+		const out: Buffer[] = new Array(n);
+		for (let i = 0; i < n; i++) {
+			const s = stored.subarray(
+				i * extent.storedLength,
+				(i + 1) * extent.storedLength,
+			);
+			out[i] = this.decodeChunk(extent, chunk + i, s);
+		}
+		return out;
+	}
+
+	/** Number of stored (data) chunks. */
+	get storedChunks(): number {
+		let n = 0;
+		for (const e of this.extents) if (!isZeroExtent(e)) n += e.count;
+		return n;
+	}
+
+	get zeroChunks(): number {
+		let n = 0;
+		for (const e of this.extents) if (isZeroExtent(e)) n += e.count;
+		return n;
+	}
+}

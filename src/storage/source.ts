@@ -1,0 +1,90 @@
+/**
+ * The one small interface every storage layer is written against: random reads of a byte range.
+ * File today; HTTP range requests, caches and peers wrap or replace it later.
+ */
+import { type FileHandle, open } from "node:fs/promises";
+import { DadiError, fromSystemError } from "../errors.js";
+
+export interface RangeSource {
+	/** What the bytes are, for error messages (a path or a digest). */
+	readonly name: string;
+	readonly size: number;
+	/** Exactly `length` bytes at `offset`, or an error; never a short buffer. */
+	read(offset: number, length: number): Promise<Buffer>;
+	close(): Promise<void>;
+}
+
+export class FileSource implements RangeSource {
+	private constructor(
+		readonly name: string,
+		readonly size: number,
+		private readonly fh: FileHandle,
+	) {}
+
+	static async open(path: string, name = path): Promise<FileSource> {
+		let fh: FileHandle;
+		try {
+			fh = await open(path, "r");
+		} catch (e) {
+			throw fromSystemError(e, path, "opening for reading");
+		}
+		const st = await fh.stat();
+		if (!st.isFile() && !st.isBlockDevice()) {
+			await fh.close();
+			throw new DadiError("INPUT_INVALID", `${path}: not a regular file`);
+		}
+		return new FileSource(name, st.size, fh);
+	}
+
+	async read(offset: number, length: number): Promise<Buffer> {
+		if (offset < 0 || length < 0 || offset + length > this.size)
+			throw new DadiError(
+				"FORMAT_INVALID",
+				`${this.name}: read of ${length} bytes at ${offset} is past its end (${this.size} bytes)`,
+			);
+		const buf = Buffer.allocUnsafe(length);
+		let done = 0;
+		while (done < length) {
+			const { bytesRead } = await this.fh.read(
+				buf,
+				done,
+				length - done,
+				offset + done,
+			);
+			if (bytesRead === 0)
+				throw new DadiError(
+					"FORMAT_INVALID",
+					`${this.name}: file shrank while reading (short read at ${offset + done})`,
+				);
+			done += bytesRead;
+		}
+		return buf;
+	}
+
+	async close(): Promise<void> {
+		await this.fh.close();
+	}
+}
+
+/** A source over bytes in memory (tests, small blobs). */
+export class BufferSource implements RangeSource {
+	constructor(
+		readonly name: string,
+		private readonly bytes: Buffer,
+	) {}
+
+	get size(): number {
+		return this.bytes.length;
+	}
+
+	async read(offset: number, length: number): Promise<Buffer> {
+		if (offset < 0 || length < 0 || offset + length > this.bytes.length)
+			throw new DadiError(
+				"FORMAT_INVALID",
+				`${this.name}: read of ${length} bytes at ${offset} is past its end (${this.bytes.length} bytes)`,
+			);
+		return Buffer.from(this.bytes.subarray(offset, offset + length));
+	}
+
+	async close(): Promise<void> {}
+}

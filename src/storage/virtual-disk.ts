@@ -1,0 +1,200 @@
+/**
+ * A stack of sealed layers read as one virtual disk. The layers' indexes are merged once, at open;
+ * each read then finds its chunks by binary search in the merged view.
+ */
+import { DadiError } from "../errors.js";
+import { type Extent, isZeroExtent } from "../format/extents.js";
+import { findSegment, mergeLayers, type Segment } from "../format/merge.js";
+import type { SealedLayer } from "./sealed-layer.js";
+
+/** A stretch of the virtual disk that reads as zero or comes from one extent of one layer. */
+export type Run =
+	| { kind: "zero"; first: number; count: number }
+	| {
+			kind: "data";
+			first: number;
+			count: number;
+			layer: number;
+			extent: Extent;
+	  };
+
+export class VirtualDisk {
+	readonly size: number;
+	readonly chunkSize: number;
+	readonly chunkCount: number;
+	readonly view: readonly Segment[];
+
+	constructor(readonly layers: readonly SealedLayer[]) {
+		const top = layers[layers.length - 1];
+		if (top === undefined)
+			throw new DadiError(
+				"INTERNAL",
+				"a virtual disk needs at least one layer",
+			);
+		this.chunkSize = top.chunkSize;
+		for (const l of layers)
+			if (l.chunkSize !== this.chunkSize)
+				throw new DadiError(
+					"FORMAT_INVALID",
+					"all layers of an image must use one chunk size",
+				);
+		this.size = top.header.virtualSize;
+		this.chunkCount = top.chunkCount;
+		this.view = mergeLayers(
+			layers.map((l) => l.extents),
+			this.chunkCount,
+		);
+	}
+
+	/**
+	 * The runs covering chunks [first, end), data runs split so none holds more than `maxChunks`.
+	 * Zero extents and uncovered chunks both come out as zero runs.
+	 */
+	*runs(first: number, end: number, maxChunks = 64): Generator<Run> {
+		let c = first;
+		let i = segmentIndexAtOrAfter(this.view, c);
+		while (c < end) {
+			const s = this.view[i];
+			if (s === undefined || s.first >= end) {
+				yield { kind: "zero", first: c, count: end - c };
+				return;
+			}
+			if (s.first > c) {
+				yield { kind: "zero", first: c, count: s.first - c };
+				c = s.first;
+			}
+			const stop = Math.min(end, s.first + s.count);
+			if (isZeroExtent(s.extent)) {
+				yield { kind: "zero", first: c, count: stop - c };
+				c = stop;
+			} else {
+				while (c < stop) {
+					const n = Math.min(maxChunks, stop - c);
+					yield {
+						kind: "data",
+						first: c,
+						count: n,
+						layer: s.layer,
+						extent: s.extent,
+					};
+					c += n;
+				}
+			}
+			i++;
+		}
+	}
+
+	/** Plaintext of the chunks of one run (a data run's chunks, decrypted and authenticated). */
+	async readRun(run: Run & { kind: "data" }): Promise<Buffer[]> {
+		const layer = this.layers[run.layer] as SealedLayer;
+		return layer.readRun(run.extent, run.first, run.count);
+	}
+
+	/** `length` bytes of the virtual disk at `offset`. */
+	async read(offset: number, length: number): Promise<Buffer> {
+		if (
+			!Number.isSafeInteger(offset) ||
+			!Number.isSafeInteger(length) ||
+			offset < 0 ||
+			length < 0 ||
+			offset + length > this.size
+		)
+			throw new DadiError(
+				"OUT_OF_RANGE",
+				`read of ${length} bytes at ${offset} is outside the ${this.size}-byte disk`,
+			);
+		const out = Buffer.alloc(length);
+		if (length === 0) return out;
+		const cs = this.chunkSize;
+		const first = Math.floor(offset / cs);
+		const end = Math.ceil((offset + length) / cs);
+		for (const run of this.runs(first, end)) {
+			if (run.kind === "zero") continue;
+			const chunks = await this.readRun(run);
+			chunks.forEach((plain, k) => {
+				const chunkStart = (run.first + k) * cs;
+				const from = Math.max(offset, chunkStart);
+				const to = Math.min(offset + length, chunkStart + cs);
+				plain.copy(out, from - offset, from - chunkStart, to - chunkStart);
+			});
+		}
+		return out;
+	}
+
+	/** Which layer (index) provides `chunk`, or -1 when it reads as zero. */
+	layerOf(chunk: number): number {
+		const s = findSegment(this.view, chunk);
+		return s === undefined || isZeroExtent(s.extent) ? -1 : s.layer;
+	}
+
+	/**
+	 * Authenticates every stored chunk that the merged view does not show (chunks shadowed by an
+	 * upper layer), so a full pass over the disk plus this checks every stored byte.
+	 */
+	async authenticateShadowed(onChunk?: (n: number) => void): Promise<number> {
+		let n = 0;
+		for (let li = 0; li < this.layers.length; li++) {
+			const layer = this.layers[li] as SealedLayer;
+			for (const e of layer.extents) {
+				if (isZeroExtent(e)) continue;
+				let c = e.first;
+				while (c < e.first + e.count) {
+					// Find a maximal stretch of chunks of this extent not shown by the view.
+					if (c < this.chunkCount && this.layerOf(c) === li) {
+						c++;
+						continue;
+					}
+					let k = c;
+					while (
+						k < e.first + e.count &&
+						k - c < 64 &&
+						!(k < this.chunkCount && this.layerOf(k) === li)
+					)
+						k++;
+					await layer.readRun(e, c, k - c);
+					n += k - c;
+					onChunk?.(k - c);
+					c = k;
+				}
+			}
+		}
+		return n;
+	}
+}
+
+function segmentIndexAtOrAfter(
+	view: readonly Segment[],
+	chunk: number,
+): number {
+	let lo = 0;
+	let hi = view.length;
+	while (lo < hi) {
+		const mid = (lo + hi) >>> 1;
+		const s = view[mid] as Segment;
+		if (s.first + s.count <= chunk) lo = mid + 1;
+		else hi = mid;
+	}
+	return lo;
+}
+
+/**
+ * Plaintext of chunks [first, first + n) of a disk, one entry per chunk, null where the chunk
+ * reads as zero (also past the disk's end). Used to compare a new disk against the layers below.
+ */
+export async function readChunksOrZero(
+	disk: VirtualDisk,
+	first: number,
+	n: number,
+): Promise<(Buffer | null)[]> {
+	const out: (Buffer | null)[] = new Array(n).fill(null);
+	const end = Math.min(first + n, disk.chunkCount);
+	if (first >= end) return out;
+	for (const run of disk.runs(first, end)) {
+		if (run.kind === "zero") continue;
+		const chunks = await disk.readRun(run);
+		chunks.forEach((c, k) => {
+			out[run.first - first + k] = c;
+		});
+	}
+	return out;
+}
