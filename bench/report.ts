@@ -1,0 +1,173 @@
+/**
+ * Turning measurements into the report: ratios against the baselines of the same run, a Markdown
+ * table (readable in a terminal, pasteable into docs/benchmarks.md) and a JSON document.
+ */
+import type { AesLimit, GzipResult, Timing } from "./baseline.js";
+import { mibPerSecond } from "./baseline.js";
+import type { TestImage } from "./image.js";
+import type { ConfigResult } from "./measure.js";
+
+/** What the issue asks of the default configuration. */
+export const TARGETS = {
+	/** Stored size with compression at most this many times gzip -6 of the image. */
+	maxStoredToGzip: 1.1,
+	/** Export throughput at least this share of the AES-256-GCM decrypt limit. */
+	minExportToAes: 0.5,
+	defaultChunkSize: 64 << 10,
+	defaultCompression: "zstd",
+} as const;
+
+export interface Machine {
+	nproc: number;
+	cpu: string;
+	node: string;
+	openssl: string;
+	platform: string;
+}
+
+export interface Row {
+	compression: string;
+	chunkSize: number;
+	sealMiBps: number;
+	sealToAes: number;
+	exportMiBps: number;
+	exportToAes: number;
+	layerBytes: number;
+	storedToGzip: number | null;
+	storedChunks: number;
+	seal: Timing;
+	export: Timing;
+}
+
+export interface BenchReport {
+	schema: "dadi-bench/1";
+	date: string;
+	quick: boolean;
+	machine: Machine;
+	image: TestImage & { sha256: string };
+	workDir: string;
+	limits: {
+		aesGcmEncrypt: Timing & { MiBps: number };
+		aesGcmDecrypt: Timing & { MiBps: number };
+		perChunkAesEncrypt: { chunkSize: number; MiBps: number; timing: Timing }[];
+		gzip6: (GzipResult & { MiBps: number }) | null;
+	};
+	rows: Row[];
+}
+
+export function toRow(
+	r: ConfigResult,
+	aes: AesLimit,
+	gzip: GzipResult | null,
+): Row {
+	const sealMiBps = mibPerSecond(r.seal);
+	const exportMiBps = mibPerSecond(r.export);
+	return {
+		compression: r.compression,
+		chunkSize: r.chunkSize,
+		sealMiBps,
+		sealToAes: sealMiBps / mibPerSecond(aes.encrypt),
+		exportMiBps,
+		exportToAes: exportMiBps / mibPerSecond(aes.decrypt),
+		layerBytes: r.layerBytes,
+		storedToGzip: gzip === null ? null : r.layerBytes / gzip.bytes,
+		storedChunks: r.storedChunks,
+		seal: r.seal,
+		export: r.export,
+	};
+}
+
+export function formatChunk(n: number): string {
+	return n >= 1 << 20 ? `${n >> 20} MiB` : `${n >> 10} KiB`;
+}
+
+const mib = (n: number): string => (n / 2 ** 20).toFixed(1);
+const fixed = (n: number, d: number): string => n.toFixed(d);
+
+/** The header section: image, machine and the limits every ratio is computed against. */
+export function formatLimits(rep: BenchReport): string {
+	const l = rep.limits;
+	const lines = [
+		`machine: ${rep.machine.cpu}, ${rep.machine.nproc} CPUs, node ${rep.machine.node}, OpenSSL ${rep.machine.openssl}`,
+		`image:   ${mib(rep.image.size)} MiB, ${rep.image.description}${rep.image.cached ? " (cached)" : ""}`,
+		`work:    ${rep.workDir}`,
+		"",
+		`AES-256-GCM limit, one cipher call over the whole image (best of ${l.aesGcmEncrypt.reps}):`,
+		`  encrypt ${fixed(l.aesGcmEncrypt.MiBps, 0)} MiB/s (median ${fixed(l.aesGcmEncrypt.bytes / 2 ** 20 / l.aesGcmEncrypt.medianSeconds, 0)})`,
+		`  decrypt ${fixed(l.aesGcmDecrypt.MiBps, 0)} MiB/s (median ${fixed(l.aesGcmDecrypt.bytes / 2 ** 20 / l.aesGcmDecrypt.medianSeconds, 0)})`,
+		`AES-256-GCM, one cipher object per chunk, all chunks, no I/O: ${l.perChunkAesEncrypt
+			.map((p) => `${formatChunk(p.chunkSize)} ${fixed(p.MiBps, 0)}`)
+			.join(", ")} MiB/s`,
+		l.gzip6 === null
+			? "gzip -6: unavailable (gzip did not run); stored/gzip left blank"
+			: `gzip -6 of the image: ${l.gzip6.bytes} bytes (${mib(l.gzip6.bytes)} MiB, ${fixed(l.gzip6.bytes / rep.image.size, 3)} of the image), ${fixed(l.gzip6.MiBps, 0)} MiB/s`,
+	];
+	return `${lines.join("\n")}\n`;
+}
+
+/** The main table, one row per compression x chunk size. */
+export function formatTable(rows: Row[]): string {
+	const head = [
+		"compression",
+		"chunk",
+		"seal MiB/s",
+		"seal / AES enc",
+		"export MiB/s",
+		"export / AES dec",
+		"stored bytes",
+		"stored / gzip",
+	];
+	const body = rows.map((r) => [
+		r.compression,
+		formatChunk(r.chunkSize),
+		fixed(r.sealMiBps, 0),
+		fixed(r.sealToAes, 3),
+		fixed(r.exportMiBps, 0),
+		fixed(r.exportToAes, 3),
+		String(r.layerBytes),
+		r.storedToGzip === null ? "-" : fixed(r.storedToGzip, 3),
+	]);
+	const widths = head.map((h, i) =>
+		Math.max(h.length, ...body.map((b) => (b[i] as string).length)),
+	);
+	const line = (cells: string[]): string =>
+		`| ${cells.map((c, i) => (i < 2 ? c.padEnd(widths[i] as number) : c.padStart(widths[i] as number))).join(" | ")} |`;
+	const rule = `|${widths.map((w, i) => (i < 2 ? `-${"-".repeat(w)}-` : `-${"-".repeat(w)}:`)).join("|")}|`;
+	return `${[line(head), rule, ...body.map(line)].join("\n")}\n`;
+}
+
+/** The targets, checked on the default configuration, and which configurations meet both. */
+export function formatTargets(rows: Row[]): string {
+	const t = TARGETS;
+	const meets = (r: Row): boolean =>
+		r.storedToGzip !== null &&
+		r.storedToGzip <= t.maxStoredToGzip &&
+		r.exportToAes >= t.minExportToAes;
+	const def = rows.find(
+		(r) =>
+			r.chunkSize === t.defaultChunkSize &&
+			r.compression === t.defaultCompression,
+	);
+	const out = [
+		`targets: stored <= ${t.maxStoredToGzip}x gzip -6 (with compression); export >= ${t.minExportToAes}x the AES-GCM decrypt limit at ${formatChunk(t.defaultChunkSize)}`,
+	];
+	if (def === undefined)
+		out.push(
+			`  default (${t.defaultCompression}, ${formatChunk(t.defaultChunkSize)}) not measured in this run`,
+		);
+	else {
+		const size =
+			def.storedToGzip === null
+				? "stored/gzip unknown"
+				: `stored/gzip ${fixed(def.storedToGzip, 3)} ${def.storedToGzip <= t.maxStoredToGzip ? "MET" : "MISSED"}`;
+		const exp = `export/AES ${fixed(def.exportToAes, 3)} ${def.exportToAes >= t.minExportToAes ? "MET" : "MISSED"}`;
+		out.push(
+			`  default (${t.defaultCompression}, ${formatChunk(t.defaultChunkSize)}): ${size}; ${exp}`,
+		);
+	}
+	const ok = rows.filter(meets);
+	out.push(
+		`  configurations meeting both: ${ok.length === 0 ? "none" : ok.map((r) => `${r.compression}/${formatChunk(r.chunkSize)}`).join(", ")}`,
+	);
+	return `${out.join("\n")}\n`;
+}

@@ -1,0 +1,264 @@
+/**
+ * `npm run bench`: seal and export throughput and stored size of a realistic disk image at every
+ * chunk size, with and without zstd, as ratios against baselines measured in the same run on the
+ * same bytes (AES-256-GCM in one cipher call; gzip -6). See docs/benchmarks.md.
+ *
+ *   node dist/bench/run.js [--quick] [--json] [--json-file FILE] [--reps N]
+ *                          [--chunk-sizes 16K,64K,...] [--synthetic]
+ */
+import { spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { rmSync, statfsSync } from "node:fs";
+import { access, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { availableParallelism, cpus, tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { generateImageKey } from "../src/crypto/image-key.js";
+import type { CompressionName } from "../src/format/constants.js";
+import {
+	gzipSize,
+	measureAesLimit,
+	measurePerChunkAes,
+	mibPerSecond,
+} from "./baseline.js";
+import { prepareImage } from "./image.js";
+import { type ConfigResult, measureConfig } from "./measure.js";
+import {
+	type BenchReport,
+	formatChunk,
+	formatLimits,
+	formatTable,
+	formatTargets,
+	type Machine,
+	toRow,
+} from "./report.js";
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const ALL_CHUNK_SIZES = [4, 8, 16, 32, 64, 128, 256, 512, 1024].map(
+	(k) => k * KiB,
+);
+const QUICK_CHUNK_SIZES = [4 * KiB, 64 * KiB, MiB];
+const COMPRESSIONS: CompressionName[] = ["none", "zstd"];
+
+interface Options {
+	quick: boolean;
+	json: boolean;
+	jsonFile: string | undefined;
+	reps: number;
+	chunkSizes: number[];
+	synthetic: boolean;
+}
+
+const USAGE = `usage: node dist/bench/run.js [options]
+  --quick              64 MiB image, chunk sizes 4K, 64K, 1M, one repetition (smoke test)
+  --json               print the results as one JSON document on stdout (the table goes to stderr)
+  --json-file FILE     also write the JSON results to FILE
+  --reps N             repetitions per configuration, best kept (default 2, quick 1)
+  --chunk-sizes LIST   e.g. 16K,64K,1M (default: 4K to 1M, every power of two)
+  --synthetic          use the synthetic image even when mke2fs is available
+environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
+             DADI_BENCH_TMP (scratch directory, default /dev/shm when it has room, else the OS tmpdir)
+`;
+
+function parseOptions(argv: string[]): Options {
+	const { values } = parseArgs({
+		args: argv,
+		options: {
+			quick: { type: "boolean", default: false },
+			json: { type: "boolean", default: false },
+			"json-file": { type: "string" },
+			reps: { type: "string" },
+			"chunk-sizes": { type: "string" },
+			synthetic: { type: "boolean", default: false },
+			help: { type: "boolean", default: false },
+		},
+	});
+	if (values.help) {
+		process.stdout.write(USAGE);
+		process.exit(0);
+	}
+	const quick = values.quick ?? false;
+	const reps = values.reps === undefined ? (quick ? 1 : 2) : Number(values.reps);
+	if (!Number.isInteger(reps) || reps < 1)
+		throw new Error(`--reps must be a positive integer, got ${values.reps}`);
+	const chunkSizes =
+		values["chunk-sizes"] === undefined
+			? quick
+				? QUICK_CHUNK_SIZES
+				: ALL_CHUNK_SIZES
+			: values["chunk-sizes"].split(",").map(parseChunkSize);
+	return {
+		quick,
+		json: values.json ?? false,
+		jsonFile: values["json-file"],
+		reps,
+		chunkSizes,
+		synthetic: values.synthetic ?? false,
+	};
+}
+
+function parseChunkSize(text: string): number {
+	const m = /^(\d+)([KM]?)$/i.exec(text.trim());
+	const n = m ? Number(m[1]) * (m[2]?.toUpperCase() === "M" ? MiB : m[2] ? KiB : 1) : Number.NaN;
+	if (!ALL_CHUNK_SIZES.includes(n))
+		throw new Error(`chunk size "${text}" must be a power of two from 4K to 1M`);
+	return n;
+}
+
+// --- environment -------------------------------------------------------------------------------
+
+const REPO = fileURLToPath(new URL("../../", import.meta.url));
+
+function machine(): Machine {
+	const lscpu = spawnSync("lscpu", { encoding: "utf8" });
+	const model = /^Model name:\s*(.+)$/m.exec(lscpu.stdout ?? "")?.[1]?.trim();
+	return {
+		nproc: availableParallelism(),
+		cpu: model ?? cpus()[0]?.model ?? "unknown",
+		node: process.version,
+		openssl: process.versions.openssl ?? "unknown",
+		platform: `${process.platform} ${process.arch}`,
+	};
+}
+
+/** /dev/shm when it is writable and roomy (no disk I/O in the figures), else the OS tmpdir. */
+async function scratchBase(need: number): Promise<string> {
+	if (process.env.DADI_BENCH_TMP) return process.env.DADI_BENCH_TMP;
+	try {
+		await access("/dev/shm");
+		const s = statfsSync("/dev/shm");
+		if (s.bavail * s.bsize >= need) return "/dev/shm";
+	} catch {
+		// no tmpfs: fall through
+	}
+	return tmpdir();
+}
+
+function describeScratch(dir: string): string {
+	const tmpfs = dir.startsWith("/dev/shm");
+	return tmpfs
+		? `${dir} (tmpfs: layouts and exports live in memory, fsync costs nothing; the source image is read through the page cache, warmed before timing)`
+		: `${dir} (a disk-backed directory: seal and export include their fsync; the source image is read through the page cache, warmed before timing)`;
+}
+
+// --- main --------------------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+	const opts = parseOptions(process.argv.slice(2));
+	const size = (opts.quick ? 64 : 256) * MiB;
+	const log = (line: string): void => {
+		process.stderr.write(`${line}\n`);
+	};
+	const print = (text: string): void => {
+		(opts.json ? process.stderr : process.stdout).write(text);
+	};
+
+	const workDir = await mkdtemp(
+		join(await scratchBase(4 * size), "dadi-bench-"),
+	);
+	const cleanup = (): void => rmSync(workDir, { recursive: true, force: true });
+	const onSignal = (sig: NodeJS.Signals): void => {
+		cleanup();
+		process.stderr.write(`\ninterrupted (${sig}); scratch files removed\n`);
+		process.exit(130);
+	};
+	process.once("SIGINT", onSignal);
+	process.once("SIGTERM", onSignal);
+	try {
+		const report = await bench(opts, size, workDir, log, print);
+		if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+		if (opts.jsonFile !== undefined) {
+			await writeFile(opts.jsonFile, `${JSON.stringify(report, null, 2)}\n`);
+			log(`results written to ${opts.jsonFile}`);
+		}
+	} finally {
+		await rm(workDir, { recursive: true, force: true });
+		process.off("SIGINT", onSignal);
+		process.off("SIGTERM", onSignal);
+	}
+}
+
+async function bench(
+	opts: Options,
+	size: number,
+	workDir: string,
+	log: (line: string) => void,
+	print: (text: string) => void,
+): Promise<BenchReport> {
+	const started = performance.now();
+	const image = await prepareImage({
+		cacheDir: process.env.DADI_BENCH_CACHE ?? join(REPO, ".bench-cache"),
+		workDir,
+		size,
+		forceSynthetic: opts.synthetic,
+		log,
+	});
+
+	// Baselines on the image bytes in memory (reading them also warms the page cache).
+	log("measuring baselines (AES-256-GCM, gzip -6)...");
+	let data: Buffer | null = await readFile(image.path);
+	const sha256 = createHash("sha256").update(data).digest("hex");
+	const aes = measureAesLimit(data, 5);
+	const perChunk = opts.chunkSizes.map((chunkSize) => {
+		const timing = measurePerChunkAes(data as Buffer, chunkSize, 2);
+		return { chunkSize, MiBps: mibPerSecond(timing), timing };
+	});
+	data = null; // let the 256 MiB go before the library runs
+	const gzip = await gzipSize(image.path);
+
+	const report: BenchReport = {
+		schema: "dadi-bench/1",
+		date: new Date().toISOString(),
+		quick: opts.quick,
+		machine: machine(),
+		image: { ...image, sha256 },
+		workDir: describeScratch(workDir),
+		limits: {
+			aesGcmEncrypt: { ...aes.encrypt, MiBps: mibPerSecond(aes.encrypt) },
+			aesGcmDecrypt: { ...aes.decrypt, MiBps: mibPerSecond(aes.decrypt) },
+			perChunkAesEncrypt: perChunk,
+			gzip6:
+				gzip === null
+					? null
+					: { ...gzip, MiBps: size / MiB / gzip.seconds },
+		},
+		rows: [],
+	};
+	print(formatLimits(report));
+	print("\n");
+
+	const ctx = {
+		image,
+		imageSha256: sha256,
+		key: generateImageKey(),
+		workDir,
+		reps: opts.reps,
+	};
+	for (const compression of COMPRESSIONS)
+		for (const chunkSize of opts.chunkSizes) {
+			const r: ConfigResult = await measureConfig(ctx, { compression, chunkSize });
+			const row = toRow(r, aes, gzip);
+			report.rows.push(row);
+			log(
+				`  ${compression} ${formatChunk(chunkSize)}: seal ${row.seal.bestSeconds.toFixed(2)} s, export ${row.export.bestSeconds.toFixed(2)} s, ${row.layerBytes} bytes`,
+			);
+		}
+
+	print(
+		`seal and export, ${opts.reps === 1 ? "one run" : `best of ${opts.reps}`} each; MiB/s = ${size / MiB} MiB image / wall time; ratios against the limits above\n\n`,
+	);
+	print(formatTable(report.rows));
+	print("\n");
+	print(formatTargets(report.rows));
+	log(`bench took ${((performance.now() - started) / 1000).toFixed(0)} s`);
+	return report;
+}
+
+main().catch((e: unknown) => {
+	process.stderr.write(
+		`bench failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`,
+	);
+	process.exitCode = 1;
+});
