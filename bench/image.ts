@@ -50,12 +50,14 @@ const SOURCE_ROOTS = ["/usr/bin", "/usr/lib", "/usr/share"];
 /** Files larger than this are skipped so that a few huge files do not dominate the sample. */
 const MAX_SOURCE_FILE = 8 << 20;
 /** Share of the image filled with file content; the rest is metadata and free (zero) space. */
-const CONTENT_SHARE = 0.75;
+const CONTENT_SHARE = 0.8;
 /** Fixed identity and time so that rebuilding from the same files gives a similar image. */
 const FS_UUID = "6b0d5c1e-3a52-4f0e-9d7c-0da5d1be0001";
 const FIXED_TIME = 1_700_000_000; // 2023-11-14, seconds
 
 const BLOCK = 4096;
+/** Bytes of consecutive files taken at a time by the sampler. */
+const SAMPLE_RUN = 2 << 20;
 const roundUp = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
 
 /** Returns the cached image for `size`, building it first when there is none. */
@@ -124,15 +126,44 @@ async function buildExt4(
 	out: string,
 	o: PrepareImageOptions,
 ): Promise<ImageMeta> {
-	const budget = Math.floor(o.size * CONTENT_SHARE);
 	const all: SourceFile[] = [];
 	for (const root of SOURCE_ROOTS) await walkSorted(root, all);
-	const picked = sampleFiles(all, budget);
 	const staging = join(o.workDir, "staging");
-	const bytes = await stageFiles(picked, staging);
-	o.log(
-		`  staged ${picked.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, from ${SOURCE_ROOTS.join(" ")}`,
-	);
+	let budget = Math.floor(o.size * CONTENT_SHARE);
+	// Directory blocks and ext4 metadata vary with the files found; shrink the sample if needed.
+	for (let attempt = 1; ; attempt++) {
+		const picked = sampleFiles(all, budget);
+		const bytes = await stageFiles(picked, staging);
+		o.log(
+			`  staged ${picked.length} files, ${(bytes / 2 ** 20).toFixed(1)} MiB, from ${SOURCE_ROOTS.join(" ")}`,
+		);
+		const r = runMke2fs(mke2fs, staging, out, o.size);
+		await rm(staging, { recursive: true, force: true });
+		if (r === null) {
+			const st = await stat(out);
+			if (st.size !== o.size)
+				throw new Error(`mke2fs wrote ${st.size} bytes, expected ${o.size}`);
+			return {
+				kind: "ext4",
+				size: o.size,
+				description: `ext4 (mke2fs -b 4096), ${picked.length} files / ${(bytes / 2 ** 20).toFixed(1)} MiB sampled from ${SOURCE_ROOTS.join(", ")}, rest free space`,
+			};
+		}
+		await rm(out, { force: true });
+		if (!/Could not allocate/.test(r) || attempt === 3)
+			throw new Error(`mke2fs failed: ${r}`);
+		budget = Math.floor(budget * 0.85);
+		o.log("  the files did not fit; retrying with a smaller sample");
+	}
+}
+
+/** Runs mke2fs with fixed identity and time; returns null on success, else its error output. */
+function runMke2fs(
+	mke2fs: string,
+	staging: string,
+	out: string,
+	size: number,
+): string | null {
 	const r = spawnSync(
 		mke2fs,
 		[
@@ -148,7 +179,7 @@ async function buildExt4(
 			"-d",
 			staging,
 			out,
-			`${o.size >> 10}k`,
+			`${size >> 10}k`,
 		],
 		{
 			encoding: "utf8",
@@ -159,19 +190,8 @@ async function buildExt4(
 			},
 		},
 	);
-	await rm(staging, { recursive: true, force: true });
-	if (r.error !== undefined || r.status !== 0)
-		throw new Error(
-			`mke2fs failed (status ${r.status}): ${r.error?.message ?? r.stderr}`,
-		);
-	const st = await stat(out);
-	if (st.size !== o.size)
-		throw new Error(`mke2fs wrote ${st.size} bytes, expected ${o.size}`);
-	return {
-		kind: "ext4",
-		size: o.size,
-		description: `ext4 (mke2fs -b 4096), ${picked.length} files / ${(bytes / 2 ** 20).toFixed(1)} MiB sampled from ${SOURCE_ROOTS.join(", ")}, rest free space`,
-	};
+	if (r.error !== undefined) return r.error.message;
+	return r.status === 0 ? null : `status ${r.status}: ${r.stderr.trim()}`;
 }
 
 /** Appends every regular file under `dir` (not following symlinks), in byte-wise sorted order. */
@@ -183,39 +203,70 @@ async function walkSorted(dir: string, out: SourceFile[]): Promise<void> {
 		return; // unreadable or missing: skip
 	}
 	entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-	for (const e of entries) {
+	const sizes = await Promise.all(
+		entries.map((e) =>
+			e.isFile()
+				? stat(join(dir, e.name)).then(
+						(s) => s.size,
+						() => -1,
+					)
+				: -1,
+		),
+	);
+	for (const [i, e] of entries.entries()) {
 		const path = join(dir, e.name);
+		const size = sizes[i] as number;
 		if (e.isDirectory()) await walkSorted(path, out);
-		else if (e.isFile()) {
-			const size = await stat(path).then(
-				(s) => s.size,
-				() => -1,
-			);
-			if (size >= 0 && size <= MAX_SOURCE_FILE) out.push({ path, size });
-		}
+		else if (size >= 0 && size <= MAX_SOURCE_FILE) out.push({ path, size });
 	}
 }
 
 /**
- * A systematic sample of the walk weighted by bytes: every file earns credit in proportion to its
- * size and is taken when the credit covers it. The sample spreads over the whole walk, so its mix
- * of file types follows /usr's, and it stops at `budget` allocated bytes.
+ * A systematic sample of the walk in runs: the walk is cut into windows of equal byte length and
+ * the files starting in the first SAMPLE_RUN bytes of each window are taken. The runs spread over
+ * the whole walk, so the mix of file types follows /usr's, while files stay together with their
+ * neighbours as in a real image (and the directory count stays realistic). The sample fits in
+ * `budget` bytes, counting whole blocks per file and one block per directory.
  */
 function sampleFiles(files: SourceFile[], budget: number): SourceFile[] {
 	const total = files.reduce((s, f) => s + roundUp(f.size), 0);
-	const rate = Math.min(1, budget / Math.max(1, total));
+	let window = Math.max(SAMPLE_RUN, (SAMPLE_RUN * total) / budget);
+	// Directory blocks are not known in advance: widen the windows until the sample fits.
+	for (let i = 0; i < 4; i++) {
+		const s = samplePass(files, window, Number.POSITIVE_INFINITY);
+		if (s.used <= budget) return s.picked;
+		window *= (s.used / budget) * 1.01;
+	}
+	return samplePass(files, window, budget).picked;
+}
+
+function samplePass(
+	files: SourceFile[],
+	window: number,
+	budget: number,
+): { picked: SourceFile[]; used: number } {
 	const picked: SourceFile[] = [];
-	let credit = 0;
+	const dirs = new Set<string>();
+	let pos = 0;
 	let used = 0;
 	for (const f of files) {
-		const cost = roundUp(f.size);
-		credit += cost * rate;
-		if (credit < cost || used + cost > budget) continue;
-		credit -= cost;
+		const start = pos;
+		pos += roundUp(f.size);
+		if (start % window >= SAMPLE_RUN) continue;
+		const newDirs = ancestors(f.path).filter((d) => !dirs.has(d));
+		const cost = roundUp(f.size) + BLOCK * newDirs.length;
+		if (used + cost > budget) break;
+		for (const d of newDirs) dirs.add(d);
 		used += cost;
 		picked.push(f);
 	}
-	return picked;
+	return { picked, used };
+}
+
+function ancestors(path: string): string[] {
+	const out: string[] = [];
+	for (let d = dirname(path); d !== "/"; d = dirname(d)) out.push(d);
+	return out;
 }
 
 /** Copies the files under `staging`, keeping their paths; returns the bytes copied. */

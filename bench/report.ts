@@ -29,9 +29,13 @@ export interface Row {
 	compression: string;
 	chunkSize: number;
 	sealMiBps: number;
+	/** Against the one-call AES-GCM limit (the issue's baseline). */
 	sealToAes: number;
+	/** Against AES-GCM streamed in 64 KiB update() calls (no large buffer to fault in). */
+	sealToStream: number;
 	exportMiBps: number;
 	exportToAes: number;
+	exportToStream: number;
 	layerBytes: number;
 	storedToGzip: number | null;
 	storedChunks: number;
@@ -49,6 +53,9 @@ export interface BenchReport {
 	limits: {
 		aesGcmEncrypt: Timing & { MiBps: number };
 		aesGcmDecrypt: Timing & { MiBps: number };
+		aesGcmStreamEncrypt: Timing & { MiBps: number };
+		aesGcmStreamDecrypt: Timing & { MiBps: number };
+		firstTouchWrite: Timing & { MiBps: number };
 		perChunkAesEncrypt: { chunkSize: number; MiBps: number; timing: Timing }[];
 		gzip6: (GzipResult & { MiBps: number }) | null;
 	};
@@ -67,8 +74,10 @@ export function toRow(
 		chunkSize: r.chunkSize,
 		sealMiBps,
 		sealToAes: sealMiBps / mibPerSecond(aes.encrypt),
+		sealToStream: sealMiBps / mibPerSecond(aes.streamEncrypt),
 		exportMiBps,
 		exportToAes: exportMiBps / mibPerSecond(aes.decrypt),
+		exportToStream: exportMiBps / mibPerSecond(aes.streamDecrypt),
 		layerBytes: r.layerBytes,
 		storedToGzip: gzip === null ? null : r.layerBytes / gzip.bytes,
 		storedChunks: r.storedChunks,
@@ -83,6 +92,8 @@ export function formatChunk(n: number): string {
 
 const mib = (n: number): string => (n / 2 ** 20).toFixed(1);
 const fixed = (n: number, d: number): string => n.toFixed(d);
+const speed = (t: Timing & { MiBps: number }): string =>
+	`${fixed(t.MiBps, 0)} MiB/s (median ${fixed(t.bytes / 2 ** 20 / t.medianSeconds, 0)})`;
 
 /** The header section: image, machine and the limits every ratio is computed against. */
 export function formatLimits(rep: BenchReport): string {
@@ -92,9 +103,11 @@ export function formatLimits(rep: BenchReport): string {
 		`image:   ${mib(rep.image.size)} MiB, ${rep.image.description}${rep.image.cached ? " (cached)" : ""}`,
 		`work:    ${rep.workDir}`,
 		"",
-		`AES-256-GCM limit, one cipher call over the whole image (best of ${l.aesGcmEncrypt.reps}):`,
-		`  encrypt ${fixed(l.aesGcmEncrypt.MiBps, 0)} MiB/s (median ${fixed(l.aesGcmEncrypt.bytes / 2 ** 20 / l.aesGcmEncrypt.medianSeconds, 0)})`,
-		`  decrypt ${fixed(l.aesGcmDecrypt.MiBps, 0)} MiB/s (median ${fixed(l.aesGcmDecrypt.bytes / 2 ** 20 / l.aesGcmDecrypt.medianSeconds, 0)})`,
+		`AES-256-GCM limit, node:crypto, one cipher call over the whole image in memory (best of ${l.aesGcmEncrypt.reps}):`,
+		`  encrypt ${speed(l.aesGcmEncrypt)}, decrypt ${speed(l.aesGcmDecrypt)}`,
+		`AES-256-GCM, one cipher object, the image streamed in 64 KiB update() calls:`,
+		`  encrypt ${speed(l.aesGcmStreamEncrypt)}, decrypt ${speed(l.aesGcmStreamDecrypt)}`,
+		`writing into freshly allocated memory (what the one-call output buffer costs): ${speed(l.firstTouchWrite)}`,
 		`AES-256-GCM, one cipher object per chunk, all chunks, no I/O: ${l.perChunkAesEncrypt
 			.map((p) => `${formatChunk(p.chunkSize)} ${fixed(p.MiBps, 0)}`)
 			.join(", ")} MiB/s`,
@@ -112,8 +125,10 @@ export function formatTable(rows: Row[]): string {
 		"chunk",
 		"seal MiB/s",
 		"seal / AES enc",
+		"seal / stream enc",
 		"export MiB/s",
 		"export / AES dec",
+		"export / stream dec",
 		"stored bytes",
 		"stored / gzip",
 	];
@@ -122,8 +137,10 @@ export function formatTable(rows: Row[]): string {
 		formatChunk(r.chunkSize),
 		fixed(r.sealMiBps, 0),
 		fixed(r.sealToAes, 3),
+		fixed(r.sealToStream, 3),
 		fixed(r.exportMiBps, 0),
 		fixed(r.exportToAes, 3),
+		fixed(r.exportToStream, 3),
 		String(r.layerBytes),
 		r.storedToGzip === null ? "-" : fixed(r.storedToGzip, 3),
 	]);
@@ -160,7 +177,7 @@ export function formatTargets(rows: Row[]): string {
 			def.storedToGzip === null
 				? "stored/gzip unknown"
 				: `stored/gzip ${fixed(def.storedToGzip, 3)} ${def.storedToGzip <= t.maxStoredToGzip ? "MET" : "MISSED"}`;
-		const exp = `export/AES ${fixed(def.exportToAes, 3)} ${def.exportToAes >= t.minExportToAes ? "MET" : "MISSED"}`;
+		const exp = `export/AES ${fixed(def.exportToAes, 3)} ${def.exportToAes >= t.minExportToAes ? "MET" : "MISSED"} (against streamed AES: ${fixed(def.exportToStream, 3)})`;
 		out.push(
 			`  default (${t.defaultCompression}, ${formatChunk(t.defaultChunkSize)}): ${size}; ${exp}`,
 		);

@@ -19,6 +19,7 @@ import type { CompressionName } from "../src/format/constants.js";
 import {
 	gzipSize,
 	measureAesLimit,
+	measureFirstTouch,
 	measurePerChunkAes,
 	mibPerSecond,
 } from "./baseline.js";
@@ -80,7 +81,8 @@ function parseOptions(argv: string[]): Options {
 		process.exit(0);
 	}
 	const quick = values.quick ?? false;
-	const reps = values.reps === undefined ? (quick ? 1 : 2) : Number(values.reps);
+	const reps =
+		values.reps === undefined ? (quick ? 1 : 2) : Number(values.reps);
 	if (!Number.isInteger(reps) || reps < 1)
 		throw new Error(`--reps must be a positive integer, got ${values.reps}`);
 	const chunkSizes =
@@ -101,9 +103,13 @@ function parseOptions(argv: string[]): Options {
 
 function parseChunkSize(text: string): number {
 	const m = /^(\d+)([KM]?)$/i.exec(text.trim());
-	const n = m ? Number(m[1]) * (m[2]?.toUpperCase() === "M" ? MiB : m[2] ? KiB : 1) : Number.NaN;
+	const n = m
+		? Number(m[1]) * (m[2]?.toUpperCase() === "M" ? MiB : m[2] ? KiB : 1)
+		: Number.NaN;
 	if (!ALL_CHUNK_SIZES.includes(n))
-		throw new Error(`chunk size "${text}" must be a power of two from 4K to 1M`);
+		throw new Error(
+			`chunk size "${text}" must be a power of two from 4K to 1M`,
+		);
 	return n;
 }
 
@@ -201,6 +207,7 @@ async function bench(
 	let data: Buffer | null = await readFile(image.path);
 	const sha256 = createHash("sha256").update(data).digest("hex");
 	const aes = measureAesLimit(data, 5);
+	const firstTouch = measureFirstTouch(size, 5);
 	const perChunk = opts.chunkSizes.map((chunkSize) => {
 		const timing = measurePerChunkAes(data as Buffer, chunkSize, 2);
 		return { chunkSize, MiBps: mibPerSecond(timing), timing };
@@ -218,11 +225,18 @@ async function bench(
 		limits: {
 			aesGcmEncrypt: { ...aes.encrypt, MiBps: mibPerSecond(aes.encrypt) },
 			aesGcmDecrypt: { ...aes.decrypt, MiBps: mibPerSecond(aes.decrypt) },
+			aesGcmStreamEncrypt: {
+				...aes.streamEncrypt,
+				MiBps: mibPerSecond(aes.streamEncrypt),
+			},
+			aesGcmStreamDecrypt: {
+				...aes.streamDecrypt,
+				MiBps: mibPerSecond(aes.streamDecrypt),
+			},
+			firstTouchWrite: { ...firstTouch, MiBps: mibPerSecond(firstTouch) },
 			perChunkAesEncrypt: perChunk,
 			gzip6:
-				gzip === null
-					? null
-					: { ...gzip, MiBps: size / MiB / gzip.seconds },
+				gzip === null ? null : { ...gzip, MiBps: size / MiB / gzip.seconds },
 		},
 		rows: [],
 	};
@@ -238,7 +252,10 @@ async function bench(
 	};
 	for (const compression of COMPRESSIONS)
 		for (const chunkSize of opts.chunkSizes) {
-			const r: ConfigResult = await measureConfig(ctx, { compression, chunkSize });
+			const r: ConfigResult = await measureConfig(ctx, {
+				compression,
+				chunkSize,
+			});
 			const row = toRow(r, aes, gzip);
 			report.rows.push(row);
 			log(

@@ -1,7 +1,12 @@
 import { randomBytes } from "node:crypto";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { generateImageKey, parseImageKey, thumbprint, toJwk } from "../src/crypto/image-key.js";
+import {
+	generateImageKey,
+	parseImageKey,
+	thumbprint,
+	toJwk,
+} from "../src/crypto/image-key.js";
 import { unwrapLayerKey, wrapLayerKey } from "../src/crypto/keywrap.js";
 import { LayerCipher } from "../src/crypto/layer-cipher.js";
 import { sivOpen, sivSeal } from "../src/crypto/siv.js";
@@ -31,21 +36,41 @@ describe("chunk AEAD", () => {
 
 	it("is bound to chunk index, flags, layer id, layer key and chunk size", () => {
 		expect(code(() => c.openChunk(6, stored, 0))).toBe("AUTH_FAILED");
-		expect(code(() => c.openChunk(5, stored, EXTENT_COMPRESSED))).toBe("AUTH_FAILED");
-		expect(code(() => new LayerCipher(key, randomBytes(32), 4096).openChunk(5, stored, 0))).toBe("AUTH_FAILED");
-		expect(code(() => new LayerCipher(randomBytes(32), id, 4096).openChunk(5, stored, 0))).toBe("AUTH_FAILED");
-		expect(code(() => new LayerCipher(key, id, 8192).openChunk(5, stored, 0))).toBe("AUTH_FAILED");
-		expect(code(() => c.openChunk(5, stored.subarray(0, 10), 0))).toBe("AUTH_FAILED");
-		expect(code(() => c.openChunk(5, stored.subarray(0, 4100), 0))).toBe("AUTH_FAILED");
+		expect(code(() => c.openChunk(5, stored, EXTENT_COMPRESSED))).toBe(
+			"AUTH_FAILED",
+		);
+		expect(
+			code(() =>
+				new LayerCipher(key, randomBytes(32), 4096).openChunk(5, stored, 0),
+			),
+		).toBe("AUTH_FAILED");
+		expect(
+			code(() =>
+				new LayerCipher(randomBytes(32), id, 4096).openChunk(5, stored, 0),
+			),
+		).toBe("AUTH_FAILED");
+		expect(
+			code(() => new LayerCipher(key, id, 8192).openChunk(5, stored, 0)),
+		).toBe("AUTH_FAILED");
+		expect(code(() => c.openChunk(5, stored.subarray(0, 10), 0))).toBe(
+			"AUTH_FAILED",
+		);
+		expect(code(() => c.openChunk(5, stored.subarray(0, 4100), 0))).toBe(
+			"AUTH_FAILED",
+		);
 	});
 
 	it("refuses any single flipped bit (property)", () => {
 		fc.assert(
-			fc.property(fc.integer({ min: 0, max: stored.length - 1 }), fc.integer({ min: 0, max: 7 }), (pos, bit) => {
-				const m = Buffer.from(stored);
-				m[pos] = (m[pos] as number) ^ (1 << bit);
-				expect(code(() => c.openChunk(5, m, 0))).toBe("AUTH_FAILED");
-			}),
+			fc.property(
+				fc.integer({ min: 0, max: stored.length - 1 }),
+				fc.integer({ min: 0, max: 7 }),
+				(pos, bit) => {
+					const m = Buffer.from(stored);
+					m[pos] = (m[pos] as number) ^ (1 << bit);
+					expect(code(() => c.openChunk(5, m, 0))).toBe("AUTH_FAILED");
+				},
+			),
 			{ numRuns: 300 },
 		);
 	});
@@ -77,12 +102,18 @@ describe("layer key wrap", () => {
 		expect(w.length).toBe(40);
 		expect(wrapLayerKey(img, id, lk)).toEqual(w);
 		expect(unwrapLayerKey(img, id, w)).toEqual(lk);
-		expect(code(() => unwrapLayerKey(randomBytes(32), id, w))).toBe("AUTH_FAILED");
-		expect(code(() => unwrapLayerKey(img, randomBytes(32), w))).toBe("AUTH_FAILED");
+		expect(code(() => unwrapLayerKey(randomBytes(32), id, w))).toBe(
+			"AUTH_FAILED",
+		);
+		expect(code(() => unwrapLayerKey(img, randomBytes(32), w))).toBe(
+			"AUTH_FAILED",
+		);
 		const bad = Buffer.from(w);
 		bad[39] = (bad[39] as number) ^ 1;
 		expect(code(() => unwrapLayerKey(img, id, bad))).toBe("AUTH_FAILED");
-		expect(code(() => unwrapLayerKey(img, id, w.subarray(0, 32)))).toBe("AUTH_FAILED");
+		expect(code(() => unwrapLayerKey(img, id, w.subarray(0, 32)))).toBe(
+			"AUTH_FAILED",
+		);
 	});
 });
 
@@ -95,9 +126,13 @@ describe("SIV record encryption", () => {
 		expect(sivSeal(k1, k2, aad, Buffer.from("config"))).toEqual(s);
 		expect(sivSeal(k1, k2, aad, Buffer.from("config2"))).not.toEqual(s);
 		expect(sivOpen(k1, k2, aad, s, "x").toString()).toBe("config");
-		expect(code(() => sivOpen(k1, k2, Buffer.from("other"), s, "x"))).toBe("AUTH_FAILED");
+		expect(code(() => sivOpen(k1, k2, Buffer.from("other"), s, "x"))).toBe(
+			"AUTH_FAILED",
+		);
 		expect(code(() => sivOpen(k2, k1, aad, s, "x"))).toBe("AUTH_FAILED");
-		expect(code(() => sivOpen(k1, k2, aad, s.subarray(0, 20), "x"))).toBe("AUTH_FAILED");
+		expect(code(() => sivOpen(k1, k2, aad, s.subarray(0, 20), "x"))).toBe(
+			"AUTH_FAILED",
+		);
 	});
 });
 
@@ -111,7 +146,9 @@ describe("image key files", () => {
 
 	it("RFC 7638 thumbprint matches a known value", () => {
 		// {"k":"AAAA...","kty":"oct"} with 32 zero bytes, hashed with SHA-256, computed independently with openssl
-		expect(thumbprint(Buffer.alloc(32))).toBe("9nnxVaRYos6pwySYZALWRL64fgG5CMX9No3tAqd5urU");
+		expect(thumbprint(Buffer.alloc(32))).toBe(
+			"9nnxVaRYos6pwySYZALWRL64fgG5CMX9No3tAqd5urU",
+		);
 	});
 
 	it("refuses malformed key files without echoing key material", () => {

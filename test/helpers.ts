@@ -3,9 +3,13 @@ import { execFile } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
 import { mkdtemp, open, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { generateImageKey, type ImageKey, toJwk } from "../src/crypto/image-key.js";
+import {
+	generateImageKey,
+	type ImageKey,
+	toJwk,
+} from "../src/crypto/image-key.js";
 import type { CompressionName } from "../src/format/constants.js";
 import { sealDisk } from "../src/seal/seal-disk.js";
 
@@ -23,18 +27,31 @@ export async function tempDir(): Promise<string> {
 	return d;
 }
 export async function cleanupTempDirs(): Promise<void> {
-	await Promise.all(dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })));
+	await Promise.all(
+		dirs.splice(0).map((d) => rm(d, { recursive: true, force: true })),
+	);
 }
 
 /** Deterministic pseudo-random bytes (AES-CTR keystream of a seed). */
 export function prng(seed: string, n: number): Buffer {
 	const key = createHash("sha256").update(seed).digest();
-	return createCipheriv("aes-256-ctr", key, Buffer.alloc(16)).update(Buffer.alloc(n));
+	return createCipheriv("aes-256-ctr", key, Buffer.alloc(16)).update(
+		Buffer.alloc(n),
+	);
 }
 
 /** Compressible text-like bytes. */
 export function texty(seed: string, n: number): Buffer {
-	const words = ["alpha ", "beta ", "gamma ", "delta\n", "lib/", "usr/", "0123 ", "x86_64 "];
+	const words = [
+		"alpha ",
+		"beta ",
+		"gamma ",
+		"delta\n",
+		"lib/",
+		"usr/",
+		"0123 ",
+		"x86_64 ",
+	];
 	const r = prng(seed, n);
 	const out = Buffer.alloc(n);
 	let o = 0;
@@ -52,7 +69,11 @@ export interface Region {
 }
 
 /** Writes a sparse disk image of `size` bytes with the given regions (the rest are holes). */
-export async function writeDisk(path: string, size: number, regions: Region[]): Promise<Buffer> {
+export async function writeDisk(
+	path: string,
+	size: number,
+	regions: Region[],
+): Promise<Buffer> {
 	const fh = await open(path, "w");
 	await fh.truncate(size);
 	const image = Buffer.alloc(size);
@@ -64,7 +85,10 @@ export async function writeDisk(path: string, size: number, regions: Region[]): 
 	return image;
 }
 
-export async function writeKey(dir: string, name = "image.jwk"): Promise<{ key: ImageKey; path: string }> {
+export async function writeKey(
+	dir: string,
+	name = "image.jwk",
+): Promise<{ key: ImageKey; path: string }> {
 	const key = generateImageKey();
 	const path = join(dir, name);
 	await writeFile(path, JSON.stringify(toJwk(key)), { mode: 0o600 });
@@ -76,7 +100,13 @@ export async function sealInto(
 	dir: string,
 	tag: string,
 	key: ImageKey,
-	o: { chunkSize?: number; compression?: CompressionName; base?: string; baseKey?: ImageKey; sealId?: Buffer } = {},
+	o: {
+		chunkSize?: number;
+		compression?: CompressionName;
+		base?: string;
+		baseKey?: ImageKey;
+		sealId?: Buffer;
+	} = {},
 ) {
 	return sealDisk({
 		disk,
@@ -85,7 +115,9 @@ export async function sealInto(
 		chunkSize: o.chunkSize,
 		compression: o.compression,
 		sealId: o.sealId,
-		base: o.base ? { ref: { transport: "oci", dir, tag: o.base }, key: o.baseKey ?? key } : undefined,
+		base: o.base
+			? { ref: { transport: "oci", dir, tag: o.base }, key: o.baseKey ?? key }
+			: undefined,
 	});
 }
 
@@ -95,18 +127,28 @@ export interface CliResult {
 	stderr: string;
 }
 
-export function runCli(bin: string, args: string[], cwd?: string): Promise<CliResult> {
+export function runCli(
+	bin: string,
+	args: string[],
+	cwd?: string,
+): Promise<CliResult> {
 	return new Promise((resolve) => {
-		execFile(process.execPath, [bin, ...args], { cwd, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-			const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
-			resolve({ code, stdout, stderr });
-		});
+		execFile(
+			process.execPath,
+			[bin, ...args],
+			{ cwd, maxBuffer: 64 << 20 },
+			(err, stdout, stderr) => {
+				const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
+				resolve({ code, stdout, stderr });
+			},
+		);
 	});
 }
 
 /** Files of a directory tree (relative paths), for "nothing left behind" checks. */
 export async function listFiles(dir: string): Promise<string[]> {
 	const out: string[] = [];
-	for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) out.push(join(e.parentPath ?? "", e.name));
+	for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
+		if (e.isFile()) out.push(relative(dir, join(e.parentPath, e.name)));
 	return out.sort();
 }

@@ -6,23 +6,43 @@ import { findSegment, mergeLayers } from "../src/format/merge.js";
 
 /** Random sorted, non-overlapping extents over `n` chunks, tagged so we can tell them apart. */
 const layerArb = (n: number) =>
-	fc.array(fc.oneof(fc.constant("."), fc.constant("d"), fc.constant("z")), { minLength: n, maxLength: n }).map((plan) => {
-		const extents: Extent[] = [];
-		plan.forEach((k, chunk) => {
-			if (k === ".") return;
-			const flags = k === "z" ? EXTENT_ZERO : 0;
-			const last = extents[extents.length - 1];
-			if (last && last.first + last.count === chunk && last.flags === flags) last.count++;
-			else extents.push({ first: chunk, count: 1, offset: 0, storedLength: 0, flags });
+	fc
+		.array(fc.oneof(fc.constant("."), fc.constant("d"), fc.constant("z")), {
+			minLength: n,
+			maxLength: n,
+		})
+		.map((plan) => {
+			const extents: Extent[] = [];
+			plan.forEach((k, chunk) => {
+				if (k === ".") return;
+				const flags = k === "z" ? EXTENT_ZERO : 0;
+				const last = extents[extents.length - 1];
+				if (last && last.first + last.count === chunk && last.flags === flags)
+					last.count++;
+				else
+					extents.push({
+						first: chunk,
+						count: 1,
+						offset: 0,
+						storedLength: 0,
+						flags,
+					});
+			});
+			return extents;
 		});
-		return extents;
-	});
 
 describe("merging layer indexes", () => {
 	it("matches a per-chunk model: the topmost layer covering a chunk wins (property)", () => {
 		fc.assert(
 			fc.property(
-				fc.integer({ min: 1, max: 40 }).chain((n) => fc.tuple(fc.constant(n), fc.array(layerArb(n), { minLength: 1, maxLength: 5 }))),
+				fc
+					.integer({ min: 1, max: 40 })
+					.chain((n) =>
+						fc.tuple(
+							fc.constant(n),
+							fc.array(layerArb(n), { minLength: 1, maxLength: 5 }),
+						),
+					),
 				fc.integer({ min: 1, max: 40 }),
 				([n, layers], top) => {
 					const chunkCount = Math.min(n, top);
@@ -38,7 +58,9 @@ describe("merging layer indexes", () => {
 					for (let c = 0; c < chunkCount; c++) {
 						let want: { layer: number; extent: Extent } | undefined;
 						for (let l = layers.length - 1; l >= 0 && !want; l--) {
-							const e = (layers[l] as Extent[]).find((x) => c >= x.first && c < x.first + x.count);
+							const e = (layers[l] as Extent[]).find(
+								(x) => c >= x.first && c < x.first + x.count,
+							);
 							if (e) want = { layer: l, extent: e };
 						}
 						const s = findSegment(view, c);

@@ -5,11 +5,24 @@ import { afterAll, describe, expect, it } from "vitest";
 import { TAG_SIZE } from "../src/format/constants.js";
 import { exportDisk } from "../src/image/export.js";
 import { openSealedImage } from "../src/image/open-image.js";
-import { cleanupTempDirs, prng, sealInto, tempDir, texty, writeDisk, writeKey } from "./helpers.js";
+import {
+	cleanupTempDirs,
+	prng,
+	sealInto,
+	tempDir,
+	texty,
+	writeDisk,
+	writeKey,
+} from "./helpers.js";
 
 afterAll(cleanupTempDirs);
 
-async function exportOf(dir: string, tag: string, key: Awaited<ReturnType<typeof writeKey>>["key"], out: string) {
+async function exportOf(
+	dir: string,
+	tag: string,
+	key: Awaited<ReturnType<typeof writeKey>>["key"],
+	out: string,
+) {
 	const img = await openSealedImage({ transport: "oci", dir, tag }, key);
 	try {
 		const r = await exportDisk(img.disk, out);
@@ -32,13 +45,27 @@ describe("seal → export round trip", () => {
 					{ at: 3 * (1 << 20) + 17, bytes: prng("c", 5000) }, // unaligned
 					{ at: size - 4000, bytes: texty("d", 4000) }, // partial last chunk
 				]);
-				const sealed = await sealInto(join(dir, "disk.img"), join(dir, "oci"), "v1", key, { chunkSize, compression });
-				const { r, bytes } = await exportOf(join(dir, "oci"), "v1", key, join(dir, "out.img"));
+				const sealed = await sealInto(
+					join(dir, "disk.img"),
+					join(dir, "oci"),
+					"v1",
+					key,
+					{ chunkSize, compression },
+				);
+				const { r, bytes } = await exportOf(
+					join(dir, "oci"),
+					"v1",
+					key,
+					join(dir, "out.img"),
+				);
 				expect(bytes.equals(image)).toBe(true);
 				expect(r.bytes).toBe(size);
 				// holes are not stored
-				expect(sealed.layer.storedChunks).toBeLessThan(Math.ceil(size / chunkSize));
-				if (compression === "zstd") expect(sealed.layer.size).toBeLessThan(300_000 + 700_000);
+				expect(sealed.layer.storedChunks).toBeLessThan(
+					Math.ceil(size / chunkSize),
+				);
+				if (compression === "zstd")
+					expect(sealed.layer.size).toBeLessThan(300_000 + 700_000);
 			});
 		}
 	}
@@ -47,20 +74,41 @@ describe("seal → export round trip", () => {
 		const dir = await tempDir();
 		const { key } = await writeKey(dir);
 		const image = await writeDisk(join(dir, "z.img"), 3 << 20, []);
-		const sealed = await sealInto(join(dir, "z.img"), join(dir, "oci"), "z", key);
+		const sealed = await sealInto(
+			join(dir, "z.img"),
+			join(dir, "oci"),
+			"z",
+			key,
+		);
 		expect(sealed.layer.storedChunks).toBe(0);
-		const { bytes } = await exportOf(join(dir, "oci"), "z", key, join(dir, "out.img"));
+		const { bytes } = await exportOf(
+			join(dir, "oci"),
+			"z",
+			key,
+			join(dir, "out.img"),
+		);
 		expect(bytes.equals(image)).toBe(true);
 		// and the output is sparse
-		expect((await stat(join(dir, "out.img"))).blocks * 512).toBeLessThan(1 << 20);
+		expect((await stat(join(dir, "out.img"))).blocks * 512).toBeLessThan(
+			1 << 20,
+		);
 	});
 
 	it("a one-byte image round-trips", async () => {
 		const dir = await tempDir();
 		const { key } = await writeKey(dir);
-		const image = await writeDisk(join(dir, "one.img"), 1, [{ at: 0, bytes: Buffer.from([0x42]) }]);
-		await sealInto(join(dir, "one.img"), join(dir, "oci"), "one", key, { chunkSize: 4096 });
-		const { bytes } = await exportOf(join(dir, "oci"), "one", key, join(dir, "out.img"));
+		const image = await writeDisk(join(dir, "one.img"), 1, [
+			{ at: 0, bytes: Buffer.from([0x42]) },
+		]);
+		await sealInto(join(dir, "one.img"), join(dir, "oci"), "one", key, {
+			chunkSize: 4096,
+		});
+		const { bytes } = await exportOf(
+			join(dir, "oci"),
+			"one",
+			key,
+			join(dir, "out.img"),
+		);
 		expect(bytes.equals(image)).toBe(true);
 	});
 });
@@ -71,7 +119,9 @@ describe("layer stacks", () => {
 		const { key } = await writeKey(dir);
 		const cs = 65536;
 		const size = 8 << 20;
-		const base = await writeDisk(join(dir, "base.img"), size, [{ at: 0, bytes: prng("base", size) }]);
+		const base = await writeDisk(join(dir, "base.img"), size, [
+			{ at: 0, bytes: prng("base", size) },
+		]);
 		// change 10 chunks: 6 rewritten, 2 zeroed, 2 partially changed (one byte each)
 		const mod = Buffer.from(base);
 		for (const c of [3, 4, 5, 40, 41, 100]) prng(`m${c}`, cs).copy(mod, c * cs);
@@ -80,8 +130,13 @@ describe("layer stacks", () => {
 		mod[127 * cs + cs - 1] = (mod[127 * cs + cs - 1] as number) ^ 0xff;
 		await writeDisk(join(dir, "mod.img"), size, [{ at: 0, bytes: mod }]);
 		const oci = join(dir, "oci");
-		const s1 = await sealInto(join(dir, "base.img"), oci, "v1", key, { chunkSize: cs, compression: "none" });
-		const s2 = await sealInto(join(dir, "mod.img"), oci, "v2", key, { base: "v1" });
+		const s1 = await sealInto(join(dir, "base.img"), oci, "v1", key, {
+			chunkSize: cs,
+			compression: "none",
+		});
+		const s2 = await sealInto(join(dir, "mod.img"), oci, "v2", key, {
+			base: "v1",
+		});
 		expect(s2.config.layers).toHaveLength(2);
 		expect(s2.config.layers[0]?.digest).toBe(s1.layer.digest); // the base layer is reused as is
 		expect(s2.layer.storedChunks).toBe(8);
@@ -101,18 +156,30 @@ describe("layer stacks", () => {
 		const dir = await tempDir();
 		const { key } = await writeKey(dir);
 		const oci = join(dir, "oci");
-		const a = await writeDisk(join(dir, "a.img"), 1_000_000, [{ at: 0, bytes: prng("a", 1_000_000) }]);
+		const a = await writeDisk(join(dir, "a.img"), 1_000_000, [
+			{ at: 0, bytes: prng("a", 1_000_000) },
+		]);
 		const grown = Buffer.concat([a, texty("g", 500_000)]);
-		await writeDisk(join(dir, "b.img"), grown.length, [{ at: 0, bytes: grown }]);
+		await writeDisk(join(dir, "b.img"), grown.length, [
+			{ at: 0, bytes: grown },
+		]);
 		const shrunk = a.subarray(0, 300_001);
-		await writeDisk(join(dir, "c.img"), shrunk.length, [{ at: 0, bytes: shrunk }]);
+		await writeDisk(join(dir, "c.img"), shrunk.length, [
+			{ at: 0, bytes: shrunk },
+		]);
 		await sealInto(join(dir, "a.img"), oci, "a", key, { chunkSize: 16384 });
 		const sb = await sealInto(join(dir, "b.img"), oci, "b", key, { base: "a" });
-		expect(sb.layer.storedChunks).toBeLessThanOrEqual(Math.ceil(500_000 / 16384) + 1);
+		expect(sb.layer.storedChunks).toBeLessThanOrEqual(
+			Math.ceil(500_000 / 16384) + 1,
+		);
 		const sc = await sealInto(join(dir, "c.img"), oci, "c", key, { base: "b" });
 		expect(sc.config.layers).toHaveLength(3);
-		expect((await exportOf(oci, "b", key, join(dir, "ob"))).bytes.equals(grown)).toBe(true);
-		expect((await exportOf(oci, "c", key, join(dir, "oc"))).bytes.equals(shrunk)).toBe(true);
+		expect(
+			(await exportOf(oci, "b", key, join(dir, "ob"))).bytes.equals(grown),
+		).toBe(true);
+		expect(
+			(await exportOf(oci, "c", key, join(dir, "oc"))).bytes.equals(shrunk),
+		).toBe(true);
 	});
 
 	it("random stacks of random edits export exactly (property)", async () => {
@@ -126,9 +193,16 @@ describe("layer stacks", () => {
 				fc.array(
 					fc.record({
 						size: fc.integer({ min: 1, max: 300_000 }),
-						edits: fc.array(fc.record({ at: fc.nat(300_000), len: fc.integer({ min: 1, max: 20_000 }), kind: fc.constantFrom("rand", "zero", "text") }), {
-							maxLength: 6,
-						}),
+						edits: fc.array(
+							fc.record({
+								at: fc.nat(300_000),
+								len: fc.integer({ min: 1, max: 20_000 }),
+								kind: fc.constantFrom("rand", "zero", "text"),
+							}),
+							{
+								maxLength: 6,
+							},
+						),
 					}),
 					{ minLength: 1, maxLength: 4 },
 				),
@@ -142,16 +216,30 @@ describe("layer stacks", () => {
 						for (const e of spec.edits) {
 							const at = e.at % spec.size;
 							const len = Math.min(e.len, spec.size - at);
-							const bytes = e.kind === "zero" ? Buffer.alloc(len) : e.kind === "rand" ? prng(`${run}/${v}/${at}`, len) : texty(`${run}/${v}`, len);
+							const bytes =
+								e.kind === "zero"
+									? Buffer.alloc(len)
+									: e.kind === "rand"
+										? prng(`${run}/${v}/${at}`, len)
+										: texty(`${run}/${v}`, len);
 							bytes.copy(next, at);
 						}
 						disk = next;
 						const path = join(dir, `d${run}-${v}.img`);
 						await writeDisk(path, disk.length, [{ at: 0, bytes: disk }]);
-						await sealInto(path, oci, `v${v}`, key, { chunkSize, compression, base: prev });
+						await sealInto(path, oci, `v${v}`, key, {
+							chunkSize,
+							compression,
+							base: prev,
+						});
 						prev = `v${v}`;
 					}
-					const { bytes } = await exportOf(oci, prev as string, key, join(dir, `out${run++}.img`));
+					const { bytes } = await exportOf(
+						oci,
+						prev as string,
+						key,
+						join(dir, `out${run++}.img`),
+					);
 					expect(bytes.equals(disk)).toBe(true);
 				},
 			),
@@ -167,18 +255,35 @@ describe("layer stacks", () => {
 			{ at: 0, bytes: prng("r", 700_000) },
 			{ at: 1_200_000, bytes: texty("t", 500_000) },
 		]);
-		await sealInto(join(dir, "r.img"), join(dir, "oci"), "r", key, { chunkSize: 8192 });
-		const img = await openSealedImage({ transport: "oci", dir: join(dir, "oci"), tag: "r" }, key);
+		await sealInto(join(dir, "r.img"), join(dir, "oci"), "r", key, {
+			chunkSize: 8192,
+		});
+		const img = await openSealedImage(
+			{ transport: "oci", dir: join(dir, "oci"), tag: "r" },
+			key,
+		);
 		try {
 			await fc.assert(
-				fc.asyncProperty(fc.nat(size - 1), fc.nat(100_000), async (off, len) => {
-					const n = Math.min(len, size - off);
-					expect((await img.disk.read(off, n)).equals(image.subarray(off, off + n))).toBe(true);
-				}),
+				fc.asyncProperty(
+					fc.nat(size - 1),
+					fc.nat(100_000),
+					async (off, len) => {
+						const n = Math.min(len, size - off);
+						expect(
+							(await img.disk.read(off, n)).equals(
+								image.subarray(off, off + n),
+							),
+						).toBe(true);
+					},
+				),
 				{ numRuns: 200 },
 			);
-			await expect(img.disk.read(size - 1, 2)).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
-			await expect(img.disk.read(-1, 1)).rejects.toMatchObject({ code: "OUT_OF_RANGE" });
+			await expect(img.disk.read(size - 1, 2)).rejects.toMatchObject({
+				code: "OUT_OF_RANGE",
+			});
+			await expect(img.disk.read(-1, 1)).rejects.toMatchObject({
+				code: "OUT_OF_RANGE",
+			});
 		} finally {
 			await img.close();
 		}

@@ -3,7 +3,14 @@
  * export fail with a stable code, never wrong data, and nothing half-written is left behind;
  * layers cannot be swapped, moved or substituted.
  */
-import { copyFile, readdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import {
+	copyFile,
+	readdir,
+	readFile,
+	rm,
+	truncate,
+	writeFile,
+} from "node:fs/promises";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -14,9 +21,24 @@ import { exportDisk } from "../src/image/export.js";
 import { openSealedImage } from "../src/image/open-image.js";
 import { verifyImage } from "../src/image/verify.js";
 import { sha256Digest } from "../src/oci/digest.js";
-import { cleanupTempDirs, prng, sealInto, tempDir, texty, writeDisk, writeKey } from "./helpers.js";
+import {
+	cleanupTempDirs,
+	prng,
+	sealInto,
+	tempDir,
+	texty,
+	writeDisk,
+	writeKey,
+} from "./helpers.js";
 
-const INTEGRITY = ["AUTH_FAILED", "DIGEST_MISMATCH", "FORMAT_INVALID", "FORMAT_UNSUPPORTED", "LAYER_MISMATCH", "LAYOUT_INVALID"];
+const INTEGRITY = [
+	"AUTH_FAILED",
+	"DIGEST_MISMATCH",
+	"FORMAT_INVALID",
+	"FORMAT_UNSUPPORTED",
+	"LAYER_MISMATCH",
+	"LAYOUT_INVALID",
+];
 const CS = 4096;
 
 let dir: string;
@@ -47,7 +69,9 @@ async function verifyCode(tag = "v2"): Promise<string> {
 }
 
 /** Exports into a fresh directory; returns the code and what the directory holds afterwards. */
-async function exportCode(tag = "v2"): Promise<{ code: string; left: string[]; bytes?: Buffer }> {
+async function exportCode(
+	tag = "v2",
+): Promise<{ code: string; left: string[]; bytes?: Buffer }> {
 	const outDir = await tempDir();
 	const out = join(outDir, "disk.img");
 	const code = await attempt(async () => {
@@ -64,7 +88,11 @@ async function exportCode(tag = "v2"): Promise<{ code: string; left: string[]; b
 	return { code, left, bytes };
 }
 
-async function withModifiedFile(path: string, mutate: (b: Buffer) => Buffer, fn: () => Promise<void>): Promise<void> {
+async function withModifiedFile(
+	path: string,
+	mutate: (b: Buffer) => Buffer,
+	fn: () => Promise<void>,
+): Promise<void> {
 	const orig = await readFile(path);
 	await writeFile(path, mutate(Buffer.from(orig)));
 	try {
@@ -76,7 +104,9 @@ async function withModifiedFile(path: string, mutate: (b: Buffer) => Buffer, fn:
 
 async function manifestOf(tag: string): Promise<{ path: string; json: any }> {
 	const index = JSON.parse(await readFile(join(oci, "index.json"), "utf8"));
-	const d = index.manifests.find((m: any) => m.annotations["org.opencontainers.image.ref.name"] === tag);
+	const d = index.manifests.find(
+		(m: any) => m.annotations["org.opencontainers.image.ref.name"] === tag,
+	);
 	const path = join(oci, "blobs/sha256", d.digest.slice(7));
 	return { path, json: JSON.parse(await readFile(path, "utf8")) };
 }
@@ -85,20 +115,40 @@ async function manifestOf(tag: string): Promise<{ path: string; json: any }> {
  * An attacker with write access to the layout: rewrites the config (and so the manifest and
  * index.json) consistently, so every digest matches again.
  */
-async function forgeConfig(tag: string, mutate: (config: any, manifest: any) => void): Promise<string> {
+async function forgeConfig(
+	tag: string,
+	mutate: (config: any, manifest: any) => void,
+): Promise<string> {
 	const { json: manifest } = await manifestOf(tag);
-	const config = JSON.parse(await readFile(join(oci, "blobs/sha256", manifest.config.digest.slice(7)), "utf8"));
+	const config = JSON.parse(
+		await readFile(
+			join(oci, "blobs/sha256", manifest.config.digest.slice(7)),
+			"utf8",
+		),
+	);
 	mutate(config, manifest);
 	const cbytes = Buffer.from(JSON.stringify(config));
 	manifest.config.digest = sha256Digest(cbytes);
 	manifest.config.size = cbytes.length;
-	await writeFile(join(oci, "blobs/sha256", manifest.config.digest.slice(7)), cbytes);
+	await writeFile(
+		join(oci, "blobs/sha256", manifest.config.digest.slice(7)),
+		cbytes,
+	);
 	const mbytes = Buffer.from(JSON.stringify(manifest));
 	const md = sha256Digest(mbytes);
 	await writeFile(join(oci, "blobs/sha256", md.slice(7)), mbytes);
 	const index = JSON.parse(await readFile(join(oci, "index.json"), "utf8"));
-	index.manifests.push({ mediaType: "application/vnd.oci.image.manifest.v1+json", digest: md, size: mbytes.length, annotations: { "org.opencontainers.image.ref.name": "forged" } });
-	index.manifests = index.manifests.filter((m: any, i: number, all: any[]) => m.annotations["org.opencontainers.image.ref.name"] !== "forged" || i === all.length - 1);
+	index.manifests.push({
+		mediaType: "application/vnd.oci.image.manifest.v1+json",
+		digest: md,
+		size: mbytes.length,
+		annotations: { "org.opencontainers.image.ref.name": "forged" },
+	});
+	index.manifests = index.manifests.filter(
+		(m: any, i: number, all: any[]) =>
+			m.annotations["org.opencontainers.image.ref.name"] !== "forged" ||
+			i === all.length - 1,
+	);
 	await writeFile(join(oci, "index.json"), JSON.stringify(index));
 	return "forged";
 }
@@ -117,17 +167,36 @@ beforeAll(async () => {
 	modified.fill(0, 10 * CS, 12 * CS); // zero extent over base data
 	texty("tail", 3000).copy(modified, size - 3000);
 	await writeDisk(join(dir, "mod.img"), size, [{ at: 0, bytes: modified }]);
-	await sealInto(join(dir, "base.img"), oci, "v1", key, { chunkSize: CS, compression: "zstd" });
-	await sealInto(join(dir, "mod.img"), oci, "v2", key, { compression: "none", base: "v1" });
+	await sealInto(join(dir, "base.img"), oci, "v1", key, {
+		chunkSize: CS,
+		compression: "zstd",
+	});
+	await sealInto(join(dir, "mod.img"), oci, "v2", key, {
+		compression: "none",
+		base: "v1",
+	});
 	// an unrelated image of the same shape under the same image key, for substitution attacks
-	await writeDisk(join(dir, "other.img"), size, [{ at: 0, bytes: prng("other", size) }]);
-	await sealInto(join(dir, "other.img"), join(dir, "oci-other"), "o", key, { chunkSize: CS, compression: "none" });
+	await writeDisk(join(dir, "other.img"), size, [
+		{ at: 0, bytes: prng("other", size) },
+	]);
+	await sealInto(join(dir, "other.img"), join(dir, "oci-other"), "o", key, {
+		chunkSize: CS,
+		compression: "none",
+	});
 
 	const { path: mpath, json: m } = await manifestOf("v2");
 	blobs = [
 		{ name: "manifest", path: mpath, digest: "" },
-		{ name: "config", path: join(oci, "blobs/sha256", m.config.digest.slice(7)), digest: m.config.digest },
-		...m.layers.map((l: any, i: number) => ({ name: `layer${i}`, path: join(oci, "blobs/sha256", l.digest.slice(7)), digest: l.digest })),
+		{
+			name: "config",
+			path: join(oci, "blobs/sha256", m.config.digest.slice(7)),
+			digest: m.config.digest,
+		},
+		...m.layers.map((l: any, i: number) => ({
+			name: `layer${i}`,
+			path: join(oci, "blobs/sha256", l.digest.slice(7)),
+			digest: l.digest,
+		})),
 	];
 });
 afterAll(cleanupTempDirs);
@@ -143,10 +212,20 @@ describe("the untampered image", () => {
 
 describe("flipping any single byte of any blob", () => {
 	it("makes verify and export fail with an integrity code and leaves no output (property)", async () => {
-		const sizes = await Promise.all(blobs.map(async (b) => (await readFile(b.path)).length));
+		const sizes = await Promise.all(
+			blobs.map(async (b) => (await readFile(b.path)).length),
+		);
 		await fc.assert(
 			fc.asyncProperty(
-				fc.integer({ min: 0, max: blobs.length - 1 }).chain((bi) => fc.tuple(fc.constant(bi), fc.nat((sizes[bi] as number) - 1), fc.integer({ min: 1, max: 255 }))),
+				fc
+					.integer({ min: 0, max: blobs.length - 1 })
+					.chain((bi) =>
+						fc.tuple(
+							fc.constant(bi),
+							fc.nat((sizes[bi] as number) - 1),
+							fc.integer({ min: 1, max: 255 }),
+						),
+					),
 				async ([bi, pos, x]) => {
 					const b = blobs[bi] as (typeof blobs)[number];
 					await withModifiedFile(
@@ -172,7 +251,10 @@ describe("flipping any single byte of any blob", () => {
 	it("every byte of the header, trailer and index of the upper layer is covered", async () => {
 		const layer = blobs[3] as (typeof blobs)[number];
 		const size = (await readFile(layer.path)).length;
-		const positions = [...Array(HEADER_SIZE).keys(), ...Array.from({ length: 200 }, (_, i) => size - 1 - i)];
+		const positions = [
+			...Array(HEADER_SIZE).keys(),
+			...Array.from({ length: 200 }, (_, i) => size - 1 - i),
+		];
 		for (const pos of positions) {
 			await withModifiedFile(
 				layer.path,
@@ -190,13 +272,21 @@ describe("flipping any single byte of any blob", () => {
 
 	it("a flipped byte in a chunk shadowed by an upper layer still fails export", async () => {
 		const base = blobs[2] as (typeof blobs)[number];
-		const img = await openSealedImage({ transport: "oci", dir: oci, tag: "v2" }, key);
-		const e = img.disk.layers[0]?.extents.find((x) => x.first <= 3 && x.first + x.count > 3);
+		const img = await openSealedImage(
+			{ transport: "oci", dir: oci, tag: "v2" },
+			key,
+		);
+		const e = img.disk.layers[0]?.extents.find(
+			(x) => x.first <= 3 && x.first + x.count > 3,
+		);
 		const shownBy = img.disk.layerOf(3);
 		await img.close();
 		expect(shownBy).toBe(1); // chunk 3 comes from the upper layer
 		expect(e?.storedLength).toBe(CS + TAG_SIZE); // random data: stored raw in the base
-		const at = (e?.offset as number) + (3 - (e?.first as number)) * (CS + TAG_SIZE) + 100;
+		const at =
+			(e?.offset as number) +
+			(3 - (e?.first as number)) * (CS + TAG_SIZE) +
+			100;
 		await withModifiedFile(
 			base.path,
 			(buf) => {
@@ -217,7 +307,12 @@ describe("moving stored bytes around", () => {
 			upper().path,
 			(buf) => {
 				const a = Buffer.from(buf.subarray(HEADER_SIZE, HEADER_SIZE + stored));
-				buf.copy(buf, HEADER_SIZE, HEADER_SIZE + stored, HEADER_SIZE + 2 * stored);
+				buf.copy(
+					buf,
+					HEADER_SIZE,
+					HEADER_SIZE + stored,
+					HEADER_SIZE + 2 * stored,
+				);
 				a.copy(buf, HEADER_SIZE + stored);
 				return buf;
 			},
@@ -232,7 +327,12 @@ describe("moving stored bytes around", () => {
 		await withModifiedFile(
 			upper().path,
 			(buf) => {
-				buf.copy(buf, HEADER_SIZE + 3 * stored, HEADER_SIZE, HEADER_SIZE + stored);
+				buf.copy(
+					buf,
+					HEADER_SIZE + 3 * stored,
+					HEADER_SIZE,
+					HEADER_SIZE + stored,
+				);
 				return buf;
 			},
 			async () => expect((await exportCode()).code).toBe("AUTH_FAILED"),
@@ -241,28 +341,47 @@ describe("moving stored bytes around", () => {
 
 	it("truncating or extending a layer is detected", async () => {
 		for (const cut of [1, 64, 100, 5000]) {
-			await withModifiedFile(upper().path, (buf) => buf.subarray(0, buf.length - cut), async () => {
-				expect(INTEGRITY).toContain(await verifyCode());
-				expect(INTEGRITY).toContain((await exportCode()).code);
-			});
+			await withModifiedFile(
+				upper().path,
+				(buf) => buf.subarray(0, buf.length - cut),
+				async () => {
+					expect(INTEGRITY).toContain(await verifyCode());
+					expect(INTEGRITY).toContain((await exportCode()).code);
+				},
+			);
 		}
-		await withModifiedFile(upper().path, (buf) => Buffer.concat([buf, Buffer.alloc(1)]), async () => {
-			expect(INTEGRITY).toContain((await exportCode()).code);
-		});
+		await withModifiedFile(
+			upper().path,
+			(buf) => Buffer.concat([buf, Buffer.alloc(1)]),
+			async () => {
+				expect(INTEGRITY).toContain((await exportCode()).code);
+			},
+		);
 	});
 
 	it("a missing blob is a clear layout error", async () => {
-		await withModifiedFile(upper().path, (b) => b, async () => {
-			await rm(upper().path);
-			expect(await verifyCode()).toBe("LAYOUT_INVALID");
-		});
+		await withModifiedFile(
+			upper().path,
+			(b) => b,
+			async () => {
+				await rm(upper().path);
+				expect(await verifyCode()).toBe("LAYOUT_INVALID");
+			},
+		);
 	});
 });
 
 describe("substituting layers", () => {
 	async function otherLayerPath(): Promise<string> {
-		const idx = JSON.parse(await readFile(join(dir, "oci-other/index.json"), "utf8"));
-		const m = JSON.parse(await readFile(join(dir, "oci-other/blobs/sha256", idx.manifests[0].digest.slice(7)), "utf8"));
+		const idx = JSON.parse(
+			await readFile(join(dir, "oci-other/index.json"), "utf8"),
+		);
+		const m = JSON.parse(
+			await readFile(
+				join(dir, "oci-other/blobs/sha256", idx.manifests[0].digest.slice(7)),
+				"utf8",
+			),
+		);
 		return join(dir, "oci-other/blobs/sha256", m.layers[0].digest.slice(7));
 	}
 
@@ -270,10 +389,14 @@ describe("substituting layers", () => {
 		const other = await readFile(await otherLayerPath());
 		const upper = blobs[3] as (typeof blobs)[number];
 		// same name (digest) as the real layer, other bytes: as a lazy reader would see it
-		await withModifiedFile(upper.path, () => other, async () => {
-			expect(INTEGRITY).toContain(await verifyCode());
-			expect(INTEGRITY).toContain((await exportCode()).code);
-		});
+		await withModifiedFile(
+			upper.path,
+			() => other,
+			async () => {
+				expect(INTEGRITY).toContain(await verifyCode());
+				expect(INTEGRITY).toContain((await exportCode()).code);
+			},
+		);
 		// with its header rewritten to claim the expected layer id: the index no longer authenticates
 		const expectedId = (await readFile(upper.path)).subarray(24, 56);
 		await withModifiedFile(
@@ -292,9 +415,25 @@ describe("substituting layers", () => {
 		const otherBytes = await readFile(otherPath);
 		const d = sha256Digest(otherBytes);
 		await copyFile(otherPath, join(oci, "blobs/sha256", d.slice(7)));
-		const otherCfgIdx = JSON.parse(await readFile(join(dir, "oci-other/index.json"), "utf8"));
-		const om = JSON.parse(await readFile(join(dir, "oci-other/blobs/sha256", otherCfgIdx.manifests[0].digest.slice(7)), "utf8"));
-		const oc = JSON.parse(await readFile(join(dir, "oci-other/blobs/sha256", om.config.digest.slice(7)), "utf8"));
+		const otherCfgIdx = JSON.parse(
+			await readFile(join(dir, "oci-other/index.json"), "utf8"),
+		);
+		const om = JSON.parse(
+			await readFile(
+				join(
+					dir,
+					"oci-other/blobs/sha256",
+					otherCfgIdx.manifests[0].digest.slice(7),
+				),
+				"utf8",
+			),
+		);
+		const oc = JSON.parse(
+			await readFile(
+				join(dir, "oci-other/blobs/sha256", om.config.digest.slice(7)),
+				"utf8",
+			),
+		);
 		const tag = await forgeConfig("v2", (config, manifest) => {
 			config.layers[1] = oc.layers[0];
 			manifest.layers[1] = om.layers[0];
@@ -342,26 +481,41 @@ describe("substituting layers", () => {
 describe("keys", () => {
 	it("another image key is refused before any data is read", async () => {
 		const other = (await writeKey(await tempDir())).key;
-		const code = await attempt(() => openSealedImage({ transport: "oci", dir: oci, tag: "v2" }, other));
+		const code = await attempt(() =>
+			openSealedImage({ transport: "oci", dir: oci, tag: "v2" }, other),
+		);
 		expect(code).toBe("KEY_MISMATCH");
 	});
 
 	it("a key claiming the right kid but holding other bytes fails authentication", async () => {
 		const other = (await writeKey(await tempDir())).key;
-		const code = await attempt(() => openSealedImage({ transport: "oci", dir: oci, tag: "v2" }, { kid: key.kid, key: other.key }));
+		const code = await attempt(() =>
+			openSealedImage(
+				{ transport: "oci", dir: oci, tag: "v2" },
+				{ kid: key.kid, key: other.key },
+			),
+		);
 		expect(code).toBe("AUTH_FAILED");
 	});
 });
 
 describe("truncated layouts", () => {
 	it("a layout without index.json or oci-layout is refused", async () => {
-		await withModifiedFile(join(oci, "index.json"), (b) => b, async () => {
-			await truncate(join(oci, "index.json"), 10);
-			expect(await verifyCode()).toBe("LAYOUT_INVALID");
-		});
-		await withModifiedFile(join(oci, "oci-layout"), (b) => b, async () => {
-			await rm(join(oci, "oci-layout"));
-			expect(await verifyCode()).toBe("INPUT_NOT_FOUND");
-		});
+		await withModifiedFile(
+			join(oci, "index.json"),
+			(b) => b,
+			async () => {
+				await truncate(join(oci, "index.json"), 10);
+				expect(await verifyCode()).toBe("LAYOUT_INVALID");
+			},
+		);
+		await withModifiedFile(
+			join(oci, "oci-layout"),
+			(b) => b,
+			async () => {
+				await rm(join(oci, "oci-layout"));
+				expect(await verifyCode()).toBe("INPUT_NOT_FOUND");
+			},
+		);
 	});
 });

@@ -73,8 +73,12 @@ export async function runProgram(
 	program: import("commander").Command,
 	argv: string[],
 ): Promise<void> {
-	program.exitOverride();
-	program.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+	const configure = (c: import("commander").Command): void => {
+		c.exitOverride();
+		c.configureOutput({ writeErr: (s) => process.stderr.write(s) });
+		for (const sub of c.commands) configure(sub);
+	};
+	configure(program);
 	try {
 		await program.parseAsync(argv);
 	} catch (e) {

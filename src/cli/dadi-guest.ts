@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** dadi-guest: the in-sandbox side. This build reads sealed images from OCI layouts. */
 import { Command } from "commander";
+import { installSignalCleanup } from "../temp-files.js";
 import { runProgram } from "./common.js";
 import { exportCommand } from "./export-command.js";
 import { VERSION } from "./version.js";
@@ -12,4 +13,5 @@ const program = new Command("dadi-guest")
 	.version(VERSION)
 	.addHelpText("after", "\nExit codes: as dadi-seal (docs/cli.md).");
 exportCommand(program, "dadi-guest");
+installSignalCleanup();
 await runProgram(program, process.argv);

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /** dadi-seal: seal disk images into encrypted, lazily readable OCI images, and check them. */
 import { Command } from "commander";
+import { installSignalCleanup } from "../temp-files.js";
 import { runProgram } from "./common.js";
 import { exportCommand } from "./export-command.js";
 import { inspectCommand } from "./seal/inspect.js";
@@ -23,4 +24,5 @@ sealCommand(program);
 inspectCommand(program);
 verifyCommand(program);
 exportCommand(program, "dadi-seal");
+installSignalCleanup();
 await runProgram(program, process.argv);

@@ -8,6 +8,7 @@ import { type FileHandle, open, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
 import type { Run, VirtualDisk } from "../storage/virtual-disk.js";
+import { trackTemp, untrackTemp } from "../temp-files.js";
 
 export interface ExportOptions {
 	force?: boolean;
@@ -48,6 +49,7 @@ export async function exportDisk(
 	let fh: FileHandle | undefined;
 	try {
 		fh = await open(tmp, "wx", 0o600);
+		trackTemp(tmp);
 	} catch (e) {
 		throw fromSystemError(e, tmp, "creating the output file");
 	}
@@ -64,6 +66,8 @@ export async function exportDisk(
 		await fh?.close().catch(() => {});
 		await rm(tmp, { force: true });
 		throw e instanceof DadiError ? e : fromSystemError(e, out, "exporting");
+	} finally {
+		untrackTemp(tmp);
 	}
 }
 

@@ -16,6 +16,7 @@ import {
 import { join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
 import { FileSource } from "../storage/source.js";
+import { trackTemp, untrackTemp } from "../temp-files.js";
 import { checkDigest, type Descriptor, sha256Digest } from "./digest.js";
 import {
 	ANNOTATION_REF_NAME,
@@ -83,6 +84,7 @@ export async function writeFileAtomic(
 ): Promise<void> {
 	const tmp = `${path}.${randomBytes(6).toString("hex")}.tmp`;
 	let fh: FileHandle | undefined;
+	trackTemp(tmp);
 	try {
 		fh = await open(tmp, "wx", mode);
 		await fh.writeFile(bytes);
@@ -94,6 +96,8 @@ export async function writeFileAtomic(
 		await fh?.close().catch(() => {});
 		await rm(tmp, { force: true });
 		throw fromSystemError(e, path, "writing");
+	} finally {
+		untrackTemp(tmp);
 	}
 }
 
@@ -125,10 +129,18 @@ export class BlobWriter {
 
 	async commit(mediaType: string): Promise<Descriptor> {
 		const digest = `sha256:${this.#hash.digest("hex")}`;
-		await this.fh.sync();
-		await this.fh.close();
 		this.#done = true;
-		await rename(this.tmp, this.layout.blobPath(digest));
+		try {
+			await this.fh.sync();
+			await this.fh.close();
+			await rename(this.tmp, this.layout.blobPath(digest));
+		} catch (e) {
+			await this.fh.close().catch(() => {});
+			await rm(this.tmp, { force: true });
+			throw fromSystemError(e, this.layout.blobPath(digest), "storing a blob");
+		} finally {
+			untrackTemp(this.tmp);
+		}
 		return { mediaType, digest, size: this.#size };
 	}
 
@@ -137,6 +149,7 @@ export class BlobWriter {
 		this.#done = true;
 		await this.fh.close().catch(() => {});
 		await rm(this.tmp, { force: true });
+		untrackTemp(this.tmp);
 	}
 }
 
@@ -398,7 +411,9 @@ export class OciLayout {
 			`.upload-${randomBytes(8).toString("hex")}.tmp`,
 		);
 		try {
-			return new BlobWriter(this, tmp, await open(tmp, "wx", 0o644));
+			const fh = await open(tmp, "wx", 0o644);
+			trackTemp(tmp);
+			return new BlobWriter(this, tmp, fh);
 		} catch (e) {
 			throw fromSystemError(e, tmp, "creating a blob");
 		}

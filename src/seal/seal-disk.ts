@@ -5,13 +5,18 @@
  * new image has another image key.
  */
 import { copyFile, link, rename, rm } from "node:fs/promises";
-import { configMac, encryptImageConfig } from "../crypto/config-auth.js";
+import {
+	configMac,
+	decryptImageConfig,
+	encryptImageConfig,
+} from "../crypto/config-auth.js";
 import type { ImageKey } from "../crypto/image-key.js";
 import { wrapLayerKey } from "../crypto/keywrap.js";
 import { DadiError, fromSystemError } from "../errors.js";
 import {
 	type CompressionName,
 	DEFAULT_CHUNK_SIZE,
+	isPowerOfTwoChunkSize,
 } from "../format/constants.js";
 import { type OpenedImage, openSealedImage } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
@@ -70,6 +75,11 @@ export function defaultKeyRef(key: ImageKey): string {
 }
 
 export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
+	if (o.chunkSize !== undefined && !isPowerOfTwoChunkSize(o.chunkSize))
+		throw new DadiError(
+			"USAGE",
+			`chunk size ${o.chunkSize} must be a power of two from 4096 to 1048576`,
+		);
 	const layout = await OciLayout.openOrCreate(o.dest.dir);
 	let base: OpenedImage | undefined;
 	let disk: RangeSource | undefined;
@@ -161,6 +171,16 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 		layers.push(entry);
 
 		const sealIdHex = sealId.toString("hex");
+		// Without a new image config, the base image's carries over (re-encrypted for this image).
+		const imageConfig =
+			o.imageConfig ??
+			(base?.config.imageConfig && o.base
+				? decryptImageConfig(
+						o.base.key.key,
+						base.config.sealId,
+						base.config.imageConfig,
+					)
+				: undefined);
 		const body: Omit<SealedConfig, "mac"> = {
 			schemaVersion: 1,
 			sealId: sealIdHex,
@@ -174,8 +194,8 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 				wrap: WRAP_ALG,
 			},
 			layers,
-			imageConfig: o.imageConfig
-				? encryptImageConfig(o.key.key, sealIdHex, o.imageConfig)
+			imageConfig: imageConfig
+				? encryptImageConfig(o.key.key, sealIdHex, imageConfig)
 				: null,
 		};
 		const config: SealedConfig = { ...body, mac: configMac(o.key.key, body) };

@@ -1,6 +1,9 @@
 import type { Command } from "commander";
 import { DadiError } from "../../errors.js";
-import type { CompressionName } from "../../format/constants.js";
+import {
+	type CompressionName,
+	isPowerOfTwoChunkSize,
+} from "../../format/constants.js";
 import { parseReference } from "../../oci/reference.js";
 import { KEY_REF_RE } from "../../oci/sealed-config.js";
 import { parseSealId } from "../../seal/keys.js";
@@ -90,22 +93,29 @@ export function sealCommand(program: Command): void {
 					);
 				if (opts.baseKey && !opts.base)
 					throw new DadiError("USAGE", "--base-key needs --base");
-				const key = await readKeyFile(opts.key);
 				const chunkSize =
 					opts.chunkSize === undefined
 						? undefined
 						: parseSize(opts.chunkSize, "--chunk-size");
-				const base = opts.base
-					? {
-							ref: parseReference(opts.base),
-							key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
-						}
-					: undefined;
-				if (base && base.ref.transport !== "oci")
+				if (chunkSize !== undefined && !isPowerOfTwoChunkSize(chunkSize))
+					throw new DadiError(
+						"USAGE",
+						`--chunk-size ${chunkSize}: must be a power of two from 4k to 1M`,
+					);
+				const sealId = opts.sealId ? parseSealId(opts.sealId) : undefined;
+				const baseRef = opts.base ? parseReference(opts.base) : undefined;
+				if (baseRef && baseRef.transport !== "oci")
 					throw new DadiError(
 						"USAGE",
 						`--base "${opts.base}": must be oci:DIR[:TAG]`,
 					);
+				const key = await readKeyFile(opts.key);
+				const base = baseRef
+					? {
+							ref: baseRef,
+							key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
+						}
+					: undefined;
 				const progress = new Progress(!opts.quiet);
 				const started = performance.now();
 				const r = await sealDisk({
@@ -116,7 +126,7 @@ export function sealCommand(program: Command): void {
 					chunkSize,
 					compression: opts.compress as CompressionName,
 					base,
-					sealId: opts.sealId ? parseSealId(opts.sealId) : undefined,
+					sealId,
 					onProgress: (phase, d, t) => progress.update(phase, d, t),
 				});
 				progress.done();

@@ -1,0 +1,45 @@
+/**
+ * Temporary files that must not outlive the process. Writers register the temporary name while
+ * they write and unregister it once renamed into place; on SIGINT/SIGTERM the CLI removes
+ * whatever is still registered before exiting, so an interrupted seal or export leaves nothing.
+ */
+import { rmSync } from "node:fs";
+
+const live = new Set<string>();
+
+export function trackTemp(path: string): void {
+	live.add(path);
+}
+
+export function untrackTemp(path: string): void {
+	live.delete(path);
+}
+
+export function removeTrackedTemps(): void {
+	for (const p of live) {
+		try {
+			rmSync(p, { force: true });
+		} catch {
+			// best effort: the process is exiting
+		}
+	}
+	live.clear();
+}
+
+let installed = false;
+
+/** Removes tracked temporary files on SIGINT/SIGTERM, then exits 130/143 as shells expect. */
+export function installSignalCleanup(): void {
+	if (installed) return;
+	installed = true;
+	for (const [sig, code] of [
+		["SIGINT", 130],
+		["SIGTERM", 143],
+	] as const) {
+		process.once(sig, () => {
+			removeTrackedTemps();
+			process.stderr.write(`\ninterrupted (${sig}); temporary files removed\n`);
+			process.exit(code);
+		});
+	}
+}
