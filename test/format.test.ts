@@ -6,6 +6,7 @@ import {
 	EXTENT_SIZE,
 	EXTENT_ZERO,
 	HEADER_SIZE,
+	INDEX_NONCE_SIZE,
 	TAG_SIZE,
 	TRAILER_SIZE,
 } from "../src/format/constants.js";
@@ -111,6 +112,7 @@ describe("trailer", () => {
 		expect(size).toBe(
 			HEADER_SIZE +
 				t.dataLength +
+				INDEX_NONCE_SIZE +
 				t.extentCount * EXTENT_SIZE +
 				TAG_SIZE +
 				TRAILER_SIZE,

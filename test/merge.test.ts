@@ -32,7 +32,7 @@ const layerArb = (n: number) =>
 		});
 
 describe("merging layer indexes", () => {
-	it("matches a per-chunk model: the topmost layer covering a chunk wins (property)", () => {
+	it("matches a per-chunk model: each layer is the one below cut to its size, with its extents on top (property)", () => {
 		fc.assert(
 			fc.property(
 				fc
@@ -40,36 +40,51 @@ describe("merging layer indexes", () => {
 					.chain((n) =>
 						fc.tuple(
 							fc.constant(n),
-							fc.array(layerArb(n), { minLength: 1, maxLength: 5 }),
+							fc.array(fc.tuple(layerArb(n), fc.integer({ min: 1, max: n })), {
+								minLength: 1,
+								maxLength: 5,
+							}),
 						),
 					),
-				fc.integer({ min: 1, max: 40 }),
-				([n, layers], top) => {
-					const chunkCount = Math.min(n, top);
-					const view = mergeLayers(layers, chunkCount);
-					// sorted, non-overlapping, inside the disk
+				([, spec]) => {
+					// a layer's extents must lie inside its own disk
+					const layers = spec.map(([extents, chunkCount]) => ({
+						chunkCount,
+						extents: extents
+							.filter((e) => e.first < chunkCount)
+							.map((e) => ({
+								...e,
+								count: Math.min(e.count, chunkCount - e.first),
+							})),
+					}));
+					const view = mergeLayers(layers);
+					const top = (layers[layers.length - 1] as (typeof layers)[number])
+						.chunkCount;
 					let end = 0;
 					for (const s of view) {
 						expect(s.first).toBeGreaterThanOrEqual(end);
 						expect(s.count).toBeGreaterThan(0);
 						end = s.first + s.count;
 					}
-					expect(end).toBeLessThanOrEqual(chunkCount);
-					for (let c = 0; c < chunkCount; c++) {
-						let want: { layer: number; extent: Extent } | undefined;
-						for (let l = layers.length - 1; l >= 0 && !want; l--) {
-							const e = (layers[l] as Extent[]).find(
-								(x) => c >= x.first && c < x.first + x.count,
-							);
-							if (e) want = { layer: l, extent: e };
-						}
+					expect(end).toBeLessThanOrEqual(top);
+					// the model: a per-chunk array rebuilt layer by layer
+					let model: ({ layer: number; extent: Extent } | undefined)[] = [];
+					layers.forEach(({ extents, chunkCount }, layer) => {
+						const next = model.slice(0, chunkCount);
+						while (next.length < chunkCount) next.push(undefined);
+						for (const e of extents)
+							for (let c = e.first; c < e.first + e.count; c++)
+								next[c] = { layer, extent: e };
+						model = next;
+					});
+					for (let c = 0; c < top; c++) {
 						const s = findSegment(view, c);
-						expect(s?.layer).toBe(want?.layer);
-						expect(s?.extent).toBe(want?.extent);
+						expect(s?.layer).toBe(model[c]?.layer);
+						expect(s?.extent).toBe(model[c]?.extent);
 					}
 				},
 			),
-			{ numRuns: 500 },
+			{ numRuns: 1000 },
 		);
 	});
 });

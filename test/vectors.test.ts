@@ -24,6 +24,7 @@ async function open(v: Vectors["layers"][number]): Promise<SealedLayer> {
 			layerId: Buffer.from(v.layerId, "hex"),
 			chunkSize: v.chunkSize,
 			virtualSize: Buffer.from(v.disk, "base64").length,
+			compression: v.compression,
 		},
 	);
 }

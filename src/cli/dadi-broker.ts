@@ -10,6 +10,11 @@ const program = new Command("dadi-broker")
 	)
 	.version(VERSION)
 	.addHelpText("after", "\nExit codes: as dadi-seal (docs/cli.md).");
-await runProgram(program, process.argv);
-if (process.argv.length > 2 && process.exitCode === undefined)
+if (process.argv.length <= 2) {
+	// Nothing to run: show what exists and fail, so no script mistakes this for a working broker.
+	process.stderr.write(program.helpInformation());
 	process.exitCode = 2;
+} else {
+	await runProgram(program, process.argv);
+	if (process.exitCode === undefined) process.exitCode = 2;
+}

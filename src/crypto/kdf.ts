@@ -7,6 +7,7 @@ import { hkdfSync } from "node:crypto";
 export const LABELS = {
 	chunkKey: "dadi/v1/chunk-key",
 	indexKey: "dadi/v1/index-key",
+	indexSiv: "dadi/v1/index-siv",
 	layerWrap: "dadi/v1/layer-wrap",
 	layerKey: "dadi/v1/layer-key",
 	layerId: "dadi/v1/layer-id",

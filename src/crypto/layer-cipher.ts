@@ -1,20 +1,23 @@
 /**
  * Per-chunk and index AEAD for one layer: AES-256-GCM via node:crypto (OpenSSL, AES-NI).
  *
- * Keys. The random 256-bit layer key never encrypts anything itself. HKDF-SHA256 (salt = layer id)
- * derives a chunk key and an index key with distinct labels.
+ * Keys. The 256-bit layer key never encrypts anything itself. HKDF-SHA256 (salt = layer id)
+ * derives a chunk key, an index key and an index SIV key with distinct labels.
  *
- * Why every (key, nonce) pair is used once:
- * - Chunk nonce = u64 chunk index || u32 zero. A layer's chunk key belongs to that layer alone
- *   (its layer key is fresh randomness, or in reproducible mode is derived from the image key,
- *   the seal id and the digest of the exact plaintext being sealed, see seal/keys.ts), and the
- *   writer stores each chunk index at most once: it walks the disk once in order and the reader
- *   rejects any index whose extents overlap. So no chunk nonce repeats under one chunk key.
- * - Index nonce = 12 zero bytes under the separate index key: each layer key seals exactly one
- *   index.
- * In reproducible mode the same layer key may seal the same disk twice; then every (nonce,
- * plaintext) pair repeats too and so does the ciphertext, which reveals only that the inputs were
- * identical, which is what reproducible output means.
+ * Why no (key, nonce) pair ever encrypts two different plaintexts:
+ * - Chunk nonce = u64 chunk index || u32 zero. The chunk key belongs to one layer key. A layer
+ *   key is fresh randomness, or, in reproducible mode, derived from the image key, the seal id and
+ *   a digest of everything that decides what the layer stores: the whole new disk, the chunk
+ *   size, the codec and its version, and the exact layers below (seal/keys.ts). Within a layer the
+ *   writer stores each chunk index at most once (it walks the disk once, in order; readers reject
+ *   overlapping extents), and chunk i's payload is a function of the new disk's chunk i, the chunk
+ *   size and the codec alone. So one (chunk key, nonce) pair only ever meets one payload; in
+ *   reproducible mode a repeat seal repeats the ciphertext too, revealing only that the inputs were
+ *   identical, which is what reproducible output means.
+ * - The index is sealed with a synthetic nonce (crypto/siv.ts): nonce = HMAC-SHA256(index SIV
+ *   key, AAD || index)[0..12], stored in front of the ciphertext and re-checked on open. A nonce
+ *   repeats only if the header, trailer and index all repeat, and then so does the ciphertext, so
+ *   even a misused layer key cannot expose or forge an index.
  *
  * AAD binds each chunk to its layer, its position, the chunk size, its stored length and its
  * flags, so a chunk cannot be moved to another index, another layer, or reinterpreted
@@ -25,6 +28,7 @@ import { authFailed } from "../errors.js";
 import { writeU64 } from "../format/bytes.js";
 import { LAYER_ID_SIZE, TAG_SIZE } from "../format/constants.js";
 import { hkdf32, LABELS } from "./kdf.js";
+import { sivOpen, sivSeal } from "./siv.js";
 
 const CHUNK_AAD_MAGIC = Buffer.from("DADICHK1", "latin1");
 export const CHUNK_AAD_SIZE = 60;
@@ -32,6 +36,7 @@ export const CHUNK_AAD_SIZE = 60;
 export class LayerCipher {
 	readonly #chunkKey: Buffer;
 	readonly #indexKey: Buffer;
+	readonly #indexSivKey: Buffer;
 	readonly #aad: Buffer;
 	readonly #nonce = Buffer.alloc(12);
 
@@ -42,6 +47,7 @@ export class LayerCipher {
 			throw new TypeError("layer id must be 32 bytes");
 		this.#chunkKey = hkdf32(layerKey, layerId, LABELS.chunkKey);
 		this.#indexKey = hkdf32(layerKey, layerId, LABELS.indexKey);
+		this.#indexSivKey = hkdf32(layerKey, layerId, LABELS.indexSiv);
 		this.#aad = Buffer.alloc(CHUNK_AAD_SIZE);
 		CHUNK_AAD_MAGIC.copy(this.#aad, 0);
 		layerId.copy(this.#aad, 8);
@@ -97,23 +103,18 @@ export class LayerCipher {
 		return plain;
 	}
 
+	/** Seals the index: synthetic nonce || ciphertext || tag. */
 	sealIndex(plain: Buffer, aad: Buffer): Buffer {
-		const c = createCipheriv("aes-256-gcm", this.#indexKey, Buffer.alloc(12));
-		c.setAAD(aad);
-		return Buffer.concat([c.update(plain), c.final(), c.getAuthTag()]);
+		return sivSeal(this.#indexKey, this.#indexSivKey, aad, plain);
 	}
 
 	openIndex(stored: Buffer, aad: Buffer): Buffer {
-		if (stored.length < TAG_SIZE) throw authFailed("layer index");
-		const d = createDecipheriv("aes-256-gcm", this.#indexKey, Buffer.alloc(12));
-		d.setAAD(aad);
-		d.setAuthTag(stored.subarray(stored.length - TAG_SIZE));
-		const plain = d.update(stored.subarray(0, stored.length - TAG_SIZE));
-		try {
-			d.final();
-		} catch {
-			throw authFailed("layer index");
-		}
-		return plain;
+		return sivOpen(
+			this.#indexKey,
+			this.#indexSivKey,
+			aad,
+			stored,
+			"layer index",
+		);
 	}
 }

@@ -13,6 +13,7 @@ interface ZstdBinding {
 		compress(dst: Uint8Array, src: Uint8Array, level: number): number;
 	};
 	DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+	versionString(): string;
 }
 
 let binding: ZstdBinding | undefined;
@@ -78,4 +79,14 @@ export function createCodec(name: CompressionName): ChunkCodec | null {
 		"USAGE",
 		`unknown compression "${name as string}": use none or zstd`,
 	);
+}
+
+/**
+ * The codec and library version: part of the reproducible-mode key derivation, because another
+ * zstd version may compress a chunk to other bytes, which must then be sealed under another key.
+ */
+export function codecVersion(name: CompressionName): string {
+	return name === "zstd"
+		? `zstd-${zstd().versionString()}-l${ZSTD_LEVEL}`
+		: "none";
 }

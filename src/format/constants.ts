@@ -6,6 +6,10 @@ export const HEADER_SIZE = 64;
 export const TRAILER_SIZE = 64;
 export const EXTENT_SIZE = 24;
 export const TAG_SIZE = 16;
+/** The index is sealed with a synthetic nonce stored in front of it (crypto/siv.ts). */
+export const INDEX_NONCE_SIZE = 12;
+/** The index length field is 32 bits. */
+export const MAX_EXTENTS = Math.floor((2 ** 32 - 1 - 12 - 16) / 24);
 export const LAYER_ID_SIZE = 32;
 
 /** "DADISEAL" */

@@ -58,33 +58,48 @@ export function overlay(
 	return out;
 }
 
-/** Merges per-layer extents (index 0 = bottom) into one sorted view clipped to `chunkCount`. */
-export function mergeLayers(
-	layers: readonly (readonly Extent[])[],
-	chunkCount: number,
-): Segment[] {
-	let merged: Segment[] = [];
-	layers.forEach((extents, layer) => {
-		merged = overlay(
-			merged,
-			extents.map((extent) => ({
-				first: extent.first,
-				count: extent.count,
-				layer,
-				extent,
-			})),
-		);
-	});
-	const clipped: Segment[] = [];
-	for (const s of merged) {
+/** One layer as the merge sees it: its extents and how many chunks its disk has. */
+export interface MergeLayer {
+	extents: readonly Extent[];
+	chunkCount: number;
+}
+
+function clip(view: Segment[], chunkCount: number): Segment[] {
+	const out: Segment[] = [];
+	for (const s of view) {
 		if (s.first >= chunkCount) break;
-		clipped.push(
+		out.push(
 			s.first + s.count > chunkCount
 				? { ...s, count: chunkCount - s.first }
 				: s,
 		);
 	}
-	return clipped;
+	return out;
+}
+
+/**
+ * Merges layers (index 0 = bottom) into one sorted view. Each layer's disk is the view below it,
+ * cut to the layer's own chunk count, with the layer's extents on top: a layer that shrinks the
+ * disk hides everything of the lower layers past its end, also when a later layer grows it again
+ * (docs/format.md, "Overlay").
+ */
+export function mergeLayers(layers: readonly MergeLayer[]): Segment[] {
+	let merged: Segment[] = [];
+	layers.forEach(({ extents, chunkCount }, layer) => {
+		merged = clip(
+			overlay(
+				clip(merged, chunkCount),
+				extents.map((extent) => ({
+					first: extent.first,
+					count: extent.count,
+					layer,
+					extent,
+				})),
+			),
+			chunkCount,
+		);
+	});
+	return merged;
 }
 
 /** The segment covering `chunk`, or undefined when it reads as zero. O(log n). */

@@ -8,6 +8,7 @@ import {
 	EXTENT_SIZE,
 	FORMAT_VERSION,
 	HEADER_SIZE,
+	INDEX_NONCE_SIZE,
 	TAG_SIZE,
 	TRAILER_MAGIC,
 	TRAILER_SIZE,
@@ -25,7 +26,7 @@ export function indexOffsetOf(t: LayerTrailer): number {
 }
 
 export function indexLengthOf(t: LayerTrailer): number {
-	return t.extentCount * EXTENT_SIZE + TAG_SIZE;
+	return INDEX_NONCE_SIZE + t.extentCount * EXTENT_SIZE + TAG_SIZE;
 }
 
 export function blobSizeOf(t: LayerTrailer): number {

@@ -116,6 +116,7 @@ export async function openSealedImage(
 					layerId: Buffer.from(l.layerId, "hex"),
 					chunkSize: image.config.chunkSize,
 					virtualSize: l.virtualSize,
+					compression: l.compression,
 				}),
 			);
 			const opened = layers[i] as SealedLayer;

@@ -32,6 +32,7 @@ export async function verifyImage(
 			onProgress?.(total / 2 + done / 2, total);
 		});
 	}
+	onProgress?.(total, total);
 	return { layers: image.disk.layers.length, chunks, bytes: total };
 }
 

@@ -199,6 +199,15 @@ export class OciLayout {
 			() => false,
 		);
 		if (!exists) {
+			const hasIndex = await stat(join(dir, "index.json")).then(
+				() => true,
+				() => false,
+			);
+			if (hasIndex)
+				throw new DadiError(
+					"LAYOUT_INVALID",
+					`${dir}: has an index.json but no oci-layout file; refusing to overwrite it`,
+				);
 			const index: IndexJson = {
 				schemaVersion: 2,
 				mediaType: MT_OCI_INDEX,
@@ -384,21 +393,27 @@ export class OciLayout {
 		}
 	}
 
+	/** Whether the layout holds this blob intact (size and digest checked). */
 	async hasBlob(desc: Descriptor): Promise<boolean> {
 		try {
-			return (await stat(this.blobPath(desc.digest))).size === desc.size;
+			await this.checkBlobDigest(desc, "blob");
+			return true;
 		} catch {
 			return false;
 		}
 	}
 
+	/** Stores a small blob; a damaged copy already there is replaced. */
 	async writeBlob(bytes: Buffer, mediaType: string): Promise<Descriptor> {
 		const desc: Descriptor = {
 			mediaType,
 			digest: sha256Digest(bytes),
 			size: bytes.length,
 		};
-		if (!(await this.hasBlob(desc)))
+		const existing = await readFile(this.blobPath(desc.digest)).catch(
+			() => undefined,
+		);
+		if (!existing?.equals(bytes))
 			await writeFileAtomic(this.blobPath(desc.digest), bytes);
 		return desc;
 	}

@@ -29,12 +29,15 @@ export function parseReference(text: string): Reference {
 			`"${text}": unknown transport "${transport}" (this build knows oci: and raw:)`,
 		);
 	const at = rest.lastIndexOf("@");
-	if (at > 0 && DIGEST_RE.test(rest.slice(at + 1)))
-		return {
-			transport: "oci",
-			dir: rest.slice(0, at),
-			digest: rest.slice(at + 1),
-		};
+	if (at > 0 && rest.slice(at + 1).startsWith("sha256:")) {
+		const digest = rest.slice(at + 1);
+		if (!DIGEST_RE.test(digest))
+			throw new DadiError(
+				"USAGE",
+				`"${text}": "${digest}" is not a sha256 digest (sha256: and 64 lowercase hex digits)`,
+			);
+		return { transport: "oci", dir: rest.slice(0, at), digest };
+	}
 	const last = rest.lastIndexOf(":");
 	if (last > 0) {
 		const tag = rest.slice(last + 1);

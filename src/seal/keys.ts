@@ -1,18 +1,24 @@
 /**
  * Where a layer's id and key come from.
  *
- * Normal sealing: a random 16-byte seal id per run and a random 32-byte key per layer.
- * Reproducible sealing (a seal id given by the user): the layer key is derived as
- *   HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-key" || position || chunk size ||
- *               codec || SHA-256 of the whole new disk)
- * so that any difference in what gets encrypted (disk bytes, chunking, codec) gives a different
- * key, and a reused seal id can never encrypt two different plaintexts under one (key, nonce).
- * The layer id is SHA-256("dadi/v1/layer-id" || seal id || position) in both modes.
+ * Normal sealing: a random 16-byte seal id per run, layer id = SHA-256("dadi/v1/layer-id" ||
+ * 0x00 || seal id || u32 position), and a random 32-byte layer key.
+ *
+ * Reproducible sealing (a seal id given by the user): everything that decides the bytes a layer
+ * stores is digested into the layer material
+ *   M = SHA-256(u32 position || u32 chunk size || codec and library version || 0x00 ||
+ *               lower identity (32 bytes, zero without a base) || SHA-256 of the new disk)
+ * and then
+ *   layer key = HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-key" || 0x00 || M)
+ *   layer id  = HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-id"  || 0x00 || M)
+ * so a reused seal id with any different input gives another key (no (key, nonce) pair ever meets
+ * two plaintexts), and the public layer id is keyed: without the image key nobody can confirm a
+ * guess of the disk content from it. The lower identity digests the base layers' ids and blob
+ * digests, which fix the lower disk and so which chunks the upper layer stores.
  */
 import { createHash, randomBytes } from "node:crypto";
 import { hkdf32, LABELS } from "../crypto/kdf.js";
 import { DadiError } from "../errors.js";
-import { COMPRESSION_IDS, type CompressionName } from "../format/constants.js";
 import type { RangeSource } from "../storage/source.js";
 
 export function newSealId(): Buffer {
@@ -56,22 +62,44 @@ export async function digestSource(
 	return h.digest();
 }
 
-export function reproducibleLayerKey(
+/** Identity of the layers below a new layer: their ids and blob digests, in order. */
+export function lowerIdentity(
+	layers: readonly { layerId: string; digest: string }[],
+): Buffer {
+	const h = createHash("sha256").update("dadi/v1/lower\0");
+	for (const l of layers) h.update(`${l.layerId}:${l.digest}\n`);
+	return layers.length === 0 ? Buffer.alloc(32) : h.digest();
+}
+
+export interface LayerMaterial {
+	position: number;
+	chunkSize: number;
+	/** codecVersion() of the layer's codec. */
+	codec: string;
+	lower: Buffer;
+	diskDigest: Buffer;
+}
+
+export function layerMaterial(m: LayerMaterial): Buffer {
+	const nums = Buffer.alloc(8);
+	nums.writeUInt32LE(m.position, 0);
+	nums.writeUInt32LE(m.chunkSize, 4);
+	return createHash("sha256")
+		.update(nums)
+		.update(m.codec)
+		.update(Buffer.from([0]))
+		.update(m.lower)
+		.update(m.diskDigest)
+		.digest();
+}
+
+export function reproducibleLayer(
 	imageKey: Buffer,
 	sealId: Buffer,
-	position: number,
-	chunkSize: number,
-	compression: CompressionName,
-	diskDigest: Buffer,
-): Buffer {
-	const ctx = Buffer.alloc(12);
-	ctx.writeUInt32LE(position, 0);
-	ctx.writeUInt32LE(chunkSize, 4);
-	ctx.writeUInt32LE(COMPRESSION_IDS[compression], 8);
-	return hkdf32(
-		imageKey,
-		sealId,
-		LABELS.layerKey,
-		Buffer.concat([ctx, diskDigest]),
-	);
+	material: Buffer,
+): { layerId: Buffer; layerKey: Buffer } {
+	return {
+		layerId: hkdf32(imageKey, sealId, LABELS.layerId, material),
+		layerKey: hkdf32(imageKey, sealId, LABELS.layerKey, material),
+	};
 }

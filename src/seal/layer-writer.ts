@@ -19,12 +19,17 @@ import {
 	HEADER_SIZE,
 	isPowerOfTwoChunkSize,
 	MAX_CHUNKS,
+	MAX_EXTENTS,
 	SUITE_AES256GCM_HKDFSHA256,
 	TAG_SIZE,
 } from "../format/constants.js";
 import { type Extent, encodeExtents } from "../format/extents.js";
 import { encodeHeader, type LayerHeader } from "../format/header.js";
-import { encodeTrailer, type LayerTrailer } from "../format/trailer.js";
+import {
+	encodeTrailer,
+	indexLengthOf,
+	type LayerTrailer,
+} from "../format/trailer.js";
 import type { RangeSource } from "../storage/source.js";
 
 export interface ByteSink {
@@ -185,12 +190,17 @@ export async function sealLayer(
 		dataLength: offset - HEADER_SIZE,
 		extentCount: extents.length,
 	};
+	if (extents.length > MAX_EXTENTS)
+		throw new DadiError(
+			"INPUT_INVALID",
+			`${o.disk.name}: the layer needs ${extents.length} extents, more than the format's ${MAX_EXTENTS}; use a larger chunk size`,
+		);
 	const trailerBytes = encodeTrailer(trailer);
 	const index = cipher.sealIndex(
 		encodeExtents(extents),
 		Buffer.concat([headerBytes, trailerBytes]),
 	);
-	if (index.length !== extents.length * 24 + TAG_SIZE)
+	if (index.length !== indexLengthOf(trailer))
 		throw new DadiError("INTERNAL", "index length");
 	await o.sink.write(index);
 	await o.sink.write(trailerBytes);

@@ -4,6 +4,7 @@
  * layers are reused as they are (same blobs, same layer ids); their keys are re-wrapped when the
  * new image has another image key.
  */
+import { randomBytes } from "node:crypto";
 import { copyFile, link, rename, rm } from "node:fs/promises";
 import {
 	configMac,
@@ -13,6 +14,7 @@ import {
 import type { ImageKey } from "../crypto/image-key.js";
 import { wrapLayerKey } from "../crypto/keywrap.js";
 import { DadiError, fromSystemError } from "../errors.js";
+import { codecVersion } from "../format/codec.js";
 import {
 	type CompressionName,
 	DEFAULT_CHUNK_SIZE,
@@ -37,12 +39,15 @@ import {
 } from "../oci/sealed-config.js";
 import { FileSource, type RangeSource } from "../storage/source.js";
 import { readChunksOrZero } from "../storage/virtual-disk.js";
+import { trackTemp, untrackTemp } from "../temp-files.js";
 import {
 	digestSource,
 	layerIdOf,
+	layerMaterial,
+	lowerIdentity,
 	newSealId,
 	randomLayerKey,
-	reproducibleLayerKey,
+	reproducibleLayer,
 } from "./keys.js";
 import { sealLayer } from "./layer-writer.js";
 
@@ -80,10 +85,20 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 			"USAGE",
 			`chunk size ${o.chunkSize} must be a power of two from 4096 to 1048576`,
 		);
-	const layout = await OciLayout.openOrCreate(o.dest.dir);
+	if (o.dest.digest !== undefined)
+		throw new DadiError(
+			"USAGE",
+			"a seal destination names a tag (oci:DIR:TAG), not a digest",
+		);
+	// Inputs first: nothing is created when the disk or the base cannot be read.
+	const disk: RangeSource = await FileSource.open(o.disk);
 	let base: OpenedImage | undefined;
-	let disk: RangeSource | undefined;
 	try {
+		if (disk.size === 0)
+			throw new DadiError(
+				"INPUT_INVALID",
+				`${o.disk}: the disk image is empty`,
+			);
 		if (o.base) base = await openSealedImage(o.base.ref, o.base.key);
 		const chunkSize =
 			o.chunkSize ?? base?.config.chunkSize ?? DEFAULT_CHUNK_SIZE;
@@ -93,30 +108,28 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 				`--chunk-size ${chunkSize} differs from the base image's ${base.config.chunkSize}; all layers of an image share one chunk size`,
 			);
 		const compression = o.compression ?? "zstd";
-		disk = await FileSource.open(o.disk);
-		if (disk.size === 0)
-			throw new DadiError(
-				"INPUT_INVALID",
-				`${o.disk}: the disk image is empty`,
-			);
-		const sealId = o.sealId ?? newSealId();
+		const layout = await OciLayout.openOrCreate(o.dest.dir);
 		const position = base ? base.config.layers.length : 0;
-		const layerId = layerIdOf(sealId, position);
+		const sealId = o.sealId ?? newSealId();
+		let layerId: Buffer;
 		let layerKey: Buffer;
 		if (o.sealId) {
 			const total = disk.size;
-			const digest = await digestSource(disk, (d) =>
+			const diskDigest = await digestSource(disk, (d) =>
 				o.onProgress?.("hashing", d, total),
 			);
-			layerKey = reproducibleLayerKey(
-				o.key.key,
-				sealId,
+			const material = layerMaterial({
 				position,
 				chunkSize,
-				compression,
-				digest,
-			);
-		} else layerKey = randomLayerKey();
+				codec: codecVersion(compression),
+				lower: lowerIdentity(base?.config.layers ?? []),
+				diskDigest,
+			});
+			({ layerId, layerKey } = reproducibleLayer(o.key.key, sealId, material));
+		} else {
+			layerId = layerIdOf(sealId, position);
+			layerKey = randomLayerKey();
+		}
 
 		// Reused base layers: same blobs (copied in when the layout differs), keys re-wrapped.
 		const layers: SealedLayerEntry[] = [];
@@ -216,28 +229,33 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 			reusedLayers: position,
 		};
 	} finally {
-		await disk?.close();
+		await disk.close();
 		await base?.close();
 	}
 }
 
+/** Copies (or hard-links) a base layer blob into another layout, checking its digest first. */
 async function copyBlob(
 	from: OciLayout,
 	to: OciLayout,
 	desc: Descriptor,
 ): Promise<void> {
+	await from.checkBlobDigest(desc, "base layer");
 	const src = from.blobPath(desc.digest);
 	const dst = to.blobPath(desc.digest);
+	const tmp = `${dst}.${randomBytes(6).toString("hex")}.tmp`;
+	trackTemp(tmp);
 	try {
-		await link(src, dst);
-	} catch {
-		const tmp = `${dst}.copy.tmp`;
 		try {
+			await link(src, tmp);
+		} catch {
 			await copyFile(src, tmp);
-			await rename(tmp, dst);
-		} catch (e) {
-			await rm(tmp, { force: true });
-			throw fromSystemError(e, dst, "copying a base layer");
 		}
+		await rename(tmp, dst);
+	} catch (e) {
+		await rm(tmp, { force: true });
+		throw fromSystemError(e, dst, "copying a base layer");
+	} finally {
+		untrackTemp(tmp);
 	}
 }

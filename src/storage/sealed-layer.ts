@@ -8,6 +8,7 @@ import { authFailed, DadiError } from "../errors.js";
 import { type ChunkCodec, createCodec } from "../format/codec.js";
 import {
 	COMPRESSION_NAMES,
+	type CompressionName,
 	chunkCountOf,
 	EXTENT_COMPRESSED,
 	HEADER_SIZE,
@@ -33,6 +34,8 @@ export interface LayerExpectation {
 	layerId: Buffer;
 	chunkSize: number;
 	virtualSize: number;
+	/** The codec the image config names for this layer. */
+	compression: CompressionName;
 }
 
 export class SealedLayer {
@@ -81,11 +84,12 @@ export class SealedLayer {
 		const chunkSize = 2 ** header.chunkShift;
 		if (
 			chunkSize !== expect.chunkSize ||
-			header.virtualSize !== expect.virtualSize
+			header.virtualSize !== expect.virtualSize ||
+			COMPRESSION_NAMES[header.compression] !== expect.compression
 		)
 			throw new DadiError(
 				"LAYER_MISMATCH",
-				`${where}: chunk size or virtual size differs from the image config`,
+				`${where}: chunk size, virtual size or codec differs from the image config`,
 			);
 		const cipher = new LayerCipher(layerKey, header.layerId, chunkSize);
 		const stored = await source.read(

@@ -29,9 +29,12 @@ export class FileSource implements RangeSource {
 			throw fromSystemError(e, path, "opening for reading");
 		}
 		const st = await fh.stat();
-		if (!st.isFile() && !st.isBlockDevice()) {
+		if (!st.isFile()) {
 			await fh.close();
-			throw new DadiError("INPUT_INVALID", `${path}: not a regular file`);
+			throw new DadiError(
+				"INPUT_INVALID",
+				`${path}: not a regular file (block devices and directories are not supported; use a disk image file)`,
+			);
 		}
 		return new FileSource(name, st.size, fh);
 	}

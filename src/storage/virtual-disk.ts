@@ -41,8 +41,7 @@ export class VirtualDisk {
 		this.size = top.header.virtualSize;
 		this.chunkCount = top.chunkCount;
 		this.view = mergeLayers(
-			layers.map((l) => l.extents),
-			this.chunkCount,
+			layers.map((l) => ({ extents: l.extents, chunkCount: l.chunkCount })),
 		);
 	}
 
