@@ -35,17 +35,15 @@ describe("merging layer indexes", () => {
 	it("matches a per-chunk model: each layer is the one below cut to its size, with its extents on top (property)", () => {
 		fc.assert(
 			fc.property(
-				fc
-					.integer({ min: 1, max: 40 })
-					.chain((n) =>
-						fc.tuple(
-							fc.constant(n),
-							fc.array(fc.tuple(layerArb(n), fc.integer({ min: 1, max: n })), {
-								minLength: 1,
-								maxLength: 5,
-							}),
-						),
+				fc.integer({ min: 1, max: 40 }).chain((n) =>
+					fc.tuple(
+						fc.constant(n),
+						fc.array(fc.tuple(layerArb(n), fc.integer({ min: 1, max: n })), {
+							minLength: 1,
+							maxLength: 5,
+						}),
 					),
+				),
 				([, spec]) => {
 					// a layer's extents must lie inside its own disk
 					const layers = spec.map(([extents, chunkCount]) => ({

@@ -21,7 +21,6 @@ import {
 	MAX_CHUNKS,
 	MAX_EXTENTS,
 	SUITE_AES256GCM_HKDFSHA256,
-	TAG_SIZE,
 } from "../format/constants.js";
 import { type Extent, encodeExtents } from "../format/extents.js";
 import { encodeHeader, type LayerHeader } from "../format/header.js";
