@@ -3,7 +3,7 @@
  * image bytes: node:crypto AES-256-GCM over the whole image in one cipher call (the local limit),
  * AES-256-GCM with one cipher per chunk (what per-chunk sealing cannot go below), and gzip -6.
  */
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 
 /** Repeated timings of one operation over `bytes` bytes. */
@@ -168,4 +168,35 @@ export function gzipSize(path: string): Promise<GzipResult | null> {
 			),
 		);
 	});
+}
+
+/**
+ * `openssl speed` for AES-256-GCM on 64 KiB buffers, best of `reps` one-second runs, in MiB/s;
+ * null when the openssl binary cannot run.
+ */
+export function opensslSpeed(decrypt: boolean, reps: number): number | null {
+	let best: number | null = null;
+	for (let i = 0; i < reps; i++) {
+		const r = spawnSync(
+			"openssl",
+			[
+				"speed",
+				"-elapsed",
+				"-seconds",
+				"1",
+				"-bytes",
+				"65536",
+				...(decrypt ? ["-decrypt"] : []),
+				"-evp",
+				"aes-256-gcm",
+			],
+			{ encoding: "utf8" },
+		);
+		// The last line reads "AES-256-GCM  4480434.18k": thousands of bytes per second.
+		const m = /^AES-256-GCM\s+([\d.]+)k\s*$/m.exec(r.stdout ?? "");
+		if (r.status !== 0 || !m) return null;
+		const mib = (Number(m[1]) * 1000) / 2 ** 20;
+		best = best === null ? mib : Math.max(best, mib);
+	}
+	return best;
 }

@@ -28,6 +28,8 @@ export interface TestImage {
 	description: string;
 	/** True when the image came from the cache rather than being built in this run. */
 	cached: boolean;
+	/** Why the image is synthetic, when it is. */
+	note?: string;
 }
 
 interface ImageMeta {
@@ -69,6 +71,20 @@ export async function prepareImage(o: PrepareImageOptions): Promise<TestImage> {
 			"mke2fs not found (install e2fsprogs for the ext4 image); falling back to a SYNTHETIC image",
 		);
 	const kind: TestImage["kind"] = mke2fs === null ? "synthetic" : "ext4";
+	const note = o.forceSynthetic
+		? "synthetic image requested (--synthetic)"
+		: mke2fs === null
+			? "mke2fs not found: SYNTHETIC fallback, not a real file system"
+			: undefined;
+	const image = await loadOrBuild(o, kind, mke2fs);
+	return note === undefined ? image : { ...image, note };
+}
+
+async function loadOrBuild(
+	o: PrepareImageOptions,
+	kind: TestImage["kind"],
+	mke2fs: string | null,
+): Promise<TestImage> {
 	const base = join(o.cacheDir, `${kind}-${o.size >> 20}M`);
 	const cached = await readCached(base, o.size);
 	if (cached !== null) return cached;
@@ -340,7 +356,7 @@ async function buildSynthetic(out: string, size: number): Promise<ImageMeta> {
 		kind: "synthetic",
 		size,
 		description:
-			"SYNTHETIC (mke2fs unavailable): 1 MiB regions, 25% zero, 20% random, 35% text, 20% binary records",
+			"SYNTHETIC: 1 MiB regions, 25% zero, 20% random, 35% text, 20% binary records",
 	};
 }
 

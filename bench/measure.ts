@@ -26,6 +26,8 @@ export interface ConfigResult extends Config {
 	/** Size of the sealed layer blob (header, chunks, encrypted index, trailer). */
 	layerBytes: number;
 	storedChunks: number;
+	/** Extents in the layer index; every extent is read (and written out) separately on export. */
+	extents: number;
 }
 
 export interface MeasureContext {
@@ -46,6 +48,7 @@ export async function measureConfig(
 	const exportTimes: number[] = [];
 	let layerBytes = 0;
 	let storedChunks = 0;
+	let extents = 0;
 	for (let rep = 0; rep < ctx.reps; rep++) {
 		const dir = join(
 			ctx.workDir,
@@ -74,6 +77,7 @@ export async function measureConfig(
 			t0 = performance.now();
 			const image = await openSealedImage(ref, ctx.key);
 			try {
+				extents = image.disk.layers[0]?.extents.length ?? 0;
 				await exportDisk(image.disk, out, { force: true });
 			} finally {
 				await image.close();
@@ -92,6 +96,7 @@ export async function measureConfig(
 		export: timingOf(ctx.image.size, exportTimes),
 		layerBytes,
 		storedChunks,
+		extents,
 	};
 }
 

@@ -267,6 +267,51 @@ describe("layer stacks", () => {
 		);
 	});
 
+	it("compressed chunks with different stored lengths are still read in large runs", async () => {
+		const dir = await tempDir();
+		const { key } = await writeKey(dir);
+		const size = 8 << 20;
+		const image = await writeDisk(join(dir, "t.img"), size, [
+			{ at: 0, bytes: texty("runs", size) },
+		]);
+		await sealInto(join(dir, "t.img"), join(dir, "oci"), "t", key, {
+			chunkSize: 4096,
+			compression: "zstd",
+		});
+		const img = await openSealedImage(
+			{ transport: "oci", dir: join(dir, "oci"), tag: "t" },
+			key,
+		);
+		try {
+			const layer = img.disk.layers[0];
+			expect(layer?.extents.length).toBeGreaterThan(500); // nearly one extent per chunk
+			const runs = [...img.disk.runs(0, img.disk.chunkCount)];
+			const stored = layer?.trailer.dataLength ?? 0;
+			expect(runs.length).toBeLessThanOrEqual(
+				Math.ceil(stored / (4 << 20)) + 1,
+			);
+			let next = 0;
+			for (const r of runs) {
+				expect(r.first).toBe(next);
+				next += r.count;
+			}
+			expect(next).toBe(img.disk.chunkCount);
+			// small run limits split runs but keep every chunk, in order
+			const small = [...img.disk.runs(0, img.disk.chunkCount, 10_000)];
+			expect(small.length).toBeGreaterThan(runs.length);
+			expect(small.reduce((n, r) => n + r.count, 0)).toBe(img.disk.chunkCount);
+			const { bytes } = await exportOf(
+				join(dir, "oci"),
+				"t",
+				key,
+				join(dir, "out.img"),
+			);
+			expect(bytes.equals(image)).toBe(true);
+		} finally {
+			await img.close();
+		}
+	});
+
 	it("random reads of the virtual disk return the plaintext", async () => {
 		const dir = await tempDir();
 		const { key } = await writeKey(dir);

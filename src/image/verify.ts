@@ -3,7 +3,7 @@
  * MAC, and every stored chunk of every layer (shadowed or not) authenticated.
  */
 import { isZeroExtent } from "../format/extents.js";
-import type { SealedLayer } from "../storage/sealed-layer.js";
+import type { Piece, SealedLayer } from "../storage/sealed-layer.js";
 import type { OpenedImage } from "./open-image.js";
 
 export interface VerifyResult {
@@ -36,21 +36,41 @@ export async function verifyImage(
 	return { layers: image.disk.layers.length, chunks, bytes: total };
 }
 
-/** Authenticates every stored chunk of one layer; returns how many. */
+/**
+ * Authenticates every stored chunk of one layer; returns how many. The layer's data extents tile its
+ * data area in order, so consecutive extents are read together, up to 4 MiB at a time.
+ */
 export async function authenticateLayer(
 	layer: SealedLayer,
 	onBytes?: (n: number) => void,
 ): Promise<number> {
 	let n = 0;
-	const batch = Math.max(1, (4 << 20) / layer.chunkSize);
+	let batch: Piece[] = [];
+	let bytes = 0;
+	const flush = async () => {
+		if (batch.length === 0) return;
+		n += (await layer.readPieces(batch)).length;
+		onBytes?.(bytes);
+		batch = [];
+		bytes = 0;
+	};
 	for (const e of layer.extents) {
 		if (isZeroExtent(e)) continue;
-		for (let c = e.first; c < e.first + e.count; c += batch) {
-			const k = Math.min(batch, e.first + e.count - c);
-			await layer.readRun(e, c, k);
-			n += k;
-			onBytes?.(k * e.storedLength);
+		let c = e.first;
+		while (c < e.first + e.count) {
+			const room = Math.max(
+				1,
+				Math.floor((MAX_BATCH - bytes) / e.storedLength),
+			);
+			const k = Math.min(room, e.first + e.count - c);
+			batch.push({ extent: e, first: c, count: k });
+			bytes += k * e.storedLength;
+			c += k;
+			if (bytes + e.storedLength > MAX_BATCH) await flush();
 		}
 	}
+	await flush();
 	return n;
 }
+
+const MAX_BATCH = 4 << 20;

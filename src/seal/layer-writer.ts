@@ -147,11 +147,18 @@ export async function sealLayer(
 		return { data, lower };
 	};
 
-	let pending = readBatch(0);
+	// Read ahead while a batch is sealed. A read-ahead that fails is awaited (and so thrown) on the
+	// next turn; until then it must not count as an unhandled rejection.
+	const readAhead = (first: number) => {
+		const p = readBatch(first);
+		p.catch(() => {});
+		return p;
+	};
+	let pending = readAhead(0);
 	for (let first = 0; first < chunkCount; first += batchChunks) {
 		const { data, lower } = await pending;
 		const next = first + batchChunks;
-		if (next < chunkCount) pending = readBatch(next); // read ahead while this batch is sealed
+		if (next < chunkCount) pending = readAhead(next);
 		const out: Buffer[] = [];
 		const n = data.length / chunkSize;
 		for (let k = 0; k < n; k++) {

@@ -29,6 +29,13 @@ import {
 } from "../format/trailer.js";
 import type { RangeSource } from "./source.js";
 
+/** Some consecutive chunks of one data extent. */
+export interface Piece {
+	extent: Extent;
+	first: number;
+	count: number;
+}
+
 export interface LayerExpectation {
 	/** The layer id the image config names; a different one is LAYER_MISMATCH. */
 	layerId: Buffer;
@@ -124,21 +131,51 @@ export class SealedLayer {
 	 * their stored bytes.
 	 */
 	async readRun(extent: Extent, chunk: number, n: number): Promise<Buffer[]> {
-		if (isZeroExtent(extent))
-			throw new DadiError("INTERNAL", "readRun on a zero extent");
-		if (chunk < extent.first || chunk + n > extent.first + extent.count)
-			throw new DadiError("INTERNAL", "readRun outside its extent");
-		const stored = await this.source.read(
-			storedOffsetOf(extent, chunk),
-			n * extent.storedLength,
-		);
-		const out: Buffer[] = new Array(n);
-		for (let i = 0; i < n; i++) {
-			const s = stored.subarray(
-				i * extent.storedLength,
-				(i + 1) * extent.storedLength,
-			);
-			out[i] = this.decodeChunk(extent, chunk + i, s);
+		return this.readPieces([{ extent, first: chunk, count: n }]);
+	}
+
+	/**
+	 * Plaintext of the chunks of several pieces of data extents whose stored bytes follow each other
+	 * in the blob, with one read for all of them. Extents are stored in chunk order with no gaps, so
+	 * consecutive extents of a layer always qualify, whatever their chunk numbers.
+	 */
+	async readPieces(pieces: readonly Piece[]): Promise<Buffer[]> {
+		const head = pieces[0];
+		if (head === undefined) return [];
+		const start = storedOffsetOf(head.extent, head.first);
+		let end = start;
+		for (const p of pieces) {
+			const e = p.extent;
+			if (
+				isZeroExtent(e) ||
+				p.count < 1 ||
+				p.first < e.first ||
+				p.first + p.count > e.first + e.count
+			)
+				throw new DadiError(
+					"INTERNAL",
+					"readPieces: a piece outside its data extent",
+				);
+			if (storedOffsetOf(e, p.first) !== end)
+				throw new DadiError(
+					"INTERNAL",
+					"readPieces: pieces are not contiguous",
+				);
+			end += p.count * e.storedLength;
+		}
+		const stored = await this.source.read(start, end - start);
+		const out: Buffer[] = [];
+		let at = 0;
+		for (const p of pieces) {
+			const len = p.extent.storedLength;
+			for (let i = 0; i < p.count; i++, at += len)
+				out.push(
+					this.decodeChunk(
+						p.extent,
+						p.first + i,
+						stored.subarray(at, at + len),
+					),
+				);
 		}
 		return out;
 	}

@@ -3,11 +3,14 @@
  * each read then finds its chunks by binary search in the merged view.
  */
 import { DadiError } from "../errors.js";
-import { type Extent, isZeroExtent } from "../format/extents.js";
+import { isZeroExtent, storedOffsetOf } from "../format/extents.js";
 import { findSegment, mergeLayers, type Segment } from "../format/merge.js";
-import type { SealedLayer } from "./sealed-layer.js";
+import type { Piece, SealedLayer } from "./sealed-layer.js";
 
-/** A stretch of the virtual disk that reads as zero or comes from one extent of one layer. */
+/**
+ * A stretch of the virtual disk that reads as zero, or that comes from one layer with its stored
+ * bytes back to back in that layer's blob (so one read fetches the whole run).
+ */
 export type Run =
 	| { kind: "zero"; first: number; count: number }
 	| {
@@ -15,8 +18,11 @@ export type Run =
 			first: number;
 			count: number;
 			layer: number;
-			extent: Extent;
+			pieces: Piece[];
 	  };
+
+/** Stored bytes one data run may span (at least one chunk). */
+export const DEFAULT_RUN_BYTES = 4 << 20;
 
 export class VirtualDisk {
 	readonly size: number;
@@ -46,47 +52,78 @@ export class VirtualDisk {
 	}
 
 	/**
-	 * The runs covering chunks [first, end), data runs split so none holds more than `maxChunks`.
-	 * Zero extents and uncovered chunks both come out as zero runs.
+	 * The runs covering chunks [first, end). Zero extents and uncovered chunks come out as zero
+	 * runs. A data run gathers chunks that are consecutive on the virtual disk and in one layer's
+	 * blob, across extents, up to `maxBytes` of stored bytes.
 	 */
-	*runs(first: number, end: number, maxChunks = 64): Generator<Run> {
+	*runs(
+		first: number,
+		end: number,
+		maxBytes = DEFAULT_RUN_BYTES,
+	): Generator<Run> {
 		let c = first;
 		let i = segmentIndexAtOrAfter(this.view, c);
+		let open: (Run & { kind: "data" }) | undefined;
+		let openBytes = 0;
+		let openEnd = 0; // blob offset just past the open run's stored bytes
 		while (c < end) {
 			const s = this.view[i];
-			if (s === undefined || s.first >= end) {
-				yield { kind: "zero", first: c, count: end - c };
-				return;
-			}
-			if (s.first > c) {
-				yield { kind: "zero", first: c, count: s.first - c };
-				c = s.first;
-			}
-			const stop = Math.min(end, s.first + s.count);
-			if (isZeroExtent(s.extent)) {
+			if (s === undefined || s.first >= end) break;
+			if (s.first > c || isZeroExtent(s.extent)) {
+				if (open) yield open;
+				open = undefined;
+				const stop = isZeroExtent(s.extent)
+					? Math.min(end, s.first + s.count)
+					: s.first;
 				yield { kind: "zero", first: c, count: stop - c };
 				c = stop;
-			} else {
-				while (c < stop) {
-					const n = Math.min(maxChunks, stop - c);
-					yield {
+				if (isZeroExtent(s.extent)) i++;
+				continue;
+			}
+			const stop = Math.min(end, s.first + s.count);
+			const len = s.extent.storedLength;
+			while (c < stop) {
+				const at = storedOffsetOf(s.extent, c);
+				const fits =
+					open !== undefined &&
+					open.layer === s.layer &&
+					at === openEnd &&
+					openBytes + len <= maxBytes;
+				if (!fits) {
+					if (open) yield open;
+					open = {
 						kind: "data",
 						first: c,
-						count: n,
+						count: 0,
 						layer: s.layer,
-						extent: s.extent,
+						pieces: [],
 					};
-					c += n;
+					openBytes = 0;
+					openEnd = at;
 				}
+				const run = open as Run & { kind: "data" };
+				const n = Math.max(
+					1,
+					Math.min(stop - c, Math.floor((maxBytes - openBytes) / len)),
+				);
+				const last = run.pieces[run.pieces.length - 1];
+				if (last && last.extent === s.extent) last.count += n;
+				else run.pieces.push({ extent: s.extent, first: c, count: n });
+				run.count += n;
+				openBytes += n * len;
+				openEnd += n * len;
+				c += n;
 			}
 			i++;
 		}
+		if (open) yield open;
+		if (c < end) yield { kind: "zero", first: c, count: end - c };
 	}
 
-	/** Plaintext of the chunks of one run (a data run's chunks, decrypted and authenticated). */
+	/** Plaintext of the chunks of one data run, decrypted and authenticated, with one read. */
 	async readRun(run: Run & { kind: "data" }): Promise<Buffer[]> {
 		const layer = this.layers[run.layer] as SealedLayer;
-		return layer.readRun(run.extent, run.first, run.count);
+		return layer.readPieces(run.pieces);
 	}
 
 	/** `length` bytes of the virtual disk at `offset`. */
