@@ -15,8 +15,8 @@ export interface ExportOptions {
 	onProgress?: (done: number, total: number) => void;
 	/** Data runs read ahead of the one being written. */
 	depth?: number;
-	/** Chunks per read. */
-	runChunks?: number;
+	/** Stored bytes per read (default 4 MiB). */
+	runBytes?: number;
 }
 
 export interface ExportResult {
@@ -84,11 +84,7 @@ async function writeRuns(
 		zeroChunks: 0,
 		shadowedChunks: 0,
 	};
-	const runs = disk.runs(
-		0,
-		disk.chunkCount,
-		o.runChunks ?? Math.max(1, (4 << 20) / cs),
-	);
+	const runs = disk.runs(0, disk.chunkCount, o.runBytes);
 	const inFlight: { run: Run & { kind: "data" }; chunks: Promise<Buffer[]> }[] =
 		[];
 	const fill = (): void => {
