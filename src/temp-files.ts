@@ -1,5 +1,5 @@
 /**
- * Temporary files that must not outlive the process. Writers register the temporary name while
+ * Temporary files and directories that must not outlive the process. Writers register the temporary name while
  * they write and unregister it once renamed into place; on SIGINT/SIGTERM the CLI removes
  * whatever is still registered before exiting, so an interrupted seal or export leaves nothing.
  */
@@ -18,7 +18,7 @@ export function untrackTemp(path: string): void {
 export function removeTrackedTemps(): void {
 	for (const p of live) {
 		try {
-			rmSync(p, { force: true });
+			rmSync(p, { force: true, recursive: true });
 		} catch {
 			// best effort: the process is exiting
 		}

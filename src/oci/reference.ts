@@ -1,13 +1,15 @@
 /**
  * Image references in skopeo's transport syntax: `oci:DIR[:TAG]` or `oci:DIR@sha256:…` for an OCI
- * image layout, `raw:FILE` for a raw disk image.
+ * image layout, `docker-archive:FILE[:NAME:TAG]` for a `docker save` archive, `raw:FILE` for a raw
+ * disk image.
  */
 import { DadiError } from "../errors.js";
 import { DIGEST_RE } from "./digest.js";
 
 export type Reference =
 	| { transport: "oci"; dir: string; tag?: string; digest?: string }
-	| { transport: "raw"; path: string };
+	| { transport: "raw"; path: string }
+	| { transport: "docker-archive"; path: string; name?: string };
 
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 
@@ -23,10 +25,20 @@ export function parseReference(text: string): Reference {
 	if (rest === "")
 		throw new DadiError("USAGE", `"${text}": nothing after "${transport}:"`);
 	if (transport === "raw") return { transport: "raw", path: rest };
+	if (transport === "docker-archive") {
+		const c = rest.indexOf(":");
+		return c < 0
+			? { transport: "docker-archive", path: rest }
+			: {
+					transport: "docker-archive",
+					path: rest.slice(0, c),
+					name: rest.slice(c + 1),
+				};
+	}
 	if (transport !== "oci")
 		throw new DadiError(
 			"USAGE",
-			`"${text}": unknown transport "${transport}" (this build knows oci: and raw:)`,
+			`"${text}": unknown transport "${transport}" (this build knows oci:, docker-archive: and raw:)`,
 		);
 	const at = rest.lastIndexOf("@");
 	if (at > 0 && rest.slice(at + 1).startsWith("sha256:")) {
@@ -53,6 +65,8 @@ export function parseReference(text: string): Reference {
 
 export function formatReference(r: Reference): string {
 	if (r.transport === "raw") return `raw:${r.path}`;
+	if (r.transport === "docker-archive")
+		return `docker-archive:${r.path}${r.name ? `:${r.name}` : ""}`;
 	if (r.digest) return `oci:${r.dir}@${r.digest}`;
 	return r.tag ? `oci:${r.dir}:${r.tag}` : `oci:${r.dir}`;
 }

@@ -2,7 +2,14 @@
  * One entry of a tar stream as the rootfs builder sees it: produced by rootfs/tar.ts (the reader),
  * consumed by rootfs/apply.ts (which applies a layer to a staging directory with OCI semantics).
  */
-export type TarEntryType = "file" | "hardlink" | "symlink" | "chardev" | "blockdev" | "dir" | "fifo";
+export type TarEntryType =
+	| "file"
+	| "hardlink"
+	| "symlink"
+	| "chardev"
+	| "blockdev"
+	| "dir"
+	| "fifo";
 
 export interface TarEntry {
 	/**

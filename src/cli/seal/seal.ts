@@ -4,10 +4,13 @@ import {
 	type CompressionName,
 	isPowerOfTwoChunkSize,
 } from "../../format/constants.js";
-import { parseReference } from "../../oci/reference.js";
+import { parseReference, type Reference } from "../../oci/reference.js";
 import { KEY_REF_RE } from "../../oci/sealed-config.js";
+import type { FsKind } from "../../rootfs/mkfs.js";
 import { parseSealId } from "../../seal/keys.js";
 import { sealDisk } from "../../seal/seal-disk.js";
+import { sealImage } from "../../seal/seal-image.js";
+import { hostPlatform, parsePlatform } from "../../source/platform.js";
 import {
 	formatBytes,
 	Progress,
@@ -25,6 +28,10 @@ interface SealOpts {
 	baseKey?: string;
 	keyRef?: string;
 	sealId?: string;
+	platform?: string;
+	fs: string;
+	flatten?: boolean;
+	workDir?: string;
 	json?: boolean;
 	quiet?: boolean;
 }
@@ -33,9 +40,12 @@ export function sealCommand(program: Command): void {
 	program
 		.command("seal")
 		.description(
-			"seal a disk image into an encrypted, lazily readable OCI image",
+			"seal a container image or a disk image into an encrypted, lazily readable OCI image",
 		)
-		.argument("<SRC>", "raw:DISK.img — the disk image to seal")
+		.argument(
+			"<SRC>",
+			"oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG] (a container image), or raw:DISK.img (a disk image)",
+		)
 		.argument(
 			"<DEST>",
 			"oci:DIR[:TAG] — the OCI image layout to write (created if missing; tag defaults to latest)",
@@ -50,8 +60,25 @@ export function sealCommand(program: Command): void {
 		)
 		.option("--compress <ALG>", "per-chunk compression: zstd or none", "zstd")
 		.option(
+			"--platform <OS/ARCH>",
+			"container images: which platform of a multi-platform index (default: the host's)",
+		)
+		.option(
+			"--fs <TYPE>",
+			"container images: file system of the sealed disk, ext4 or erofs",
+			"ext4",
+		)
+		.option(
+			"--flatten",
+			"container images: seal the final file system as one layer instead of one layer per image layer",
+		)
+		.option(
+			"--work-dir <DIR>",
+			"container images: where the staging directory and file-system images go (default: the temp dir)",
+		)
+		.option(
 			"--base <REF>",
-			"oci:DIR[:TAG] — add the disk as a new layer over this sealed image, storing only changed chunks",
+			"raw disks: oci:DIR[:TAG] — add the disk as a new layer over this sealed image, storing only changed chunks",
 		)
 		.option(
 			"--base-key <KEYFILE>",
@@ -70,11 +97,6 @@ export function sealCommand(program: Command): void {
 		.action(async (srcText: string, destText: string, opts: SealOpts) =>
 			runAction("dadi-seal seal", Boolean(opts.json), async () => {
 				const src = parseReference(srcText);
-				if (src.transport !== "raw")
-					throw new DadiError(
-						"USAGE",
-						`source "${srcText}": this build seals raw:FILE disk images`,
-					);
 				const dest = parseReference(destText);
 				if (dest.transport !== "oci")
 					throw new DadiError(
@@ -86,6 +108,8 @@ export function sealCommand(program: Command): void {
 						"USAGE",
 						`--compress "${opts.compress}": use zstd or none`,
 					);
+				if (opts.fs !== "ext4" && opts.fs !== "erofs")
+					throw new DadiError("USAGE", `--fs "${opts.fs}": use ext4 or erofs`);
 				if (opts.keyRef !== undefined && !KEY_REF_RE.test(opts.keyRef))
 					throw new DadiError(
 						"USAGE",
@@ -103,6 +127,23 @@ export function sealCommand(program: Command): void {
 						`--chunk-size ${chunkSize}: must be a power of two from 4k to 1M`,
 					);
 				const sealId = opts.sealId ? parseSealId(opts.sealId) : undefined;
+				const platform = opts.platform
+					? parsePlatform(opts.platform)
+					: hostPlatform();
+				const isDisk = src.transport === "raw";
+				if (!isDisk && opts.base)
+					throw new DadiError(
+						"USAGE",
+						"--base applies to raw: disks; a container image brings its own layers",
+					);
+				if (
+					isDisk &&
+					(opts.platform || opts.flatten || opts.fs !== "ext4" || opts.workDir)
+				)
+					throw new DadiError(
+						"USAGE",
+						"--platform, --fs, --flatten and --work-dir apply to container images, not raw: disks",
+					);
 				const baseRef = opts.base ? parseReference(opts.base) : undefined;
 				if (baseRef && baseRef.transport !== "oci")
 					throw new DadiError(
@@ -110,24 +151,65 @@ export function sealCommand(program: Command): void {
 						`--base "${opts.base}": must be oci:DIR[:TAG]`,
 					);
 				const key = await readKeyFile(opts.key);
-				const base = baseRef
-					? {
-							ref: baseRef,
-							key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
-						}
-					: undefined;
 				const progress = new Progress(!opts.quiet);
+				const onProgress = (phase: string, d: number, t: number) =>
+					progress.update(phase, d, t);
 				const started = performance.now();
-				const r = await sealDisk({
-					disk: src.path,
+				const common = {
 					dest,
 					key,
 					keyRef: opts.keyRef,
 					chunkSize,
 					compression: opts.compress as CompressionName,
-					base,
 					sealId,
-					onProgress: (phase, d, t) => progress.update(phase, d, t),
+					onProgress,
+				};
+				if (isDisk) {
+					const base = baseRef
+						? {
+								ref: baseRef,
+								key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
+							}
+						: undefined;
+					const r = await sealDisk({
+						...common,
+						disk: (src as Reference & { transport: "raw" }).path,
+						base,
+					});
+					progress.done();
+					const seconds = (performance.now() - started) / 1000;
+					const out = {
+						ok: true,
+						manifest: r.manifest.digest,
+						tag: dest.tag ?? "latest",
+						layers: r.config.layers.length,
+						reusedLayers: r.reusedLayers,
+						newLayer: {
+							digest: r.layer.digest,
+							storedBytes: r.layer.size,
+							storedChunks: r.layer.storedChunks,
+							zeroChunks: r.layer.zeroChunks,
+						},
+						virtualSize: r.virtualSize,
+						chunkSize: r.config.chunkSize,
+						seconds,
+					};
+					if (opts.json) printJson(out);
+					else
+						process.stdout.write(
+							`sealed ${srcText} (${formatBytes(r.virtualSize)}) into ${destText} as layer ${r.config.layers.length} of ${r.config.layers.length}\n` +
+								`  manifest ${r.manifest.digest}\n` +
+								`  stored ${formatBytes(r.layer.size)} in ${r.layer.storedChunks} chunks (+${r.layer.zeroChunks} zero chunks), chunk size ${formatBytes(r.config.chunkSize)}, ${seconds.toFixed(2)} s\n`,
+						);
+					return;
+				}
+				const r = await sealImage({
+					...common,
+					source: src,
+					platform,
+					fsType: opts.fs as FsKind,
+					flatten: opts.flatten,
+					workDir: opts.workDir,
 				});
 				progress.done();
 				const seconds = (performance.now() - started) / 1000;
@@ -135,24 +217,30 @@ export function sealCommand(program: Command): void {
 					ok: true,
 					manifest: r.manifest.digest,
 					tag: dest.tag ?? "latest",
-					layers: r.config.layers.length,
-					reusedLayers: r.reusedLayers,
-					newLayer: {
-						digest: r.layer.digest,
-						storedBytes: r.layer.size,
-						storedChunks: r.layer.storedChunks,
-						zeroChunks: r.layer.zeroChunks,
-					},
-					virtualSize: r.virtualSize,
+					source: r.source,
+					fsType: r.fsType,
+					virtualSize: r.config.virtualSize,
 					chunkSize: r.config.chunkSize,
+					layers: r.layers.map((l) => ({
+						digest: l.entry.digest,
+						sourceBytes: l.sourceBytes,
+						storedBytes: l.entry.size,
+						storedChunks: l.entry.storedChunks,
+						zeroChunks: l.entry.zeroChunks,
+					})),
 					seconds,
 				};
 				if (opts.json) printJson(out);
 				else
 					process.stdout.write(
-						`sealed ${srcText} (${formatBytes(r.virtualSize)}) into ${destText} as layer ${r.config.layers.length} of ${r.config.layers.length}\n` +
+						`sealed ${r.source} into ${destText}: ${r.layers.length} layer(s), ${r.fsType} ${formatBytes(r.config.virtualSize)}, ${seconds.toFixed(2)} s\n` +
 							`  manifest ${r.manifest.digest}\n` +
-							`  stored ${formatBytes(r.layer.size)} in ${r.layer.storedChunks} chunks (+${r.layer.zeroChunks} zero chunks), chunk size ${formatBytes(r.config.chunkSize)}, ${seconds.toFixed(2)} s\n`,
+							r.layers
+								.map(
+									(l, i) =>
+										`  layer ${i}: stored ${formatBytes(l.entry.size)} (${l.entry.storedChunks} chunks) for ${formatBytes(l.sourceBytes)} of source layers\n`,
+								)
+								.join(""),
 					);
 			}),
 		);

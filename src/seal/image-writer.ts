@@ -1,0 +1,304 @@
+/**
+ * Building a sealed image layer by layer in an OCI image layout. Each new disk is sealed against
+ * the disk of the layers below it (only differing chunks are stored), the blob is committed, and
+ * the layer is opened again to serve as the lower disk of the next one. `finish` writes the config
+ * and manifest and points the tag at them; until then the layout's tags are untouched.
+ */
+import { randomBytes } from "node:crypto";
+import { copyFile, link, rename, rm } from "node:fs/promises";
+import {
+	configMac,
+	decryptImageConfig,
+	encryptImageConfig,
+} from "../crypto/config-auth.js";
+import type { ImageKey } from "../crypto/image-key.js";
+import { wrapLayerKey } from "../crypto/keywrap.js";
+import { DadiError, fromSystemError } from "../errors.js";
+import { codecVersion } from "../format/codec.js";
+import {
+	type CompressionName,
+	DEFAULT_CHUNK_SIZE,
+	isPowerOfTwoChunkSize,
+} from "../format/constants.js";
+import type { OpenedImage } from "../image/open-image.js";
+import type { Descriptor } from "../oci/digest.js";
+import { OciLayout } from "../oci/layout.js";
+import { buildManifest } from "../oci/manifest.js";
+import {
+	MT_OCI_MANIFEST,
+	MT_SEALED_CONFIG,
+	MT_SEALED_LAYER,
+} from "../oci/media-types.js";
+import {
+	type FsType,
+	type SealedConfig,
+	type SealedLayerEntry,
+	serializeSealedConfig,
+	WRAP_ALG,
+} from "../oci/sealed-config.js";
+import { SealedLayer } from "../storage/sealed-layer.js";
+import { FileSource, type RangeSource } from "../storage/source.js";
+import { readChunksOrZero, VirtualDisk } from "../storage/virtual-disk.js";
+import { trackTemp, untrackTemp } from "../temp-files.js";
+import {
+	digestSource,
+	layerIdOf,
+	layerMaterial,
+	lowerIdentity,
+	newSealId,
+	randomLayerKey,
+	reproducibleLayer,
+} from "./keys.js";
+import { sealLayer } from "./layer-writer.js";
+
+export interface ImageWriterOptions {
+	destDir: string;
+	key: ImageKey;
+	chunkSize?: number;
+	compression?: CompressionName;
+	/** A fixed seal id makes the output reproducible (seal/keys.ts). */
+	sealId?: Buffer;
+	/** An opened sealed image whose layers become the bottom of this one. */
+	base?: { image: OpenedImage; key: ImageKey };
+}
+
+export interface FinishOptions {
+	tag: string;
+	fsType: FsType;
+	keyRef?: string;
+	/** The original OCI image config; without one, the base's carries over. */
+	imageConfig?: Buffer;
+}
+
+export function defaultKeyRef(key: ImageKey): string {
+	return `kbs:///default/image-key/${key.kid}`;
+}
+
+export class ImageWriter {
+	readonly layers: SealedLayerEntry[] = [];
+	readonly #opened: SealedLayer[] = [];
+	readonly #sources: RangeSource[] = [];
+	readonly #sealId: Buffer;
+
+	private constructor(
+		readonly layout: OciLayout,
+		readonly o: ImageWriterOptions,
+		readonly chunkSize: number,
+		readonly compression: CompressionName,
+	) {
+		this.#sealId = o.sealId ?? newSealId();
+	}
+
+	get reusedLayers(): number {
+		return this.o.base?.image.config.layers.length ?? 0;
+	}
+
+	static async start(o: ImageWriterOptions): Promise<ImageWriter> {
+		if (o.chunkSize !== undefined && !isPowerOfTwoChunkSize(o.chunkSize))
+			throw new DadiError(
+				"USAGE",
+				`chunk size ${o.chunkSize} must be a power of two from 4096 to 1048576`,
+			);
+		const base = o.base?.image;
+		const chunkSize =
+			o.chunkSize ?? base?.config.chunkSize ?? DEFAULT_CHUNK_SIZE;
+		if (base && chunkSize !== base.config.chunkSize)
+			throw new DadiError(
+				"USAGE",
+				`--chunk-size ${chunkSize} differs from the base image's ${base.config.chunkSize}; all layers of an image share one chunk size`,
+			);
+		const layout = await OciLayout.openOrCreate(o.destDir);
+		const w = new ImageWriter(layout, o, chunkSize, o.compression ?? "zstd");
+		if (base && o.base) {
+			// Reused base layers: same blobs (copied in when the layout differs), keys re-wrapped.
+			for (const [i, l] of base.config.layers.entries()) {
+				const desc = base.manifest.layers[i] as Descriptor;
+				if (!(await layout.hasBlob(desc)))
+					await copyBlob(base.layout, layout, desc);
+				const wrapped = wrapLayerKey(
+					o.key.key,
+					Buffer.from(l.layerId, "hex"),
+					base.layerKeys[i] as Buffer,
+				);
+				w.layers.push({ ...l, wrappedKey: wrapped.toString("base64url") });
+			}
+			w.#opened.push(...base.disk.layers);
+		}
+		return w;
+	}
+
+	/** The disk of the layers so far, or undefined before the first layer. */
+	#lowerDisk(): VirtualDisk | undefined {
+		return this.#opened.length > 0 ? new VirtualDisk(this.#opened) : undefined;
+	}
+
+	/** Seals `diskPath` as the next layer; returns its config entry. */
+	async addDisk(
+		diskPath: string,
+		onProgress?: (phase: string, done: number, total: number) => void,
+	): Promise<SealedLayerEntry> {
+		const disk = await FileSource.open(diskPath);
+		try {
+			if (disk.size === 0)
+				throw new DadiError(
+					"INPUT_INVALID",
+					`${diskPath}: the disk image is empty`,
+				);
+			const position = this.layers.length;
+			const lower = this.#lowerDisk();
+			let layerId: Buffer;
+			let layerKey: Buffer;
+			if (this.o.sealId) {
+				const total = disk.size;
+				const diskDigest = await digestSource(disk, (d) =>
+					onProgress?.("hashing", d, total),
+				);
+				const material = layerMaterial({
+					position,
+					chunkSize: this.chunkSize,
+					codec: codecVersion(this.compression),
+					lower: lowerIdentity(this.layers),
+					diskDigest,
+				});
+				({ layerId, layerKey } = reproducibleLayer(
+					this.o.key.key,
+					this.#sealId,
+					material,
+				));
+			} else {
+				layerId = layerIdOf(this.#sealId, position);
+				layerKey = randomLayerKey();
+			}
+			const writer = await this.layout.createBlobWriter();
+			let desc: Descriptor;
+			let sealed: Awaited<ReturnType<typeof sealLayer>>;
+			try {
+				sealed = await sealLayer({
+					disk,
+					lower: lower
+						? (first, n) => readChunksOrZero(lower, first, n)
+						: undefined,
+					chunkSize: this.chunkSize,
+					compression: this.compression,
+					layerKey,
+					layerId,
+					sink: writer,
+					onProgress: (d, t) => onProgress?.("sealing", d, t),
+				});
+				desc = await writer.commit(MT_SEALED_LAYER);
+			} catch (e) {
+				await writer.abort();
+				throw e;
+			}
+			const entry: SealedLayerEntry = {
+				digest: desc.digest,
+				size: desc.size,
+				layerId: layerId.toString("hex"),
+				virtualSize: disk.size,
+				compression: this.compression,
+				wrappedKey: wrapLayerKey(this.o.key.key, layerId, layerKey).toString(
+					"base64url",
+				),
+				storedChunks: sealed.storedChunks,
+				zeroChunks: sealed.zeroChunks,
+			};
+			const src = await this.layout.openBlob(desc, `layer ${position}`);
+			this.#sources.push(src);
+			this.#opened.push(
+				await SealedLayer.open(src, layerKey, {
+					layerId,
+					chunkSize: this.chunkSize,
+					virtualSize: disk.size,
+					compression: this.compression,
+				}),
+			);
+			this.layers.push(entry);
+			return entry;
+		} finally {
+			await disk.close();
+		}
+	}
+
+	/** Writes config and manifest, then points the tag at the manifest. */
+	async finish(
+		f: FinishOptions,
+	): Promise<{ manifest: Descriptor; config: SealedConfig }> {
+		const top = this.layers[this.layers.length - 1];
+		if (!top)
+			throw new DadiError("INTERNAL", "an image needs at least one layer");
+		const sealIdHex = this.#sealId.toString("hex");
+		const base = this.o.base;
+		const imageConfig =
+			f.imageConfig ??
+			(base?.image.config.imageConfig
+				? decryptImageConfig(
+						base.key.key,
+						base.image.config.sealId,
+						base.image.config.imageConfig,
+					)
+				: undefined);
+		const body: Omit<SealedConfig, "mac"> = {
+			schemaVersion: 1,
+			sealId: sealIdHex,
+			chunkSize: this.chunkSize,
+			suite: "AES256GCM-HKDFSHA256",
+			fsType: f.fsType,
+			virtualSize: top.virtualSize,
+			key: {
+				ref: f.keyRef ?? defaultKeyRef(this.o.key),
+				kid: this.o.key.kid,
+				wrap: WRAP_ALG,
+			},
+			layers: this.layers,
+			imageConfig: imageConfig
+				? encryptImageConfig(this.o.key.key, sealIdHex, imageConfig)
+				: null,
+		};
+		const config: SealedConfig = {
+			...body,
+			mac: configMac(this.o.key.key, body),
+		};
+		const configDesc = await this.layout.writeBlob(
+			serializeSealedConfig(config),
+			MT_SEALED_CONFIG,
+		);
+		const manifest = await this.layout.writeBlob(
+			buildManifest(configDesc, this.layers),
+			MT_OCI_MANIFEST,
+		);
+		await this.layout.setTag(f.tag, manifest);
+		return { manifest, config };
+	}
+
+	async close(): Promise<void> {
+		await Promise.all(
+			this.#sources.splice(0).map((s) => s.close().catch(() => {})),
+		);
+	}
+}
+
+/** Copies (or hard-links) a base layer blob into another layout, checking its digest first. */
+async function copyBlob(
+	from: OciLayout,
+	to: OciLayout,
+	desc: Descriptor,
+): Promise<void> {
+	await from.checkBlobDigest(desc, "base layer");
+	const src = from.blobPath(desc.digest);
+	const dst = to.blobPath(desc.digest);
+	const tmp = `${dst}.${randomBytes(6).toString("hex")}.tmp`;
+	trackTemp(tmp);
+	try {
+		try {
+			await link(src, tmp);
+		} catch {
+			await copyFile(src, tmp);
+		}
+		await rename(tmp, dst);
+	} catch (e) {
+		await rm(tmp, { force: true });
+		throw fromSystemError(e, dst, "copying a base layer");
+	} finally {
+		untrackTemp(tmp);
+	}
+}

@@ -1,0 +1,207 @@
+/**
+ * Sealing an ordinary container image: its layers are applied one by one to a staging directory
+ * with OCI semantics, each state becomes a file-system image (ext4 via `mke2fs -d`, or EROFS), and
+ * each file-system image is sealed as one layer over the previous ones, storing only the chunks
+ * that changed. `flatten` seals only the final state, as one layer. The original image config
+ * travels encrypted in the sealed config.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { ImageKey } from "../crypto/image-key.js";
+import { DadiError } from "../errors.js";
+import type { CompressionName } from "../format/constants.js";
+import type { Descriptor } from "../oci/digest.js";
+import type { Reference } from "../oci/reference.js";
+import type { SealedConfig, SealedLayerEntry } from "../oci/sealed-config.js";
+import { applyLayer } from "../rootfs/apply.js";
+import { buildFilesystem, type FsKind } from "../rootfs/mkfs.js";
+import { readTar } from "../rootfs/tar.js";
+import type { Platform, SourceImage } from "../source/image-source.js";
+import { openSourceImage } from "../source/open-source.js";
+import { trackTemp, untrackTemp } from "../temp-files.js";
+import { ImageWriter } from "./image-writer.js";
+
+export interface SealImageOptions {
+	source: Reference;
+	platform: Platform;
+	dest: Reference & { transport: "oci" };
+	key: ImageKey;
+	keyRef?: string;
+	chunkSize?: number;
+	compression?: CompressionName;
+	fsType?: FsKind;
+	flatten?: boolean;
+	sealId?: Buffer;
+	/** Where the staging directory and file-system images go (default: the OS temp dir). */
+	workDir?: string;
+	onProgress?: (phase: string, done: number, total: number) => void;
+}
+
+export interface SealedImageLayerReport {
+	/** The source layer's stored (compressed) size. */
+	sourceBytes: number;
+	entry: SealedLayerEntry;
+}
+
+export interface SealImageResult {
+	manifest: Descriptor;
+	config: SealedConfig;
+	source: string;
+	fsType: FsKind;
+	fsBytes: number;
+	layers: SealedImageLayerReport[];
+}
+
+/** What the layers hold, from a pass over their tar headers (which also verifies their digests). */
+interface Census {
+	fileBytes: number;
+	entries: number;
+}
+
+async function census(
+	image: SourceImage,
+	onProgress?: SealImageOptions["onProgress"],
+): Promise<Census> {
+	let fileBytes = 0;
+	let entries = 0;
+	for (const [i, layer] of image.layers.entries()) {
+		onProgress?.("checking layers", i, image.layers.length);
+		const stream = await layer.open();
+		try {
+			for await (const e of readTar(stream.chunks)) {
+				entries++;
+				fileBytes += Math.ceil(e.size / 4096) * 4096;
+				await e.skip();
+			}
+			await stream.finish();
+		} finally {
+			await stream.close();
+		}
+	}
+	onProgress?.("checking layers", image.layers.length, image.layers.length);
+	return { fileBytes, entries };
+}
+
+/** ext4 size for the largest state any prefix of the layers can reach, with room to spare. */
+export function ext4SizeFor(c: Census): { sizeBytes: number; inodes: number } {
+	const meta = c.entries * 4096; // an inode, a directory entry and, for many, a block of their own
+	const raw = (c.fileBytes + meta) * 1.25 + (32 << 20);
+	const mib = 1 << 20;
+	return {
+		sizeBytes: Math.ceil(raw / (4 * mib)) * 4 * mib,
+		inodes: Math.max(1024, Math.ceil(c.entries * 1.25) + 1024),
+	};
+}
+
+/** File-system UUID and timestamp derived from the image, so the same image gives the same disks. */
+export function fsIdentity(config: Buffer): {
+	uuid: string;
+	timestamp: number;
+} {
+	const h = createHash("sha256")
+		.update("dadi/v1/fs-identity\0")
+		.update(config)
+		.digest("hex");
+	const v = `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-${((Number.parseInt(h.slice(16, 17), 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+	let timestamp = 946684800; // 2000-01-01, when the config has no creation time
+	try {
+		const created = (
+			JSON.parse(config.toString("utf8")) as { created?: unknown }
+		).created;
+		if (typeof created === "string") {
+			const t = Math.floor(Date.parse(created) / 1000);
+			if (Number.isFinite(t) && t > 0 && t < 2 ** 32) timestamp = t;
+		}
+	} catch {
+		// readImageConfig has already refused configs that are not JSON
+	}
+	return { uuid: v, timestamp };
+}
+
+export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
+	const fsType = o.fsType ?? "ext4";
+	if (process.getuid?.() !== 0)
+		throw new DadiError(
+			"USAGE",
+			"sealing a container image needs root: its files' owners, modes and device nodes are rebuilt in a staging directory (run as root)",
+		);
+	const image = await openSourceImage(o.source, o.platform);
+	let work: string | undefined;
+	let writer: ImageWriter | undefined;
+	try {
+		if (image.layers.length === 0)
+			throw new DadiError(
+				"INPUT_INVALID",
+				`${image.description}: the image has no layers`,
+			);
+		const c = await census(image, o.onProgress);
+		const { sizeBytes, inodes } = ext4SizeFor(c);
+		const id = fsIdentity(image.config);
+		work = await mkdtemp(join(o.workDir ?? tmpdir(), "dadi-seal-"));
+		trackTemp(work);
+		const staging = join(work, "rootfs");
+		await mkdir(staging, { mode: 0o755 });
+		const disk = join(work, "disk.img");
+		writer = await ImageWriter.start({
+			destDir: o.dest.dir,
+			key: o.key,
+			chunkSize: o.chunkSize,
+			compression: o.compression,
+			sealId: o.sealId,
+		});
+		const reports: SealedImageLayerReport[] = [];
+		let sourceBytes = 0;
+		for (const [i, layer] of image.layers.entries()) {
+			const label = `layer ${i + 1}/${image.layers.length}`;
+			o.onProgress?.(`${label}: applying`, 0, 1);
+			const stream = await layer.open();
+			try {
+				await applyLayer(staging, readTar(stream.chunks));
+				await stream.finish();
+			} finally {
+				await stream.close();
+			}
+			sourceBytes += layer.size;
+			if (o.flatten && i < image.layers.length - 1) continue;
+			o.onProgress?.(`${label}: building ${fsType}`, 0, 1);
+			await buildFilesystem({
+				fsType,
+				staging,
+				out: disk,
+				sizeBytes,
+				inodes,
+				uuid: id.uuid,
+				timestamp: id.timestamp,
+			});
+			const entry = await writer.addDisk(disk, (phase, d, t) =>
+				o.onProgress?.(`${label}: ${phase}`, d, t),
+			);
+			reports.push({ sourceBytes, entry });
+			sourceBytes = 0;
+			await rm(disk, { force: true });
+		}
+		const { manifest, config } = await writer.finish({
+			tag: o.dest.tag ?? "latest",
+			fsType,
+			keyRef: o.keyRef,
+			imageConfig: image.config,
+		});
+		return {
+			manifest,
+			config,
+			source: image.description,
+			fsType,
+			fsBytes: sizeBytes,
+			layers: reports,
+		};
+	} finally {
+		await writer?.close();
+		await image.close();
+		if (work) {
+			await rm(work, { recursive: true, force: true });
+			untrackTemp(work);
+		}
+	}
+}
