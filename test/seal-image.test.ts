@@ -282,6 +282,106 @@ describe("sealing an OCI image layout", () => {
 	});
 });
 
+describe("--base-image", () => {
+	it("reuses the sealed layers of an image this one starts with; the registry stores them once", async () => {
+		const layout = join(dir, "shared");
+		const v1 = await runCli(BIN.seal, [
+			"seal",
+			`oci:${img}:v1`,
+			`oci:${layout}:v1`,
+			"--key",
+			keyPath,
+			"--json",
+			"--quiet",
+		]);
+		expect(v1.code, v1.stderr).toBe(0);
+		const v2 = await runCli(BIN.seal, [
+			"seal",
+			`oci:${img}:v2`,
+			`oci:${layout}:v2`,
+			"--key",
+			keyPath,
+			"--base-image",
+			`oci:${layout}:v1`,
+			"--json",
+			"--quiet",
+		]);
+		expect(v2.code, v2.stderr).toBe(0);
+		const out = JSON.parse(v2.stdout);
+		expect(out.reusedLayers).toBe(1);
+		expect(out.layers).toHaveLength(1);
+		const i1 = await loadSealedImage({
+			transport: "oci",
+			dir: layout,
+			tag: "v1",
+		});
+		const i2 = await loadSealedImage({
+			transport: "oci",
+			dir: layout,
+			tag: "v2",
+		});
+		expect(i2.config.layers[0]?.digest).toBe(i1.config.layers[0]?.digest);
+		expect(i2.config.layers.map((l) => l.sourceDiffIds?.length)).toEqual([
+			1, 1,
+		]);
+		const disk = join(dir, "shared-v2.img");
+		const e = await runCli(BIN.seal, [
+			"export",
+			`oci:${layout}:v2`,
+			"--key",
+			keyPath,
+			"--out",
+			disk,
+			"--quiet",
+		]);
+		expect(e.code, e.stderr).toBe(0);
+		await run("e2fsck", ["-fn", disk]);
+		const want = await tree(expected);
+		await withMount(disk, "ext4", async (mnt) =>
+			expectSameTree(await tree(mnt), want),
+		);
+		// bases that cannot be shared are refused clearly
+		const flat = await runCli(BIN.seal, [
+			"seal",
+			`oci:${img}:v2`,
+			`oci:${layout}:x`,
+			"--key",
+			keyPath,
+			"--base-image",
+			`oci:${layout}:v1`,
+			"--flatten",
+		]);
+		expect(flat.code).toBe(2);
+		expect(flat.stderr).toMatch(/--flatten and --base-image/);
+		await writeFile(join(dir, "raw.img"), Buffer.alloc(1 << 20, 1));
+		expect(
+			(
+				await runCli(BIN.seal, [
+					"seal",
+					`raw:${join(dir, "raw.img")}`,
+					`oci:${layout}:raw`,
+					"--key",
+					keyPath,
+					"--quiet",
+				])
+			).code,
+		).toBe(0);
+		const raw = await runCli(BIN.seal, [
+			"seal",
+			`oci:${img}:v2`,
+			`oci:${layout}:y`,
+			"--key",
+			keyPath,
+			"--base-image",
+			`oci:${layout}:raw`,
+		]);
+		expect(raw.code).toBe(3);
+		expect(raw.stderr).toMatch(
+			/was not sealed from a container image.*\[INPUT_INVALID\]/,
+		);
+	});
+});
+
 describe("multi-platform indexes", () => {
 	it("pick the host's platform by default, another with --platform, and name what exists when nothing matches", async () => {
 		const layout = join(dir, "multi");

@@ -28,6 +28,16 @@ export interface SealedLayerEntry {
 	wrappedKey: string; // base64url
 	storedChunks: number;
 	zeroChunks: number;
+	/** Container images: the diff_ids of the source layers this layer's disk adds (in order). */
+	sourceDiffIds?: string[];
+}
+
+/** Container images: the file-system parameters every layer's disk was built with. */
+export interface FsParams {
+	uuid: string;
+	timestamp: number;
+	sizeBytes: number;
+	inodes: number;
 }
 
 export interface SealedConfig {
@@ -41,6 +51,8 @@ export interface SealedConfig {
 	layers: SealedLayerEntry[];
 	/** base64url of the SIV-encrypted original OCI image config, or null (raw disks). */
 	imageConfig: string | null;
+	/** Container images: how the layers' file systems were built (so later images can share them). */
+	fs?: FsParams;
 	/** base64url HMAC-SHA256 over canonicalConfigBytes. */
 	mac: string;
 }
@@ -94,6 +106,7 @@ export function parseSealedConfig(v: unknown): SealedConfig {
 			"key",
 			"layers",
 			"imageConfig",
+			"fs",
 			"mac",
 		],
 		"config",
@@ -136,6 +149,7 @@ export function parseSealedConfig(v: unknown): SealedConfig {
 				"wrappedKey",
 				"storedChunks",
 				"zeroChunks",
+				"sourceDiffIds",
 			],
 			`layers[${i}]`,
 		);
@@ -154,6 +168,23 @@ export function parseSealedConfig(v: unknown): SealedConfig {
 			wrappedKey: str(x.wrappedKey, `layers[${i}].wrappedKey`, B64URL),
 			storedChunks: int(x.storedChunks, `layers[${i}].storedChunks`),
 			zeroChunks: int(x.zeroChunks, `layers[${i}].zeroChunks`),
+			...(x.sourceDiffIds === undefined
+				? {}
+				: {
+						sourceDiffIds: (() => {
+							if (
+								!Array.isArray(x.sourceDiffIds) ||
+								x.sourceDiffIds.length > 1024
+							)
+								throw E(`layers[${i}].sourceDiffIds must be an array`);
+							return x.sourceDiffIds.map((d, j) =>
+								checkDigest(
+									d,
+									`sealed config: layers[${i}].sourceDiffIds[${j}]`,
+								),
+							);
+						})(),
+					}),
 		};
 	});
 	const top = layers[layers.length - 1] as SealedLayerEntry;
@@ -179,7 +210,24 @@ export function parseSealedConfig(v: unknown): SealedConfig {
 		},
 		layers,
 		imageConfig: o.imageConfig as string | null,
+		...(o.fs === undefined ? {} : { fs: parseFsParams(o.fs) }),
 		mac: str(o.mac, "mac", B64URL),
+	};
+}
+
+function parseFsParams(v: unknown): FsParams {
+	if (typeof v !== "object" || v === null) throw E("fs must be an object");
+	const f = v as Record<string, unknown>;
+	exactKeys(f, ["uuid", "timestamp", "sizeBytes", "inodes"], "fs");
+	return {
+		uuid: str(
+			f.uuid,
+			"fs.uuid",
+			/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+		),
+		timestamp: int(f.timestamp, "fs.timestamp"),
+		sizeBytes: int(f.sizeBytes, "fs.sizeBytes"),
+		inodes: int(f.inodes, "fs.inodes"),
 	};
 }
 
@@ -202,8 +250,17 @@ export function canonicalConfigBytes(c: Omit<SealedConfig, "mac">): Buffer {
 			wrappedKey: l.wrappedKey,
 			storedChunks: l.storedChunks,
 			zeroChunks: l.zeroChunks,
+			sourceDiffIds: l.sourceDiffIds, // omitted when undefined
 		})),
 		imageConfig: c.imageConfig,
+		fs: c.fs
+			? {
+					uuid: c.fs.uuid,
+					timestamp: c.fs.timestamp,
+					sizeBytes: c.fs.sizeBytes,
+					inodes: c.fs.inodes,
+				}
+			: undefined,
 	};
 	return Buffer.from(JSON.stringify(doc), "utf8");
 }

@@ -30,6 +30,7 @@ import {
 	MT_SEALED_LAYER,
 } from "../oci/media-types.js";
 import {
+	type FsParams,
 	type FsType,
 	type SealedConfig,
 	type SealedLayerEntry,
@@ -58,8 +59,8 @@ export interface ImageWriterOptions {
 	compression?: CompressionName;
 	/** A fixed seal id makes the output reproducible (seal/keys.ts). */
 	sealId?: Buffer;
-	/** An opened sealed image whose layers become the bottom of this one. */
-	base?: { image: OpenedImage; key: ImageKey };
+	/** An opened sealed image whose layers (the first `layers`, default all) become the bottom of this one. */
+	base?: { image: OpenedImage; key: ImageKey; layers?: number };
 }
 
 export interface FinishOptions {
@@ -68,6 +69,8 @@ export interface FinishOptions {
 	keyRef?: string;
 	/** The original OCI image config; without one, the base's carries over. */
 	imageConfig?: Buffer;
+	/** Container images: the file-system parameters of the layers' disks. */
+	fs?: FsParams;
 }
 
 export function defaultKeyRef(key: ImageKey): string {
@@ -90,7 +93,8 @@ export class ImageWriter {
 	}
 
 	get reusedLayers(): number {
-		return this.o.base?.image.config.layers.length ?? 0;
+		const b = this.o.base;
+		return b ? (b.layers ?? b.image.config.layers.length) : 0;
 	}
 
 	static async start(o: ImageWriterOptions): Promise<ImageWriter> {
@@ -111,7 +115,8 @@ export class ImageWriter {
 		const w = new ImageWriter(layout, o, chunkSize, o.compression ?? "zstd");
 		if (base && o.base) {
 			// Reused base layers: same blobs (copied in when the layout differs), keys re-wrapped.
-			for (const [i, l] of base.config.layers.entries()) {
+			const n = o.base.layers ?? base.config.layers.length;
+			for (const [i, l] of base.config.layers.slice(0, n).entries()) {
 				const desc = base.manifest.layers[i] as Descriptor;
 				if (!(await layout.hasBlob(desc)))
 					await copyBlob(base.layout, layout, desc);
@@ -122,7 +127,7 @@ export class ImageWriter {
 				);
 				w.layers.push({ ...l, wrappedKey: wrapped.toString("base64url") });
 			}
-			w.#opened.push(...base.disk.layers);
+			w.#opened.push(...base.disk.layers.slice(0, n));
 		}
 		return w;
 	}
@@ -136,6 +141,7 @@ export class ImageWriter {
 	async addDisk(
 		diskPath: string,
 		onProgress?: (phase: string, done: number, total: number) => void,
+		sourceDiffIds?: string[],
 	): Promise<SealedLayerEntry> {
 		const disk = await FileSource.open(diskPath);
 		try {
@@ -201,6 +207,7 @@ export class ImageWriter {
 				),
 				storedChunks: sealed.storedChunks,
 				zeroChunks: sealed.zeroChunks,
+				...(sourceDiffIds ? { sourceDiffIds } : {}),
 			};
 			const src = await this.layout.openBlob(desc, `layer ${position}`);
 			this.#sources.push(src);
@@ -253,6 +260,7 @@ export class ImageWriter {
 			imageConfig: imageConfig
 				? encryptImageConfig(this.o.key.key, sealIdHex, imageConfig)
 				: null,
+			...(f.fs ? { fs: f.fs } : {}),
 		};
 		const config: SealedConfig = {
 			...body,

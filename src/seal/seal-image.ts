@@ -12,9 +12,14 @@ import { join } from "node:path";
 import type { ImageKey } from "../crypto/image-key.js";
 import { DadiError } from "../errors.js";
 import type { CompressionName } from "../format/constants.js";
+import { type OpenedImage, openSealedImage } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
 import type { Reference } from "../oci/reference.js";
-import type { SealedConfig, SealedLayerEntry } from "../oci/sealed-config.js";
+import type {
+	FsParams,
+	SealedConfig,
+	SealedLayerEntry,
+} from "../oci/sealed-config.js";
 import { applyLayer } from "../rootfs/apply.js";
 import { buildFilesystem, type FsKind } from "../rootfs/mkfs.js";
 import { readTar } from "../rootfs/tar.js";
@@ -34,6 +39,8 @@ export interface SealImageOptions {
 	fsType?: FsKind;
 	flatten?: boolean;
 	sealId?: Buffer;
+	/** A sealed image (sealed from an image this one starts with) whose layers are reused. */
+	baseImage?: { ref: Reference; key: ImageKey };
 	/** Where the staging directory and file-system images go (default: the OS temp dir). */
 	workDir?: string;
 	onProgress?: (phase: string, done: number, total: number) => void;
@@ -52,6 +59,8 @@ export interface SealImageResult {
 	fsType: FsKind;
 	fsBytes: number;
 	layers: SealedImageLayerReport[];
+	/** Sealed layers taken over from --base-image. */
+	reusedLayers: number;
 }
 
 /** What the layers hold, from a pass over their tar headers (which also verifies their digests). */
@@ -95,6 +104,14 @@ export function ext4SizeFor(c: Census): { sizeBytes: number; inodes: number } {
 	};
 }
 
+/** The least an ext4 file system must have for the image (no headroom): for reusing a base's. */
+export function ext4LeastFor(c: Census): { sizeBytes: number; inodes: number } {
+	return {
+		sizeBytes: c.fileBytes + c.entries * 4096 + (8 << 20),
+		inodes: c.entries + 64,
+	};
+}
+
 /** File-system UUID and timestamp derived from the image, so the same image gives the same disks. */
 export function fsIdentity(config: Buffer): {
 	uuid: string;
@@ -120,6 +137,27 @@ export function fsIdentity(config: Buffer): {
 	return { uuid: v, timestamp };
 }
 
+/** How many of the base's sealed layers the source image starts with, and how many source layers they cover. */
+export function sharedPrefix(
+	base: SealedConfig,
+	diffIds: readonly string[],
+): { layers: number; sourceLayers: number } {
+	let layers = 0;
+	let covered = 0;
+	for (const l of base.layers) {
+		const ids = l.sourceDiffIds;
+		if (!ids || ids.length === 0) break;
+		if (
+			covered + ids.length > diffIds.length ||
+			ids.some((d, j) => diffIds[covered + j] !== d)
+		)
+			break;
+		covered += ids.length;
+		layers++;
+	}
+	return { layers, sourceLayers: covered };
+}
+
 export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 	const fsType = o.fsType ?? "ext4";
 	if (process.getuid?.() !== 0)
@@ -128,6 +166,7 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			"sealing a container image needs root: its files' owners, modes and device nodes are rebuilt in a staging directory (run as root)",
 		);
 	const image = await openSourceImage(o.source, o.platform);
+	let base: OpenedImage | undefined;
 	let work: string | undefined;
 	let writer: ImageWriter | undefined;
 	try {
@@ -137,8 +176,42 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 				`${image.description}: the image has no layers`,
 			);
 		const c = await census(image, o.onProgress);
-		const { sizeBytes, inodes } = ext4SizeFor(c);
-		const id = fsIdentity(image.config);
+		let fs: FsParams = { ...ext4SizeFor(c), ...fsIdentity(image.config) };
+		let reuse = { layers: 0, sourceLayers: 0 };
+		if (o.baseImage) {
+			base = await openSealedImage(o.baseImage.ref, o.baseImage.key);
+			const bc = base.config;
+			if (!bc.fs || bc.fsType !== fsType)
+				throw new DadiError(
+					"INPUT_INVALID",
+					`--base-image: was not sealed from a container image as ${fsType}, so its layers cannot be shared`,
+				);
+			reuse = sharedPrefix(
+				bc,
+				image.layers.map((l) => l.diffId),
+			);
+			if (reuse.layers === 0)
+				throw new DadiError(
+					"INPUT_INVALID",
+					`--base-image: ${image.description} does not start with the base image's first layer`,
+				);
+			if (o.flatten)
+				throw new DadiError(
+					"USAGE",
+					"--flatten and --base-image do not go together: a flattened image shares no layers",
+				);
+			const least = ext4LeastFor(c);
+			if (
+				fsType === "ext4" &&
+				(bc.fs.sizeBytes < least.sizeBytes || bc.fs.inodes < least.inodes)
+			)
+				throw new DadiError(
+					"INPUT_INVALID",
+					`--base-image: its file system (${bc.fs.sizeBytes} bytes, ${bc.fs.inodes} inodes) is too small for this image (at least ${least.sizeBytes} bytes, ${least.inodes} inodes); seal without --base-image`,
+				);
+			// Build the new layers exactly like the base's, so they stack on its disks chunk for chunk.
+			fs = bc.fs;
+		}
 		work = await mkdtemp(join(o.workDir ?? tmpdir(), "dadi-seal-"));
 		trackTemp(work);
 		const staging = join(work, "rootfs");
@@ -150,9 +223,14 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			chunkSize: o.chunkSize,
 			compression: o.compression,
 			sealId: o.sealId,
+			base:
+				base && o.baseImage
+					? { image: base, key: o.baseImage.key, layers: reuse.layers }
+					: undefined,
 		});
 		const reports: SealedImageLayerReport[] = [];
 		let sourceBytes = 0;
+		let pending: string[] = [];
 		for (const [i, layer] of image.layers.entries()) {
 			const label = `layer ${i + 1}/${image.layers.length}`;
 			o.onProgress?.(`${label}: applying`, 0, 1);
@@ -163,23 +241,28 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			} finally {
 				await stream.close();
 			}
+			if (i < reuse.sourceLayers) continue; // already sealed in the base image
 			sourceBytes += layer.size;
+			pending.push(layer.diffId);
 			if (o.flatten && i < image.layers.length - 1) continue;
 			o.onProgress?.(`${label}: building ${fsType}`, 0, 1);
 			await buildFilesystem({
 				fsType,
 				staging,
 				out: disk,
-				sizeBytes,
-				inodes,
-				uuid: id.uuid,
-				timestamp: id.timestamp,
+				sizeBytes: fs.sizeBytes,
+				inodes: fs.inodes,
+				uuid: fs.uuid,
+				timestamp: fs.timestamp,
 			});
-			const entry = await writer.addDisk(disk, (phase, d, t) =>
-				o.onProgress?.(`${label}: ${phase}`, d, t),
+			const entry = await writer.addDisk(
+				disk,
+				(phase, d, t) => o.onProgress?.(`${label}: ${phase}`, d, t),
+				pending,
 			);
 			reports.push({ sourceBytes, entry });
 			sourceBytes = 0;
+			pending = [];
 			await rm(disk, { force: true });
 		}
 		const { manifest, config } = await writer.finish({
@@ -187,17 +270,20 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			fsType,
 			keyRef: o.keyRef,
 			imageConfig: image.config,
+			fs,
 		});
 		return {
 			manifest,
 			config,
 			source: image.description,
 			fsType,
-			fsBytes: sizeBytes,
+			fsBytes: fs.sizeBytes,
 			layers: reports,
+			reusedLayers: reuse.layers,
 		};
 	} finally {
 		await writer?.close();
+		await base?.close();
 		await image.close();
 		if (work) {
 			await rm(work, { recursive: true, force: true });

@@ -25,6 +25,7 @@ interface SealOpts {
 	chunkSize?: string;
 	compress: string;
 	base?: string;
+	baseImage?: string;
 	baseKey?: string;
 	keyRef?: string;
 	sealId?: string;
@@ -81,8 +82,12 @@ export function sealCommand(program: Command): void {
 			"raw disks: oci:DIR[:TAG] — add the disk as a new layer over this sealed image, storing only changed chunks",
 		)
 		.option(
+			"--base-image <REF>",
+			"container images: oci:DIR[:TAG] of a sealed image whose source this image starts with; its sealed layers are reused",
+		)
+		.option(
 			"--base-key <KEYFILE>",
-			"key of the base image, when it differs from --key",
+			"key of the base image (--base or --base-image), when it differs from --key",
 		)
 		.option(
 			"--key-ref <URI>",
@@ -115,8 +120,11 @@ export function sealCommand(program: Command): void {
 						"USAGE",
 						`--key-ref "${opts.keyRef}": expected kbs:///REPO/TYPE/TAG`,
 					);
-				if (opts.baseKey && !opts.base)
-					throw new DadiError("USAGE", "--base-key needs --base");
+				if (opts.baseKey && !opts.base && !opts.baseImage)
+					throw new DadiError(
+						"USAGE",
+						"--base-key needs --base or --base-image",
+					);
 				const chunkSize =
 					opts.chunkSize === undefined
 						? undefined
@@ -138,11 +146,15 @@ export function sealCommand(program: Command): void {
 					);
 				if (
 					isDisk &&
-					(opts.platform || opts.flatten || opts.fs !== "ext4" || opts.workDir)
+					(opts.platform ||
+						opts.flatten ||
+						opts.fs !== "ext4" ||
+						opts.workDir ||
+						opts.baseImage)
 				)
 					throw new DadiError(
 						"USAGE",
-						"--platform, --fs, --flatten and --work-dir apply to container images, not raw: disks",
+						"--platform, --fs, --flatten, --work-dir and --base-image apply to container images, not raw: disks",
 					);
 				const baseRef = opts.base ? parseReference(opts.base) : undefined;
 				if (baseRef && baseRef.transport !== "oci")
@@ -150,7 +162,21 @@ export function sealCommand(program: Command): void {
 						"USAGE",
 						`--base "${opts.base}": must be oci:DIR[:TAG]`,
 					);
+				const baseImageRef = opts.baseImage
+					? parseReference(opts.baseImage)
+					: undefined;
+				if (baseImageRef && baseImageRef.transport !== "oci")
+					throw new DadiError(
+						"USAGE",
+						`--base-image "${opts.baseImage}": must be oci:DIR[:TAG]`,
+					);
 				const key = await readKeyFile(opts.key);
+				const baseImage = baseImageRef
+					? {
+							ref: baseImageRef,
+							key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
+						}
+					: undefined;
 				const progress = new Progress(!opts.quiet);
 				const onProgress = (phase: string, d: number, t: number) =>
 					progress.update(phase, d, t);
@@ -210,6 +236,7 @@ export function sealCommand(program: Command): void {
 					fsType: opts.fs as FsKind,
 					flatten: opts.flatten,
 					workDir: opts.workDir,
+					baseImage,
 				});
 				progress.done();
 				const seconds = (performance.now() - started) / 1000;
@@ -218,6 +245,7 @@ export function sealCommand(program: Command): void {
 					manifest: r.manifest.digest,
 					tag: dest.tag ?? "latest",
 					source: r.source,
+					reusedLayers: r.reusedLayers,
 					fsType: r.fsType,
 					virtualSize: r.config.virtualSize,
 					chunkSize: r.config.chunkSize,
@@ -233,7 +261,7 @@ export function sealCommand(program: Command): void {
 				if (opts.json) printJson(out);
 				else
 					process.stdout.write(
-						`sealed ${r.source} into ${destText}: ${r.layers.length} layer(s), ${r.fsType} ${formatBytes(r.config.virtualSize)}, ${seconds.toFixed(2)} s\n` +
+						`sealed ${r.source} into ${destText}: ${r.layers.length} new layer(s)${r.reusedLayers ? ` over ${r.reusedLayers} reused` : ""}, ${r.fsType} ${formatBytes(r.config.virtualSize)}, ${seconds.toFixed(2)} s\n` +
 							`  manifest ${r.manifest.digest}\n` +
 							r.layers
 								.map(
