@@ -382,6 +382,44 @@ describe("--base-image", () => {
 	});
 });
 
+describe("interrupting a seal", () => {
+	it("SIGINT while building the file system removes the staging directory and the disk", async () => {
+		const work = join(dir, "work");
+		await mkdir(work);
+		const { spawn } = await import("node:child_process");
+		const p = spawn(
+			process.execPath,
+			[
+				BIN.seal,
+				"seal",
+				`oci:${img}:v2`,
+				`oci:${join(dir, "int")}:t`,
+				"--key",
+				keyPath,
+				"--work-dir",
+				work,
+			],
+			{ stdio: ["ignore", "ignore", "pipe"] },
+		);
+		let sent = false;
+		let seenStaging = false;
+		p.stderr.on("data", async (d: Buffer) => {
+			if (!sent && /building ext4/.test(d.toString())) {
+				sent = true;
+				seenStaging = (await readdir(work)).length > 0;
+				p.kill("SIGINT");
+			}
+		});
+		const code = await new Promise<number | null>((resolve) =>
+			p.on("exit", resolve),
+		);
+		expect(sent).toBe(true);
+		expect(seenStaging).toBe(true);
+		expect(code).toBe(130);
+		expect(await readdir(work)).toEqual([]);
+	});
+});
+
 describe("multi-platform indexes", () => {
 	it("pick the host's platform by default, another with --platform, and name what exists when nothing matches", async () => {
 		const layout = join(dir, "multi");
