@@ -495,6 +495,72 @@ describe("multi-platform indexes", () => {
 	});
 });
 
+describe("layer compressions", () => {
+	it("zstd and uncompressed layers seal to the same tree as gzip ones", async () => {
+		const layout = join(dir, "recompressed");
+		await run("cp", ["-a", img, layout]);
+		const index = JSON.parse(
+			await readFile(join(layout, "index.json"), "utf8"),
+		);
+		const desc = index.manifests.find(
+			(m: { annotations?: Record<string, string> }) =>
+				m.annotations?.["org.opencontainers.image.ref.name"] === "v2",
+		);
+		const manifest = JSON.parse(
+			await readFile(
+				join(layout, "blobs/sha256", desc.digest.slice(7)),
+				"utf8",
+			),
+		);
+		const store = async (bytes: Buffer) => {
+			const d = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+			await writeFile(join(layout, "blobs/sha256", d.slice(7)), bytes);
+			return { digest: d, size: bytes.length };
+		};
+		const recompress = async (
+			layer: { digest: string },
+			to: "zstd" | "none",
+		) => {
+			const gz = join(layout, "blobs/sha256", layer.digest.slice(7));
+			const { stdout: tar } = await sh("gzip", ["-dc", gz], {
+				encoding: "buffer",
+				maxBuffer: 64 << 20,
+			});
+			if (to === "none")
+				return {
+					mediaType: "application/vnd.oci.image.layer.v1.tar",
+					...(await store(tar)),
+				};
+			await writeFile(join(dir, "layer.tar"), tar);
+			const { stdout: z } = await sh(
+				"zstd",
+				["-q", "-c", join(dir, "layer.tar")],
+				{ encoding: "buffer", maxBuffer: 64 << 20 },
+			);
+			return {
+				mediaType: "application/vnd.oci.image.layer.v1.tar+zstd",
+				...(await store(z)),
+			};
+		};
+		manifest.layers = [
+			await recompress(manifest.layers[0], "zstd"),
+			await recompress(manifest.layers[1], "none"),
+		];
+		const m = await store(Buffer.from(JSON.stringify(manifest)));
+		index.manifests.push({
+			mediaType: "application/vnd.oci.image.manifest.v1+json",
+			...m,
+			annotations: { "org.opencontainers.image.ref.name": "mixed" },
+		});
+		await writeFile(join(layout, "index.json"), JSON.stringify(index));
+		const { disk } = await sealAndExport(`oci:${layout}:mixed`, "mixed");
+		const want = await tree(expected);
+		await withMount(disk, "ext4", async (mnt) =>
+			expectSameTree(await tree(mnt), want),
+		);
+	});
+});
+
 describe("sealing a docker-archive", () => {
 	it("made by skopeo from the same image gives the same tree", async () => {
 		const archive = join(dir, "image.tar");
