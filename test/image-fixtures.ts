@@ -3,11 +3,13 @@
  * `umoci raw add-layer`, so whiteouts and opaque directories are exactly what the OCI spec says).
  */
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import {
 	chmod,
 	chown,
 	link,
 	mkdir,
+	readFile,
 	symlink,
 	utimes,
 	writeFile,
@@ -133,4 +135,46 @@ export async function buildTestImage(dir: string): Promise<string> {
 		join(dir, "layer2.tar"),
 	]);
 	return img;
+}
+
+/** A copy of an OCI layout to edit by hand: find tagged manifests, store blobs, add tags. */
+export async function editableCopy(src: string, dst: string) {
+	await run("cp", ["-a", src, dst]);
+	const indexPath = join(dst, "index.json");
+	const index = JSON.parse(await readFile(indexPath, "utf8")) as {
+		manifests: Record<string, unknown>[];
+	};
+	const blob = (digest: string) => join(dst, "blobs/sha256", digest.slice(7));
+	return {
+		dir: dst,
+		blob,
+		tagged(tag: string): { mediaType: string; digest: string; size: number } {
+			const d = index.manifests.find(
+				(m) =>
+					(m.annotations as Record<string, string> | undefined)?.[
+						"org.opencontainers.image.ref.name"
+					] === tag,
+			);
+			if (!d) throw new Error(`no tag ${tag}`);
+			const { annotations: _drop, ...rest } = d;
+			return rest as { mediaType: string; digest: string; size: number };
+		},
+		async readJson(digest: string): Promise<any> {
+			return JSON.parse(await readFile(blob(digest), "utf8"));
+		},
+		async store(bytes: Buffer): Promise<{ digest: string; size: number }> {
+			const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+			await writeFile(blob(digest), bytes);
+			return { digest, size: bytes.length };
+		},
+		async tag(mediaType: string, bytes: Buffer, tag: string): Promise<void> {
+			const d = await this.store(bytes);
+			index.manifests.push({
+				mediaType,
+				...d,
+				annotations: { "org.opencontainers.image.ref.name": tag },
+			});
+			await writeFile(indexPath, JSON.stringify(index));
+		},
+	};
 }

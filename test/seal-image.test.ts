@@ -20,7 +20,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decryptImageConfig } from "../src/crypto/config-auth.js";
 import { loadSealedImage } from "../src/image/open-image.js";
 import { BIN, cleanupTempDirs, runCli, tempDir } from "./helpers.js";
-import { buildTestImage, run, sh, tarEntry, tarOf } from "./image-fixtures.js";
+import {
+	buildTestImage,
+	editableCopy,
+	run,
+	sh,
+	tarEntry,
+	tarOf,
+} from "./image-fixtures.js";
 
 let dir: string;
 let img: string;
@@ -422,38 +429,23 @@ describe("interrupting a seal", () => {
 
 describe("multi-platform indexes", () => {
 	it("pick the host's platform by default, another with --platform, and name what exists when nothing matches", async () => {
-		const layout = join(dir, "multi");
-		await run("cp", ["-a", img, layout]);
-		const index = JSON.parse(
-			await readFile(join(layout, "index.json"), "utf8"),
-		);
-		const v2 = index.manifests.find(
-			(m: { annotations?: Record<string, string> }) =>
-				m.annotations?.["org.opencontainers.image.ref.name"] === "v2",
-		);
-		const { annotations: _drop, ...manifest } = v2;
+		const edit = await editableCopy(img, join(dir, "multi"));
+		const layout = edit.dir;
+		const v2 = edit.tagged("v2");
 		const list = Buffer.from(
 			JSON.stringify({
 				schemaVersion: 2,
 				mediaType: "application/vnd.oci.image.index.v1+json",
 				manifests: [
 					{
-						...manifest,
+						...v2,
 						platform: { os: "linux", architecture: "arm64", variant: "v8" },
 					},
-					{ ...manifest, platform: { os: "linux", architecture: "amd64" } },
+					{ ...v2, platform: { os: "linux", architecture: "amd64" } },
 				],
 			}),
 		);
-		const digest = `sha256:${createHash("sha256").update(list).digest("hex")}`;
-		await writeFile(join(layout, "blobs/sha256", digest.slice(7)), list);
-		index.manifests.push({
-			mediaType: "application/vnd.oci.image.index.v1+json",
-			digest,
-			size: list.length,
-			annotations: { "org.opencontainers.image.ref.name": "multi" },
-		});
-		await writeFile(join(layout, "index.json"), JSON.stringify(index));
+		await edit.tag("application/vnd.oci.image.index.v1+json", list, "multi");
 		const ok = await runCli(BIN.seal, [
 			"seal",
 			`oci:${layout}:multi`,
@@ -497,31 +489,14 @@ describe("multi-platform indexes", () => {
 
 describe("layer compressions", () => {
 	it("zstd and uncompressed layers seal to the same tree as gzip ones", async () => {
-		const layout = join(dir, "recompressed");
-		await run("cp", ["-a", img, layout]);
-		const index = JSON.parse(
-			await readFile(join(layout, "index.json"), "utf8"),
-		);
-		const desc = index.manifests.find(
-			(m: { annotations?: Record<string, string> }) =>
-				m.annotations?.["org.opencontainers.image.ref.name"] === "v2",
-		);
-		const manifest = JSON.parse(
-			await readFile(
-				join(layout, "blobs/sha256", desc.digest.slice(7)),
-				"utf8",
-			),
-		);
-		const store = async (bytes: Buffer) => {
-			const d = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
-			await writeFile(join(layout, "blobs/sha256", d.slice(7)), bytes);
-			return { digest: d, size: bytes.length };
-		};
+		const edit = await editableCopy(img, join(dir, "recompressed"));
+		const manifest = await edit.readJson(edit.tagged("v2").digest);
+		const store = (bytes: Buffer) => edit.store(bytes);
 		const recompress = async (
 			layer: { digest: string },
 			to: "zstd" | "none",
 		) => {
-			const gz = join(layout, "blobs/sha256", layer.digest.slice(7));
+			const gz = edit.blob(layer.digest);
 			const { stdout: tar } = await sh("gzip", ["-dc", gz], {
 				encoding: "buffer",
 				maxBuffer: 64 << 20,
@@ -546,14 +521,12 @@ describe("layer compressions", () => {
 			await recompress(manifest.layers[0], "zstd"),
 			await recompress(manifest.layers[1], "none"),
 		];
-		const m = await store(Buffer.from(JSON.stringify(manifest)));
-		index.manifests.push({
-			mediaType: "application/vnd.oci.image.manifest.v1+json",
-			...m,
-			annotations: { "org.opencontainers.image.ref.name": "mixed" },
-		});
-		await writeFile(join(layout, "index.json"), JSON.stringify(index));
-		const { disk } = await sealAndExport(`oci:${layout}:mixed`, "mixed");
+		await edit.tag(
+			"application/vnd.oci.image.manifest.v1+json",
+			Buffer.from(JSON.stringify(manifest)),
+			"mixed",
+		);
+		const { disk } = await sealAndExport(`oci:${edit.dir}:mixed`, "mixed");
 		const want = await tree(expected);
 		await withMount(disk, "ext4", async (mnt) =>
 			expectSameTree(await tree(mnt), want),
