@@ -2,10 +2,12 @@
  * `npm run bench`: seal and export throughput and stored size of a realistic disk image at every
  * chunk size, with and without zstd, as ratios against baselines measured in the same run on the
  * same bytes (AES-256-GCM in one node:crypto call, the issue's limit; `openssl speed`, the CPU's AES
- * ceiling; gzip -6). See docs/benchmarks.md.
+ * ceiling; gzip -6). Then, unless --no-images, the container-image section (bench/image-bench.ts):
+ * a two-layer OCI image sealed with `dadi-seal seal` against `skopeo copy --encryption-key`.
+ * See docs/benchmarks.md.
  *
  *   node dist/bench/run.js [--quick] [--json] [--json-file FILE] [--reps N]
- *                          [--chunk-sizes 16K,64K,...] [--synthetic]
+ *                          [--chunk-sizes 16K,64K,...] [--synthetic] [--images | --no-images]
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -29,6 +31,8 @@ import {
 	type Timing,
 } from "./baseline.js";
 import { prepareImage, type TestImage } from "./image.js";
+import { imageBenchMissing, runImageBench } from "./image-bench.js";
+import type { ImageBenchReport } from "./image-report.js";
 import { type MeasureContext, measureConfig } from "./measure.js";
 import {
 	type BenchReport,
@@ -55,6 +59,12 @@ interface Options {
 	reps: number;
 	chunkSizes: number[];
 	synthetic: boolean;
+	/** Run only the container-image section. */
+	images: boolean;
+	/** Skip the container-image section. */
+	noImages: boolean;
+	/** --reps as given (the image section's default differs). */
+	repsGiven: number | undefined;
 }
 
 const USAGE = `usage: node dist/bench/run.js [options]
@@ -64,6 +74,10 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --reps N             repetitions per configuration, best kept (default 3, quick 1)
   --chunk-sizes LIST   e.g. 16K,64K,1M (default: 4K to 1M, every power of two)
   --synthetic          use the synthetic image even when mke2fs is available
+  --images             run only the container-image section (dadi-seal seal of a two-layer OCI image
+                       against skopeo copy --encryption-key; needs root, umoci, skopeo); best of 2,
+                       --quick: one run and no --flatten/erofs variants; --reps N applies too
+  --no-images          skip the container-image section
 environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
              DADI_BENCH_TMP (scratch directory, default /dev/shm when it has room, else the OS tmpdir)
 `;
@@ -78,6 +92,8 @@ function parseOptions(argv: string[]): Options {
 			reps: { type: "string" },
 			"chunk-sizes": { type: "string" },
 			synthetic: { type: "boolean", default: false },
+			images: { type: "boolean", default: false },
+			"no-images": { type: "boolean", default: false },
 			help: { type: "boolean", default: false },
 		},
 	});
@@ -85,6 +101,8 @@ function parseOptions(argv: string[]): Options {
 		process.stdout.write(USAGE);
 		process.exit(0);
 	}
+	if (values.images && values["no-images"])
+		throw new Error("--images and --no-images exclude each other");
 	const quick = values.quick ?? false;
 	const reps =
 		values.reps === undefined ? (quick ? 1 : 3) : Number(values.reps);
@@ -103,6 +121,9 @@ function parseOptions(argv: string[]): Options {
 		reps,
 		chunkSizes,
 		synthetic: values.synthetic ?? false,
+		images: values.images ?? false,
+		noImages: values["no-images"] ?? false,
+		repsGiven: values.reps === undefined ? undefined : reps,
 	};
 }
 
@@ -186,7 +207,41 @@ async function main(): Promise<void> {
 	process.once("SIGTERM", onSignal);
 	process.once("exit", cleanup); // also after an uncaught error (e.g. EPIPE on stdout)
 	try {
-		const report = await bench(opts, size, workDir, log, print);
+		const started = performance.now();
+		const disk = opts.images
+			? undefined
+			: await bench(opts, size, workDir, log, print);
+		let images: ImageBenchReport | { skipped: string } | undefined;
+		if (!opts.noImages) {
+			const missing = imageBenchMissing(REPO);
+			if (missing === null)
+				images = await runImageBench({
+					repo: REPO,
+					cacheDir: process.env.DADI_BENCH_CACHE ?? join(REPO, ".bench-cache"),
+					workDir,
+					workDirDescription: describeScratch(workDir),
+					reps: opts.repsGiven ?? (opts.quick ? 1 : 2),
+					quick: opts.quick,
+					log,
+					print,
+				});
+			else {
+				log(`container-image section skipped: ${missing}`);
+				images = { skipped: missing };
+				if (opts.images) process.exitCode = 1;
+			}
+		}
+		if (disk !== undefined && images !== undefined)
+			log(
+				`whole bench took ${((performance.now() - started) / 1000).toFixed(0)} s`,
+			);
+		// One document: the disk report with an "images" member, or the image report alone.
+		const report =
+			disk === undefined
+				? images
+				: images === undefined
+					? disk
+					: { ...disk, images };
 		if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
 		if (opts.jsonFile !== undefined) {
 			await writeFile(opts.jsonFile, `${JSON.stringify(report, null, 2)}\n`);

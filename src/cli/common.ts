@@ -146,8 +146,16 @@ export class Progress {
 
 	constructor(private readonly enabled: boolean) {}
 
+	/** `total` 0 announces a phase with no measure of its own (printed once). */
 	update(phase: string, done: number, total: number): void {
-		if (!this.enabled || total <= 0) return;
+		if (!this.enabled) return;
+		if (total <= 0) {
+			if (phase === this.#phase) return;
+			this.#phase = phase;
+			this.#lastStep = -1;
+			process.stderr.write(this.#tty ? `\r${phase}…\x1b[K` : `${phase}…\n`);
+			return;
+		}
 		const pct = Math.min(100, Math.floor((done / total) * 100));
 		if (this.#tty) {
 			const now = Date.now();

@@ -41,12 +41,12 @@ function run(
 	return new Promise((resolve, reject) => {
 		const p = spawn(cmd, args, {
 			env: { ...process.env, ...env },
-			stdio: ["pipe", "pipe", "pipe"],
+			stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
 		});
 		let stdout = "";
 		let stderr = "";
-		p.stdout.on("data", (d) => (stdout += d));
-		p.stderr.on("data", (d) => (stderr += d));
+		p.stdout?.on("data", (d) => (stdout += d));
+		p.stderr?.on("data", (d) => (stderr += d));
 		p.on("error", (e) => {
 			const code = (e as NodeJS.ErrnoException).code;
 			reject(
@@ -68,7 +68,10 @@ function run(
 					),
 				);
 		});
-		p.stdin.end(input ?? "");
+		if (input !== undefined && p.stdin) {
+			p.stdin.on("error", () => {}); // the tool may exit before reading it all; its exit code tells
+			p.stdin.end(input);
+		}
 	});
 }
 
@@ -140,31 +143,91 @@ async function latestMtime(root: string): Promise<number> {
 	return latest;
 }
 
-/** debugfs can take a path in double quotes; names it cannot quote keep their times. */
+/** debugfs takes a path in double quotes (backslashes are literal there); a `"` or a line break cannot be quoted. */
 function quotable(p: string): boolean {
-	return !/["\n\r\\]/.test(p);
+	return !/["\n\r]/.test(p);
+}
+
+/**
+ * Inode numbers of the entries named `names` in directory `parent` of the image, from debugfs's
+ * `ls -p` (lines /INO/MODE/UID/GID/NAME/SIZE/).
+ */
+async function inodesIn(
+	image: string,
+	parents: Map<string, string[]>,
+): Promise<Map<string, number>> {
+	const found = new Map<string, number>();
+	const dirs = [...parents.keys()];
+	if (dirs.length === 0) return found;
+	const script = `${image}.${randomBytes(4).toString("hex")}.ls`;
+	await writeFile(script, `${dirs.map((d) => `ls -p "${d}"`).join("\n")}\n`);
+	try {
+		const { stdout } = await run("debugfs", ["-f", script, image]);
+		let dir: string | undefined;
+		for (const line of stdout.split("\n")) {
+			const cmd = /^debugfs: ls -p "(.*)"$/.exec(line);
+			if (cmd) {
+				dir = cmd[1];
+				continue;
+			}
+			const m = /^\/(\d+)\/[0-7]+\/\d+\/\d+\/(.*)\/\d*\/$/.exec(line);
+			if (m && dir !== undefined && parents.get(dir)?.includes(m[2] as string))
+				found.set(`${dir === "/" ? "" : dir}/${m[2]}`, Number(m[1]));
+		}
+	} finally {
+		await rm(script, { force: true });
+	}
+	return found;
 }
 
 async function fixTimes(o: BuildFsOptions): Promise<BuildFsResult> {
 	const lines: string[] = [];
-	let unfixed = 0;
 	const at = `@${o.timestamp}`;
+	const byParent = new Map<string, string[]>(); // unquotable names, by quotable parent
+	const unquotable: string[] = [];
+	let unfixed = 0;
 	const visit = async (rel: string): Promise<void> => {
 		const p = rel === "" ? "/" : rel;
 		if (quotable(p))
 			lines.push(`sif "${p}" ctime ${at}`, `sif "${p}" atime ${at}`);
-		else unfixed++;
+		else {
+			const cut = p.lastIndexOf("/");
+			const parent = cut <= 0 ? "/" : p.slice(0, cut);
+			const name = p.slice(cut + 1);
+			if (quotable(parent) && !/[\n\r]/.test(name)) {
+				byParent.set(parent, [...(byParent.get(parent) ?? []), name]);
+				unquotable.push(p);
+			} else unfixed++;
+		}
 		const st = await lstat(join(o.staging, rel));
 		if (!st.isDirectory()) return;
 		for (const name of (await readdir(join(o.staging, rel))).sort())
 			await visit(`${rel}/${name}`);
 	};
 	await visit("");
-	lines.push(`sif "/lost+found" ctime ${at}`, `sif "/lost+found" atime ${at}`);
+	// mke2fs -d gives the root directory its own owner, mode and time: take them from the staging root.
+	const root = await lstat(o.staging);
+	lines.push(
+		`sif "/" mode 0${(root.mode & 0o177777).toString(8)}`,
+		`sif "/" uid ${root.uid}`,
+		`sif "/" gid ${root.gid}`,
+		`sif "/" mtime @${Math.floor(root.mtimeMs / 1000)}`,
+		`sif "/lost+found" ctime ${at}`,
+		`sif "/lost+found" atime ${at}`,
+	);
+	const inodes = await inodesIn(o.out, byParent);
+	for (const p of unquotable) {
+		const ino = inodes.get(p);
+		if (ino === undefined) unfixed++;
+		else lines.push(`sif <${ino}> ctime ${at}`, `sif <${ino}> atime ${at}`);
+	}
 	const script = `${o.out}.${randomBytes(4).toString("hex")}.debugfs`;
 	await writeFile(script, `${lines.join("\n")}\n`);
 	try {
-		const { stderr } = await run("debugfs", ["-w", "-f", script, o.out]);
+		// The fake time keeps debugfs from stamping the superblock with the clock.
+		const { stderr } = await run("debugfs", ["-w", "-f", script, o.out], {
+			E2FSPROGS_FAKE_TIME: String(o.timestamp),
+		});
 		const errors = stderr
 			.split("\n")
 			.filter((l) => l.trim() !== "" && !l.startsWith("debugfs "));

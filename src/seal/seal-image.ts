@@ -76,7 +76,7 @@ async function census(
 	let fileBytes = 0;
 	let entries = 0;
 	for (const [i, layer] of image.layers.entries()) {
-		onProgress?.("checking layers", i, image.layers.length);
+		onProgress?.(`checking layer ${i + 1}/${image.layers.length}`, 0, 0);
 		const stream = await layer.open();
 		try {
 			for await (const e of readTar(stream.chunks)) {
@@ -89,7 +89,6 @@ async function census(
 			await stream.close();
 		}
 	}
-	onProgress?.("checking layers", image.layers.length, image.layers.length);
 	return { fileBytes, entries };
 }
 
@@ -233,7 +232,7 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 		let pending: string[] = [];
 		for (const [i, layer] of image.layers.entries()) {
 			const label = `layer ${i + 1}/${image.layers.length}`;
-			o.onProgress?.(`${label}: applying`, 0, 1);
+			o.onProgress?.(`${label}: applying`, 0, 0);
 			const stream = await layer.open();
 			try {
 				await applyLayer(staging, readTar(stream.chunks));
@@ -245,7 +244,7 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			sourceBytes += layer.size;
 			pending.push(layer.diffId);
 			if (o.flatten && i < image.layers.length - 1) continue;
-			o.onProgress?.(`${label}: building ${fsType}`, 0, 1);
+			o.onProgress?.(`${label}: building ${fsType}`, 0, 0);
 			await buildFilesystem({
 				fsType,
 				staging,
