@@ -6,6 +6,16 @@
 import { rmSync } from "node:fs";
 
 const live = new Set<string>();
+const children = new Set<{ kill(signal?: NodeJS.Signals): boolean }>();
+
+/** A child process (mke2fs, debugfs, …) writing into tracked temporary places: killed first on a signal. */
+export function trackChild(child: {
+	kill(signal?: NodeJS.Signals): boolean;
+	once(event: "exit", fn: () => void): unknown;
+}): void {
+	children.add(child);
+	child.once("exit", () => children.delete(child));
+}
 
 export function trackTemp(path: string): void {
 	live.add(path);
@@ -16,9 +26,16 @@ export function untrackTemp(path: string): void {
 }
 
 export function removeTrackedTemps(): void {
+	for (const c of children) c.kill("SIGKILL");
 	for (const p of live) {
 		try {
-			rmSync(p, { force: true, recursive: true });
+			// A child just killed may still create a file for a moment: retry the removal.
+			rmSync(p, {
+				force: true,
+				recursive: true,
+				maxRetries: 10,
+				retryDelay: 50,
+			});
 		} catch {
 			// best effort: the process is exiting
 		}

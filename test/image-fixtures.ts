@@ -10,6 +10,7 @@ import {
 	link,
 	mkdir,
 	readFile,
+	rm,
 	symlink,
 	utimes,
 	writeFile,
@@ -134,6 +135,36 @@ export async function buildTestImage(dir: string): Promise<string> {
 		"v2",
 		join(dir, "layer2.tar"),
 	]);
+	// Layer 3 (umoci repack of v2 changed in place): a bit of everything an upper layer can do, so
+	// the in-place ext4 update meets it all: new nested directories, a file with an xattr, a
+	// symlink, a fifo and a device, a directory replaced by a file, a file replaced by a directory,
+	// a removed tree, a rewritten file and changed metadata.
+	const b3 = join(dir, "bundle3");
+	await run("umoci", ["unpack", "--image", `${img}:v2`, b3]);
+	const r3 = join(b3, "rootfs");
+	await mkdir(join(r3, "srv/app/static"), { recursive: true });
+	await writeFile(join(r3, "srv/app/static/index.html"), "<h1>v3</h1>\n");
+	await writeFile(join(r3, "srv/app/config"), "port=8080\n");
+	await run("setfattr", [
+		"-n",
+		"user.dadi.layer",
+		"-v",
+		"three",
+		join(r3, "srv/app/config"),
+	]);
+	await symlink("../srv/app/config", join(r3, "etc/app.conf"));
+	await run("mkfifo", [join(r3, "srv/app/pipe")]);
+	await run("mknod", [join(r3, "dev/zero"), "c", "1", "5"]);
+	await rm(join(r3, "opq"), { recursive: true });
+	await writeFile(join(r3, "opq"), "opq is a file now\n");
+	await rm(join(r3, "etc/new"));
+	await mkdir(join(r3, "etc/new"));
+	await writeFile(join(r3, "etc/new/inside"), "a directory now\n");
+	await rm(join(r3, "home"), { recursive: true });
+	await writeFile(join(r3, "bin/suid"), "#!/bin/sh\necho v3\n");
+	await chmod(join(r3, "etc/hello"), 0o600);
+	await chown(join(r3, "etc/hello"), 7, 8);
+	await run("umoci", ["repack", "--image", `${img}:v3`, b3]);
 	return img;
 }
 

@@ -186,6 +186,11 @@ describe("sealing an OCI image layout", () => {
 		expect(out.layers[1].storedBytes).toBeLessThan(
 			out.layers[0].storedBytes / 4,
 		);
+		// the first layer's file system is built whole, the second updated in place (allocation stability)
+		expect(out.layers.map((l: { built: string }) => l.built)).toEqual([
+			"rebuilt",
+			"in-place",
+		]);
 		await run("e2fsck", ["-fn", disk]);
 		const want = await tree(expected);
 		expect(want.has("data/a")).toBe(false);
@@ -207,6 +212,33 @@ describe("sealing an OCI image layout", () => {
 			]);
 			expect(stdout).toBe("sealed-ok\nhello from layer 2\n");
 		});
+	});
+
+	it("updates each upper layer's ext4 in place, and the result is still exactly umoci's tree", async () => {
+		await run("umoci", [
+			"unpack",
+			"--image",
+			`${img}:v3`,
+			join(dir, "expected3"),
+		]);
+		const { disk, out } = await sealAndExport(`oci:${img}:v3`, "v3");
+		expect(
+			out.layers.map((l: { built: string }) => l.built),
+			JSON.stringify(
+				out.layers.map((l: { rebuildReason?: string }) => l.rebuildReason),
+			),
+		).toEqual(["rebuilt", "in-place", "in-place"]);
+		for (const l of out.layers.slice(1))
+			expect(l.storedBytes).toBeLessThan(out.layers[0].storedBytes / 4);
+		await run("e2fsck", ["-fn", disk]);
+		const want = await tree(join(dir, "expected3/rootfs"));
+		expect(want.get("opq")?.type).toBe("file");
+		expect(want.get("etc/new")?.type).toBe("dir");
+		expect(want.has("home")).toBe(false);
+		expect(want.get("srv/app/config")?.xattr).toContain("user.dadi.layer");
+		await withMount(disk, "ext4", async (mnt) =>
+			expectSameTree(await tree(mnt), want),
+		);
 	});
 
 	it("carries the original image config encrypted; inspect shows nothing of it", async () => {

@@ -10,6 +10,7 @@ import { randomBytes } from "node:crypto";
 import { lstat, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DadiError } from "../errors.js";
+import { trackChild } from "../temp-files.js";
 
 export type FsKind = "ext4" | "erofs";
 
@@ -32,7 +33,7 @@ export interface BuildFsResult {
 	unfixedTimes: number;
 }
 
-function run(
+export function run(
 	cmd: string,
 	args: string[],
 	env: NodeJS.ProcessEnv = {},
@@ -43,6 +44,7 @@ function run(
 			env: { ...process.env, ...env },
 			stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
 		});
+		trackChild(p);
 		let stdout = "";
 		let stderr = "";
 		p.stdout?.on("data", (d) => (stdout += d));
@@ -144,7 +146,7 @@ async function latestMtime(root: string): Promise<number> {
 }
 
 /** debugfs takes a path in double quotes (backslashes are literal there); a `"` or a line break cannot be quoted. */
-function quotable(p: string): boolean {
+export function quotable(p: string): boolean {
 	return !/["\n\r]/.test(p);
 }
 

@@ -21,6 +21,7 @@ import type {
 	SealedLayerEntry,
 } from "../oci/sealed-config.js";
 import { applyLayer } from "../rootfs/apply.js";
+import { snapshotTree, updateExt4InPlace } from "../rootfs/ext4-update.js";
 import { buildFilesystem, type FsKind } from "../rootfs/mkfs.js";
 import { readTar } from "../rootfs/tar.js";
 import type { Platform, SourceImage } from "../source/image-source.js";
@@ -50,6 +51,10 @@ export interface SealedImageLayerReport {
 	/** The source layer's stored (compressed) size. */
 	sourceBytes: number;
 	entry: SealedLayerEntry;
+	/** How the layer's file system was made: updated in place from the one below, or rebuilt whole. */
+	built: "in-place" | "rebuilt";
+	/** Why an upper layer's file system was rebuilt rather than updated in place. */
+	rebuildReason?: string;
 }
 
 export interface SealImageResult {
@@ -230,12 +235,21 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 		const reports: SealedImageLayerReport[] = [];
 		let sourceBytes = 0;
 		let pending: string[] = [];
+		let diskHoldsPrevious = false; // `disk` is the file system of the previous sealed layer
 		for (const [i, layer] of image.layers.entries()) {
 			const label = `layer ${i + 1}/${image.layers.length}`;
 			o.onProgress?.(`${label}: applying`, 0, 0);
+			// Keep unchanged files where they are: update the previous ext4 in place when possible.
+			const old =
+				fsType === "ext4" && diskHoldsPrevious && !o.flatten
+					? snapshotTree(staging)
+					: undefined;
+			const touched: string[] = [];
 			const stream = await layer.open();
 			try {
-				await applyLayer(staging, readTar(stream.chunks));
+				await applyLayer(staging, readTar(stream.chunks), {
+					onEntry: (p) => touched.push(p),
+				});
 				await stream.finish();
 			} finally {
 				await stream.close();
@@ -245,24 +259,43 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			pending.push(layer.diffId);
 			if (o.flatten && i < image.layers.length - 1) continue;
 			o.onProgress?.(`${label}: building ${fsType}`, 0, 0);
-			await buildFilesystem({
-				fsType,
-				staging,
-				out: disk,
-				sizeBytes: fs.sizeBytes,
-				inodes: fs.inodes,
-				uuid: fs.uuid,
-				timestamp: fs.timestamp,
-			});
+			let built: SealedImageLayerReport["built"] = "rebuilt";
+			let rebuildReason: string | null = old
+				? null
+				: "the first layer, or after reused or flattened layers";
+			if (old)
+				rebuildReason = await updateExt4InPlace(
+					disk,
+					staging,
+					old,
+					touched,
+					fs.timestamp,
+				).catch((e: Error) => e.message);
+			if (old && rebuildReason === null) built = "in-place";
+			else
+				await buildFilesystem({
+					fsType,
+					staging,
+					out: disk,
+					sizeBytes: fs.sizeBytes,
+					inodes: fs.inodes,
+					uuid: fs.uuid,
+					timestamp: fs.timestamp,
+				});
 			const entry = await writer.addDisk(
 				disk,
 				(phase, d, t) => o.onProgress?.(`${label}: ${phase}`, d, t),
 				pending,
 			);
-			reports.push({ sourceBytes, entry });
+			reports.push({
+				sourceBytes,
+				entry,
+				built,
+				...(built === "rebuilt" && rebuildReason ? { rebuildReason } : {}),
+			});
 			sourceBytes = 0;
 			pending = [];
-			await rm(disk, { force: true });
+			diskHoldsPrevious = true;
 		}
 		const { manifest, config } = await writer.finish({
 			tag: o.dest.tag ?? "latest",

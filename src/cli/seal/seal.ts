@@ -253,6 +253,8 @@ export function sealCommand(program: Command): void {
 						digest: l.entry.digest,
 						sourceBytes: l.sourceBytes,
 						storedBytes: l.entry.size,
+						built: l.built,
+						rebuildReason: l.rebuildReason,
 						storedChunks: l.entry.storedChunks,
 						zeroChunks: l.entry.zeroChunks,
 					})),
