@@ -336,7 +336,8 @@ async function readToolLog(path: string): Promise<ToolRun[]> {
 		});
 }
 
-const PROGRESS_RE = /^(.*): (\d+)% \(/;
+/** "PHASE: 42% (…)" for measured phases, "PHASE…" for announced ones. */
+const PROGRESS_RE = /^(.*?)(?:: \d+% \(.*|…)$/;
 
 /**
  * Phases from the CLI's progress lines: each phase runs from its first line to the first line of
@@ -355,7 +356,8 @@ export function phasesOf(
 	for (const l of lines) {
 		const m = PROGRESS_RE.exec(l.text);
 		if (m === null) continue;
-		const phase = m[1] as string;
+		const raw = m[1] as string;
+		const phase = raw.startsWith("checking layer") ? "checking layers" : raw;
 		if (firsts[firsts.length - 1]?.phase !== phase)
 			firsts.push({ phase, t: l.t });
 		lastT = l.t;

@@ -142,7 +142,11 @@ const PHASE_ROWS: { key: string; label: string }[] = [
 	{ key: "census", label: "census: gunzip, digests, tar scan of all layers" },
 	{ key: "apply", label: "apply the layer to the staging directory" },
 	{ key: "mke2fs", label: "mke2fs -d (build ext4 from staging)" },
-	{ key: "debugfs", label: "debugfs (fix ctime/atime of every inode)" },
+	{
+		key: "debugfs",
+		label:
+			"debugfs (first layer: inode times; upper layers: the in-place update)",
+	},
 	{ key: "mkfs.erofs", label: "mkfs.erofs (build erofs from staging)" },
 	{ key: "other", label: "file-system build, rest (walks of staging)" },
 	{ key: "seal", label: "seal: read disk, diff, zstd, AES-GCM, write" },
