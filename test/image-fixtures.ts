@@ -162,6 +162,10 @@ export async function buildTestImage(dir: string): Promise<string> {
 	await writeFile(join(r3, "etc/new/inside"), "a directory now\n");
 	await rm(join(r3, "home"), { recursive: true });
 	await writeFile(join(r3, "bin/suid"), "#!/bin/sh\necho v3\n");
+	// hard links: a new name for a lower file, and a new file with two names
+	await link(join(r3, "etc/hello"), join(r3, "etc/hello-again"));
+	await writeFile(join(r3, "srv/app/one"), "one inode, two names\n");
+	await link(join(r3, "srv/app/one"), join(r3, "srv/app/two"));
 	await chmod(join(r3, "etc/hello"), 0o600);
 	await chown(join(r3, "etc/hello"), 7, 8);
 	await run("umoci", ["repack", "--image", `${img}:v3`, b3]);

@@ -236,9 +236,19 @@ describe("sealing an OCI image layout", () => {
 		expect(want.get("etc/new")?.type).toBe("dir");
 		expect(want.has("home")).toBe(false);
 		expect(want.get("srv/app/config")?.xattr).toContain("user.dadi.layer");
-		await withMount(disk, "ext4", async (mnt) =>
-			expectSameTree(await tree(mnt), want),
-		);
+		await withMount(disk, "ext4", async (mnt) => {
+			expectSameTree(await tree(mnt), want);
+			// hard links made by the in-place update are real: one inode, right link count
+			const [a, b, c, d] = await Promise.all(
+				["etc/hello", "etc/hello-again", "srv/app/one", "srv/app/two"].map(
+					(p) => stat(join(mnt, p)),
+				),
+			);
+			expect(b?.ino).toBe(a?.ino);
+			expect(a?.nlink).toBe(2);
+			expect(d?.ino).toBe(c?.ino);
+			expect(c?.nlink).toBe(2);
+		});
 	});
 
 	it("carries the original image config encrypted; inspect shows nothing of it", async () => {

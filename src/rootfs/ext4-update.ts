@@ -6,9 +6,9 @@
  * the chunks that changed.
  *
  * The plan is computed from the tree before the layer (a snapshot), the paths the layer's entries
- * named, and the staging tree after it. Anything the plan cannot express safely (hard links, names
+ * named, and the staging tree after it. Anything the plan cannot express safely (names
  * debugfs cannot quote, entries reached through a symlinked directory) makes `updateExt4InPlace`
- * return false, and the caller rebuilds the image from the staging tree instead.
+ * return the reason, and the caller rebuilds the image from the staging tree instead.
  */
 import { randomBytes } from "node:crypto";
 import { lstatSync, readdirSync, readlinkSync, type Stats } from "node:fs";
@@ -19,21 +19,26 @@ import { lgetxattr, llistxattr, splitDev } from "./native.js";
 
 export type NodeKind = "dir" | "file" | "other";
 
-/** Path ("a/b", "" for the root) → kind, for every entry of a tree. */
-export type TreeSnapshot = Map<string, NodeKind>;
+/** A tree before a layer: path ("a/b") → kind, and the names of each regular file by inode (for hard links). */
+export interface TreeSnapshot {
+	kinds: Map<string, NodeKind>;
+	linked: Map<number, string[]>;
+}
 
 export function snapshotTree(root: string): TreeSnapshot {
-	const out: TreeSnapshot = new Map();
+	const kinds = new Map<string, NodeKind>();
+	const linked = new Map<number, string[]>();
 	const walk = (rel: string): void => {
 		for (const name of readdirSync(join(root, rel))) {
 			const p = rel ? `${rel}/${name}` : name;
 			const st = lstatSync(join(root, p));
-			out.set(p, st.isDirectory() ? "dir" : st.isFile() ? "file" : "other");
+			kinds.set(p, st.isDirectory() ? "dir" : st.isFile() ? "file" : "other");
+			if (st.isFile()) linked.set(st.ino, [...(linked.get(st.ino) ?? []), p]);
 			if (st.isDirectory()) walk(p);
 		}
 	};
 	walk("");
-	return out;
+	return { kinds, linked };
 }
 
 const WH = ".wh.";
@@ -54,7 +59,7 @@ function q(p: string): string {
 
 /** All paths of `old` at or under `p`. */
 function subtree(old: TreeSnapshot, p: string): string[] {
-	return [...old.keys()].filter((k) => k === p || k.startsWith(`${p}/`));
+	return [...old.kinds.keys()].filter((k) => k === p || k.startsWith(`${p}/`));
 }
 
 /** debugfs's mknod takes a name in the current directory, not a path: change into the parent. */
@@ -117,7 +122,7 @@ export function planExt4Update(
 	}
 	// What is replaced goes first: anything but a directory that stays a directory.
 	for (const p of wanted) {
-		const was = old.get(p);
+		const was = old.kinds.get(p);
 		const now = stat(p);
 		if (was !== undefined && !(was === "dir" && now?.isDirectory()))
 			for (const k of subtree(old, p)) remove.add(k);
@@ -131,24 +136,41 @@ export function planExt4Update(
 		(a, b) => depth(b) - depth(a) || (a < b ? -1 : 1),
 	)) {
 		if (!quotable(p)) return `"${p}": a name debugfs cannot quote`;
-		script.push(old.get(p) === "dir" ? `rmdir ${q(p)}` : `rm ${q(p)}`);
+		script.push(old.kinds.get(p) === "dir" ? `rmdir ${q(p)}` : `rm ${q(p)}`);
 	}
 	const values: UpdatePlan["values"] = [];
 	const at = `@${timestamp}`;
 	const touchedDirs = new Set<string>();
+	const made = new Map<number, string>(); // staging inode → the name written for it
+	const relink = new Map<number, { name: string; nlink: number }>();
 	for (const p of [...create].sort(
 		(a, b) => depth(a) - depth(b) || (a < b ? -1 : 1),
 	)) {
 		const st = stat(p);
 		if (!st) continue; // gone again by the end of the layer
-		const present = old.has(p) && !remove.has(p);
+		const present = old.kinds.has(p) && !remove.has(p);
 		if (!present) {
 			if (st.isDirectory()) script.push(`mkdir ${q(p)}`);
 			else if (st.isFile()) {
-				if (st.nlink > 1) return `"${p}": a hard link`;
-				if (!quotable(join(staging, p)))
-					return `"${p}": a staging path debugfs cannot quote`;
-				script.push(`write "${join(staging, p)}" ${q(p)}`);
+				// Hard links: the first name of an inode is written (or found among the names the
+				// image already has), the others are linked to it; link counts are set at the end.
+				const rep =
+					st.nlink > 1
+						? (made.get(st.ino) ??
+							(old.linked.get(st.ino) ?? []).find(
+								(n) => !remove.has(n) && stat(n)?.ino === st.ino,
+							))
+						: undefined;
+				if (rep !== undefined) {
+					if (!quotable(rep)) return `"${rep}": a name debugfs cannot quote`;
+					script.push(`ln ${q(rep)} ${q(p)}`);
+					relink.set(st.ino, { name: rep, nlink: st.nlink });
+				} else {
+					if (!quotable(join(staging, p)))
+						return `"${p}": a staging path debugfs cannot quote`;
+					script.push(`write "${join(staging, p)}" ${q(p)}`);
+					if (st.nlink > 1) made.set(st.ino, p);
+				}
 			} else if (st.isSymbolicLink()) {
 				const target = readlinkSync(join(staging, p));
 				if (!quotable(target))
@@ -185,6 +207,8 @@ export function planExt4Update(
 			}
 		}
 	}
+	for (const { name, nlink } of relink.values())
+		script.push(`sif ${q(name)} links_count ${nlink}`);
 	// Directories whose entries changed: their times as the staging tree has them.
 	const parents = new Set<string>();
 	for (const p of [...remove, ...create]) parents.add(parentOf(p));
