@@ -372,25 +372,29 @@ describe("bad input: a one-line error and a non-zero exit", () => {
 				"utf8",
 			),
 		);
+		// Rewrites config, manifest and index.json so that every digest matches again.
+		const storeConsistently = async () => {
+			const cb = Buffer.from(JSON.stringify(config));
+			manifest.config = {
+				...manifest.config,
+				digest: sha256Digest(cb),
+				size: cb.length,
+			};
+			await writeFile(
+				join(o, "blobs/sha256", manifest.config.digest.slice(7)),
+				cb,
+			);
+			const mb = Buffer.from(JSON.stringify(manifest));
+			await writeFile(join(o, "blobs/sha256", sha256Digest(mb).slice(7)), mb);
+			idx.manifests[0] = {
+				...idx.manifests[0],
+				digest: sha256Digest(mb),
+				size: mb.length,
+			};
+			await writeFile(join(o, "index.json"), JSON.stringify(idx));
+		};
 		config.schemaVersion = 2;
-		const cb = Buffer.from(JSON.stringify(config));
-		manifest.config = {
-			...manifest.config,
-			digest: sha256Digest(cb),
-			size: cb.length,
-		};
-		await writeFile(
-			join(o, "blobs/sha256", manifest.config.digest.slice(7)),
-			cb,
-		);
-		const mb = Buffer.from(JSON.stringify(manifest));
-		await writeFile(join(o, "blobs/sha256", sha256Digest(mb).slice(7)), mb);
-		idx.manifests[0] = {
-			...idx.manifests[0],
-			digest: sha256Digest(mb),
-			size: mb.length,
-		};
-		await writeFile(join(o, "index.json"), JSON.stringify(idx));
+		await storeConsistently();
 		expectOneLineError(
 			await runCli(BIN.seal, ["inspect", `oci:${o}:t`]),
 			4,
@@ -402,24 +406,7 @@ describe("bad input: a one-line error and a non-zero exit", () => {
 		lb.writeUInt16LE(2, 8);
 		await writeFile(layer, lb);
 		config.schemaVersion = 1;
-		const cb1 = Buffer.from(JSON.stringify(config));
-		manifest.config = {
-			...manifest.config,
-			digest: sha256Digest(cb1),
-			size: cb1.length,
-		};
-		await writeFile(
-			join(o, "blobs/sha256", manifest.config.digest.slice(7)),
-			cb1,
-		);
-		const mb1 = Buffer.from(JSON.stringify(manifest));
-		await writeFile(join(o, "blobs/sha256", sha256Digest(mb1).slice(7)), mb1);
-		idx.manifests[0] = {
-			...idx.manifests[0],
-			digest: sha256Digest(mb1),
-			size: mb1.length,
-		};
-		await writeFile(join(o, "index.json"), JSON.stringify(idx));
+		await storeConsistently();
 		expectOneLineError(
 			await runCli(BIN.seal, [
 				"export",
