@@ -488,42 +488,27 @@ describe("multi-platform indexes", () => {
 			}),
 		);
 		await edit.tag("application/vnd.oci.image.index.v1+json", list, "multi");
-		const ok = await runCli(BIN.seal, [
-			"seal",
-			`oci:${layout}:multi`,
-			`oci:${join(dir, "multi-out")}:t`,
-			"--key",
-			keyPath,
-			"--platform",
-			"linux/amd64",
-			"--quiet",
-			"--json",
-		]);
+		const sealFor = (tag: string, platform: string, ...extra: string[]) =>
+			runCli(BIN.seal, [
+				"seal",
+				`oci:${layout}:multi`,
+				`oci:${join(dir, "multi-out")}:${tag}`,
+				"--key",
+				keyPath,
+				"--platform",
+				platform,
+				...extra,
+			]);
+		const ok = await sealFor("t", "linux/amd64", "--quiet", "--json");
 		expect(ok.code, ok.stderr).toBe(0);
 		expect(JSON.parse(ok.stdout).source).toContain(v2.digest);
-		const none = await runCli(BIN.seal, [
-			"seal",
-			`oci:${layout}:multi`,
-			`oci:${join(dir, "multi-out")}:u`,
-			"--key",
-			keyPath,
-			"--platform",
-			"linux/s390x",
-		]);
+		const none = await sealFor("u", "linux/s390x");
 		expect(none.code).toBe(3);
 		expect(none.stderr).toMatch(
 			/no image for platform linux\/s390x \(the index has: linux\/arm64\/v8, linux\/amd64\).*\[INPUT_NOT_FOUND\]/,
 		);
 		// the arm64 entry points at an amd64 config here: caught, not sealed as the wrong platform
-		const liar = await runCli(BIN.seal, [
-			"seal",
-			`oci:${layout}:multi`,
-			`oci:${join(dir, "multi-out")}:w`,
-			"--key",
-			keyPath,
-			"--platform",
-			"linux/arm64/v8",
-		]);
+		const liar = await sealFor("w", "linux/arm64/v8");
 		expect(liar.code).toBe(3);
 		expect(liar.stderr).toMatch(/is for linux\/amd64, not linux\/arm64/);
 	});

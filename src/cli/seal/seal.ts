@@ -11,14 +11,8 @@ import { parseSealId } from "../../seal/keys.js";
 import { sealDisk } from "../../seal/seal-disk.js";
 import { sealImage } from "../../seal/seal-image.js";
 import { hostPlatform, parsePlatform } from "../../source/platform.js";
-import {
-	formatBytes,
-	Progress,
-	parseSize,
-	printJson,
-	readKeyFile,
-	runAction,
-} from "../common.js";
+import { Progress, parseSize, readKeyFile, runAction } from "../common.js";
+import { elapsed, reportDisk, reportImage } from "./seal-report.js";
 
 interface SealOpts {
 	key: string;
@@ -203,30 +197,14 @@ export function sealCommand(program: Command): void {
 						base,
 					});
 					progress.done();
-					const seconds = (performance.now() - started) / 1000;
-					const out = {
-						ok: true,
-						manifest: r.manifest.digest,
-						tag: dest.tag ?? "latest",
-						layers: r.config.layers.length,
-						reusedLayers: r.reusedLayers,
-						newLayer: {
-							digest: r.layer.digest,
-							storedBytes: r.layer.size,
-							storedChunks: r.layer.storedChunks,
-							zeroChunks: r.layer.zeroChunks,
-						},
-						virtualSize: r.virtualSize,
-						chunkSize: r.config.chunkSize,
-						seconds,
-					};
-					if (opts.json) printJson(out);
-					else
-						process.stdout.write(
-							`sealed ${srcText} (${formatBytes(r.virtualSize)}) into ${destText} as layer ${r.config.layers.length} of ${r.config.layers.length}\n` +
-								`  manifest ${r.manifest.digest}\n` +
-								`  stored ${formatBytes(r.layer.size)} in ${r.layer.storedChunks} chunks (+${r.layer.zeroChunks} zero chunks), chunk size ${formatBytes(r.config.chunkSize)}, ${seconds.toFixed(2)} s\n`,
-						);
+					reportDisk(
+						r,
+						srcText,
+						destText,
+						dest.tag,
+						elapsed(started),
+						opts.json,
+					);
 					return;
 				}
 				const r = await sealImage({
@@ -239,39 +217,7 @@ export function sealCommand(program: Command): void {
 					baseImage,
 				});
 				progress.done();
-				const seconds = (performance.now() - started) / 1000;
-				const out = {
-					ok: true,
-					manifest: r.manifest.digest,
-					tag: dest.tag ?? "latest",
-					source: r.source,
-					reusedLayers: r.reusedLayers,
-					fsType: r.fsType,
-					virtualSize: r.config.virtualSize,
-					chunkSize: r.config.chunkSize,
-					layers: r.layers.map((l) => ({
-						digest: l.entry.digest,
-						sourceBytes: l.sourceBytes,
-						storedBytes: l.entry.size,
-						built: l.built,
-						rebuildReason: l.rebuildReason,
-						storedChunks: l.entry.storedChunks,
-						zeroChunks: l.entry.zeroChunks,
-					})),
-					seconds,
-				};
-				if (opts.json) printJson(out);
-				else
-					process.stdout.write(
-						`sealed ${r.source} into ${destText}: ${r.layers.length} new layer(s)${r.reusedLayers ? ` over ${r.reusedLayers} reused` : ""}, ${r.fsType} ${formatBytes(r.config.virtualSize)}, ${seconds.toFixed(2)} s\n` +
-							`  manifest ${r.manifest.digest}\n` +
-							r.layers
-								.map(
-									(l, i) =>
-										`  layer ${i}: stored ${formatBytes(l.entry.size)} (${l.entry.storedChunks} chunks) for ${formatBytes(l.sourceBytes)} of source layers\n`,
-								)
-								.join(""),
-					);
+				reportImage(r, destText, dest.tag, elapsed(started), opts.json);
 			}),
 		);
 }

@@ -1,0 +1,86 @@
+/** What `dadi-seal seal` prints when it is done: text for people, `--json` for machines. */
+import type { SealDiskResult } from "../../seal/seal-disk.js";
+import type { SealImageResult } from "../../seal/seal-image.js";
+import { formatBytes, printJson } from "../common.js";
+
+export function elapsed(started: number): number {
+	return (performance.now() - started) / 1000;
+}
+
+export function reportDisk(
+	r: SealDiskResult,
+	srcText: string,
+	destText: string,
+	tag: string | undefined,
+	seconds: number,
+	json?: boolean,
+): void {
+	if (json) {
+		printJson({
+			ok: true,
+			manifest: r.manifest.digest,
+			tag: tag ?? "latest",
+			layers: r.config.layers.length,
+			reusedLayers: r.reusedLayers,
+			newLayer: {
+				digest: r.layer.digest,
+				storedBytes: r.layer.size,
+				storedChunks: r.layer.storedChunks,
+				zeroChunks: r.layer.zeroChunks,
+			},
+			virtualSize: r.virtualSize,
+			chunkSize: r.config.chunkSize,
+			seconds,
+		});
+		return;
+	}
+	const n = r.config.layers.length;
+	process.stdout.write(
+		`sealed ${srcText} (${formatBytes(r.virtualSize)}) into ${destText} as layer ${n} of ${n}\n` +
+			`  manifest ${r.manifest.digest}\n` +
+			`  stored ${formatBytes(r.layer.size)} in ${r.layer.storedChunks} chunks (+${r.layer.zeroChunks} zero chunks), chunk size ${formatBytes(r.config.chunkSize)}, ${seconds.toFixed(2)} s\n`,
+	);
+}
+
+export function reportImage(
+	r: SealImageResult,
+	destText: string,
+	tag: string | undefined,
+	seconds: number,
+	json?: boolean,
+): void {
+	if (json) {
+		printJson({
+			ok: true,
+			manifest: r.manifest.digest,
+			tag: tag ?? "latest",
+			source: r.source,
+			reusedLayers: r.reusedLayers,
+			fsType: r.fsType,
+			virtualSize: r.config.virtualSize,
+			chunkSize: r.config.chunkSize,
+			layers: r.layers.map((l) => ({
+				digest: l.entry.digest,
+				sourceBytes: l.sourceBytes,
+				storedBytes: l.entry.size,
+				built: l.built,
+				rebuildReason: l.rebuildReason,
+				storedChunks: l.entry.storedChunks,
+				zeroChunks: l.entry.zeroChunks,
+			})),
+			seconds,
+		});
+		return;
+	}
+	const reused = r.reusedLayers ? ` over ${r.reusedLayers} reused` : "";
+	process.stdout.write(
+		`sealed ${r.source} into ${destText}: ${r.layers.length} new layer(s)${reused}, ${r.fsType} ${formatBytes(r.config.virtualSize)}, ${seconds.toFixed(2)} s\n` +
+			`  manifest ${r.manifest.digest}\n` +
+			r.layers
+				.map(
+					(l, i) =>
+						`  layer ${i}: stored ${formatBytes(l.entry.size)} (${l.entry.storedChunks} chunks) for ${formatBytes(l.sourceBytes)} of source layers\n`,
+				)
+				.join(""),
+	);
+}
