@@ -18,6 +18,9 @@ export type ErrorCode =
 	| "KEY_MISMATCH" // the key is not the one the image was sealed for
 	| "OUT_OF_RANGE" // a read outside the virtual disk
 	| "IO" // the operating system refused an operation
+	| "NETWORK" // a remote peer could not be reached, timed out or broke off, after bounded retries
+	| "REMOTE_DENIED" // a registry refused our credentials or has none for us (401/403 after auth)
+	| "REMOTE_PROTOCOL" // a registry answered outside its protocol (wrong status, Content-Range, size)
 	| "INTERNAL"; // a bug
 
 export class DadiError extends Error {

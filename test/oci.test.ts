@@ -48,7 +48,7 @@ describe("references", () => {
 	it("refuses malformed digests instead of reading them as tags", () => {
 		expect(codeOf(() => parseReference("oci:d@sha256:abc"))).toBe("USAGE");
 		expect(codeOf(() => parseReference("oci:d:bad/tag"))).toBe("USAGE");
-		expect(codeOf(() => parseReference("docker://x"))).toBe("USAGE");
+		expect(codeOf(() => parseReference("ftp://x"))).toBe("USAGE");
 		expect(codeOf(() => parseReference("nocolon"))).toBe("USAGE");
 	});
 

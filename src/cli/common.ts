@@ -14,6 +14,7 @@ export const EXIT = {
 	integrity: 5,
 	key: 6,
 	io: 7,
+	remote: 8,
 } as const;
 
 export function exitCodeFor(code: ErrorCode): number {
@@ -38,6 +39,10 @@ export function exitCodeFor(code: ErrorCode): number {
 			return EXIT.key;
 		case "IO":
 			return EXIT.io;
+		case "NETWORK":
+		case "REMOTE_DENIED":
+		case "REMOTE_PROTOCOL":
+			return EXIT.remote;
 		default:
 			return EXIT.internal;
 	}
@@ -108,18 +113,20 @@ export async function readKeyFile(path: string): Promise<ImageKey> {
 
 /** "65536", "64k", "64KiB", "1M" → bytes. */
 export function parseSize(text: string, what: string): number {
-	const m = /^(\d+)\s*(k|kb|kib|m|mb|mib)?$/i.exec(text.trim());
+	const m = /^(\d+)\s*(k|kb|kib|m|mb|mib|g|gb|gib)?$/i.exec(text.trim());
 	if (!m)
 		throw new DadiError(
 			"USAGE",
-			`${what}: "${text}" is not a size (e.g. 65536, 64k, 1M)`,
+			`${what}: "${text}" is not a size (e.g. 65536, 64k, 1M, 10G)`,
 		);
 	const unit = (m[2] ?? "").toLowerCase();
 	const mult = unit.startsWith("k")
 		? 1024
 		: unit.startsWith("m")
 			? 1024 * 1024
-			: 1;
+			: unit.startsWith("g")
+				? 1024 * 1024 * 1024
+				: 1;
 	return Number(m[1]) * mult;
 }
 

@@ -1,13 +1,19 @@
 /**
  * Image references in skopeo's transport syntax: `oci:DIR[:TAG]` or `oci:DIR@sha256:…` for an OCI
  * image layout, `docker-archive:FILE[:NAME:TAG]` for a `docker save` archive, `raw:FILE` for a raw
- * disk image.
+ * disk image, `docker://HOST/REPO[:TAG|@DIGEST]` for a registry (docker-reference.ts).
  */
 import { DadiError } from "../errors.js";
 import { DIGEST_RE } from "./digest.js";
+import {
+	type DockerReference,
+	formatDockerReference,
+	parseDockerReference,
+} from "./docker-reference.js";
 
 export type Reference =
 	| { transport: "oci"; dir: string; tag?: string; digest?: string }
+	| DockerReference
 	| { transport: "raw"; path: string }
 	| { transport: "docker-archive"; path: string; name?: string };
 
@@ -25,6 +31,7 @@ export function parseReference(text: string): Reference {
 	if (rest === "")
 		throw new DadiError("USAGE", `"${text}": nothing after "${transport}:"`);
 	if (transport === "raw") return { transport: "raw", path: rest };
+	if (transport === "docker") return parseDockerReference(rest, text);
 	if (transport === "docker-archive") {
 		const c = rest.indexOf(":");
 		return c < 0
@@ -38,7 +45,7 @@ export function parseReference(text: string): Reference {
 	if (transport !== "oci")
 		throw new DadiError(
 			"USAGE",
-			`"${text}": unknown transport "${transport}" (this build knows oci:, docker-archive: and raw:)`,
+			`"${text}": unknown transport "${transport}" (this build knows oci:, docker://, docker-archive: and raw:)`,
 		);
 	const at = rest.lastIndexOf("@");
 	if (at > 0 && rest.slice(at + 1).startsWith("sha256:")) {
@@ -65,6 +72,7 @@ export function parseReference(text: string): Reference {
 
 export function formatReference(r: Reference): string {
 	if (r.transport === "raw") return `raw:${r.path}`;
+	if (r.transport === "docker") return formatDockerReference(r);
 	if (r.transport === "docker-archive")
 		return `docker-archive:${r.path}${r.name ? `:${r.name}` : ""}`;
 	if (r.digest) return `oci:${r.dir}@${r.digest}`;

@@ -1,0 +1,265 @@
+/**
+ * One HTTP exchange with a registry (or its token server, or the blob store it redirects to), over
+ * undici: keep-alive connection pools, a custom CA, HTTP(S)_PROXY/NO_PROXY from the environment,
+ * connect/headers/body timeouts and an overall deadline. Failures come out as DadiErrors, transient
+ * ones (resets, timeouts) marked for retry. Redirects of GET and HEAD are followed here, dropping
+ * the Authorization header when the redirect leaves the origin (blob storage must not see our
+ * registry token).
+ */
+import type { IncomingHttpHeaders } from "node:http";
+import type { Readable } from "node:stream";
+import { rootCertificates } from "node:tls";
+import { type Dispatcher, EnvHttpProxyAgent, request } from "undici";
+import { DadiError } from "../errors.js";
+import { TransientError } from "./retry.js";
+
+export interface Timeouts {
+	/** TCP + TLS connection set-up. */
+	connectMs: number;
+	/** From sending the request to the response headers. */
+	headersMs: number;
+	/** Longest silence while a body arrives. */
+	bodyMs: number;
+	/** Whole exchange, headers and body, for bounded requests (not whole-blob streams). */
+	requestMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: Timeouts = {
+	connectMs: 10_000,
+	headersMs: 30_000,
+	bodyMs: 30_000,
+	requestMs: 120_000,
+};
+
+export interface TransportOptions {
+	/** PEM certificates trusted in addition to the system's (a registry's private CA). */
+	ca?: string[];
+	timeouts?: Partial<Timeouts>;
+	/** Connections per origin. */
+	connections?: number;
+}
+
+export type Method = "GET" | "HEAD" | "PUT" | "POST" | "PATCH" | "DELETE";
+
+export interface HttpRequest {
+	method: Method;
+	url: URL;
+	headers?: Record<string, string>;
+	body?: Buffer | Readable;
+	/** Apply the overall deadline (default true). Whole-blob streams pass false. */
+	deadline?: boolean;
+	/** Follow redirects (GET and HEAD only; default true). */
+	followRedirects?: boolean;
+}
+
+export interface HttpResponse {
+	status: number;
+	headers: IncomingHttpHeaders;
+	/** Where the answer finally came from (after redirects). */
+	url: URL;
+	body: Dispatcher.ResponseData["body"];
+}
+
+const MAX_REDIRECTS = 5;
+
+export class HttpTransport {
+	readonly timeouts: Timeouts;
+	readonly #dispatcher: Dispatcher;
+
+	constructor(o: TransportOptions = {}) {
+		this.timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
+		const ca = o.ca?.length ? o.ca : undefined;
+		// A private CA adds to the system roots rather than replacing them.
+		const tls = ca ? { ca: [...rootCertificates, ...ca] } : {};
+		this.#dispatcher = new EnvHttpProxyAgent({
+			connections: o.connections ?? 16,
+			keepAliveTimeout: 30_000,
+			connect: { timeout: this.timeouts.connectMs, ...tls },
+			requestTls: { timeout: this.timeouts.connectMs, ...tls },
+		});
+	}
+
+	/** One request, redirects followed; no retries (the caller decides). */
+	async send(req: HttpRequest): Promise<HttpResponse> {
+		let url = req.url;
+		let headers = { ...req.headers };
+		const signal =
+			req.deadline === false
+				? undefined
+				: AbortSignal.timeout(this.timeouts.requestMs);
+		for (let hop = 0; ; hop++) {
+			const res = await this.#once(req, url, headers, signal);
+			const location = res.headers.location;
+			const redirect =
+				[301, 302, 303, 307, 308].includes(res.statusCode) &&
+				(req.method === "GET" || req.method === "HEAD") &&
+				req.followRedirects !== false &&
+				typeof location === "string";
+			if (!redirect) return { ...res, status: res.statusCode, url };
+			await res.body.dump().catch(() => {});
+			if (hop >= MAX_REDIRECTS)
+				throw new DadiError(
+					"REMOTE_PROTOCOL",
+					`${describe(req.method, req.url)}: more than ${MAX_REDIRECTS} redirects`,
+				);
+			let next: URL;
+			try {
+				next = new URL(location as string, url);
+			} catch {
+				throw new DadiError(
+					"REMOTE_PROTOCOL",
+					`${describe(req.method, url)}: redirect to an invalid URL`,
+				);
+			}
+			if (next.protocol !== "https:" && next.protocol !== "http:")
+				throw new DadiError(
+					"REMOTE_PROTOCOL",
+					`${describe(req.method, url)}: redirect to a ${next.protocol} URL`,
+				);
+			if (url.protocol === "https:" && next.protocol === "http:")
+				throw new DadiError(
+					"REMOTE_PROTOCOL",
+					`${describe(req.method, url)}: refusing a redirect from https to plain http`,
+				);
+			if (next.origin !== url.origin) {
+				headers = { ...headers };
+				delete headers.authorization;
+			}
+			url = next;
+		}
+	}
+
+	async #once(
+		req: HttpRequest,
+		url: URL,
+		headers: Record<string, string>,
+		signal: AbortSignal | undefined,
+	): Promise<Dispatcher.ResponseData> {
+		try {
+			return await request(url, {
+				dispatcher: this.#dispatcher,
+				method: req.method,
+				headers,
+				body: req.body,
+				signal,
+				headersTimeout: this.timeouts.headersMs,
+				bodyTimeout: this.timeouts.bodyMs,
+			});
+		} catch (e) {
+			throw networkError(e, describe(req.method, url));
+		}
+	}
+
+	async close(): Promise<void> {
+		await this.#dispatcher.close().catch(() => {});
+	}
+}
+
+export function describe(method: string, url: URL): string {
+	return `${method} ${url.origin}${url.pathname}`;
+}
+
+const TLS_CODES = new Set([
+	"DEPTH_ZERO_SELF_SIGNED_CERT",
+	"SELF_SIGNED_CERT_IN_CHAIN",
+	"UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+	"UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+	"CERT_HAS_EXPIRED",
+	"ERR_TLS_CERT_ALTNAME_INVALID",
+	"CERT_UNTRUSTED",
+]);
+
+/** Maps a failed exchange to a DadiError: transient unless retrying cannot help. */
+export function networkError(e: unknown, what: string): DadiError {
+	if (e instanceof DadiError) return e;
+	const err = e as { code?: string; name?: string; message?: string };
+	const code = err?.code ?? err?.name ?? "";
+	if (TLS_CODES.has(code))
+		return new DadiError(
+			"NETWORK",
+			`${what}: the server's TLS certificate is not trusted (${code}); pass the registry's CA with --ca-file`,
+			{ cause: e },
+		);
+	if (
+		code === "EPROTO" ||
+		/wrong version number|packet length/i.test(err?.message ?? "")
+	)
+		return new DadiError(
+			"NETWORK",
+			`${what}: TLS handshake failed; if the registry speaks plain HTTP pass --insecure`,
+			{ cause: e },
+		);
+	if (code === "ENOTFOUND" || code === "EAI_AGAIN")
+		return new DadiError(
+			"NETWORK",
+			`${what}: host not found; check the registry name`,
+			{ cause: e },
+		);
+	if (code === "TimeoutError" || code === "AbortError")
+		return new TransientError(
+			"NETWORK",
+			`${what}: no complete answer within the request timeout`,
+			undefined,
+			{ cause: e },
+		);
+	const reason =
+		code === "UND_ERR_HEADERS_TIMEOUT"
+			? "no response headers within the timeout"
+			: code === "UND_ERR_BODY_TIMEOUT"
+				? "the response body stalled"
+				: code === "UND_ERR_CONNECT_TIMEOUT"
+					? "connecting timed out"
+					: code === "ECONNREFUSED"
+						? "connection refused"
+						: code === "ECONNRESET" || code === "UND_ERR_SOCKET"
+							? "the connection was closed mid-exchange"
+							: code === "UND_ERR_RES_CONTENT_LENGTH_MISMATCH"
+								? "the response body is shorter or longer than its Content-Length"
+								: `${err?.message ?? String(e)}`;
+	return new TransientError("NETWORK", `${what}: ${reason}`, undefined, {
+		cause: e,
+	});
+}
+
+/**
+ * Reads a whole response body, at most `limit` bytes (REMOTE_PROTOCOL past it). A body that breaks
+ * off is a transient NETWORK error.
+ */
+export async function readBody(
+	res: HttpResponse,
+	limit: number,
+	what: string,
+): Promise<Buffer> {
+	const declared = Number(res.headers["content-length"]);
+	if (Number.isFinite(declared) && declared > limit) {
+		res.body.destroy();
+		throw new DadiError(
+			"REMOTE_PROTOCOL",
+			`${what}: the answer is ${declared} bytes, more than the ${limit} allowed`,
+		);
+	}
+	const parts: Buffer[] = [];
+	let n = 0;
+	try {
+		for await (const chunk of res.body as AsyncIterable<Buffer>) {
+			n += chunk.length;
+			if (n > limit) {
+				res.body.destroy();
+				throw new DadiError(
+					"REMOTE_PROTOCOL",
+					`${what}: the answer is more than the ${limit} bytes allowed`,
+				);
+			}
+			parts.push(chunk);
+		}
+	} catch (e) {
+		throw networkError(e, what);
+	}
+	return Buffer.concat(parts, n);
+}
+
+/** A header's single value (the first, when repeated). */
+export function header(res: HttpResponse, name: string): string | undefined {
+	const v = res.headers[name.toLowerCase()];
+	return Array.isArray(v) ? v[0] : v;
+}
