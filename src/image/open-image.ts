@@ -12,35 +12,52 @@ import type { Descriptor } from "../oci/digest.js";
 import { OciLayout, parseJson } from "../oci/layout.js";
 import { parseSealedManifest, type SealedManifest } from "../oci/manifest.js";
 import { ANNOTATION_LAYER_ID } from "../oci/media-types.js";
-import type { Reference } from "../oci/reference.js";
+import { formatReference, type Reference } from "../oci/reference.js";
 import { parseSealedConfig, type SealedConfig } from "../oci/sealed-config.js";
 import { SealedLayer } from "../storage/sealed-layer.js";
 import type { RangeSource } from "../storage/source.js";
 import { VirtualDisk } from "../storage/virtual-disk.js";
 
 export interface SealedImageRef {
-	layout: OciLayout;
+	/** Where the image is, for messages. */
+	name: string;
+	/** The layout it was read from (local images only). */
+	layout?: OciLayout;
 	manifestDesc: Descriptor;
 	manifest: SealedManifest;
 	config: SealedConfig;
 	configBytes: Buffer;
 }
 
-/** Reads and checks manifest and config; needs no key. */
+/** Reads and checks manifest and config from an OCI layout; needs no key. */
 export async function loadSealedImage(ref: Reference): Promise<SealedImageRef> {
 	if (ref.transport !== "oci")
 		throw new DadiError(
 			"USAGE",
-			"a sealed image is read from an oci: reference",
+			"a sealed image is read from an oci: reference here",
 		);
 	const layout = await OciLayout.open(ref.dir);
 	const manifestDesc = await layout.resolve(ref);
 	const manifestBytes = await layout.readBlob(manifestDesc, "manifest");
-	const manifest = parseSealedManifest(
-		parseJson(manifestBytes, "manifest"),
-		"manifest",
-	);
+	const manifest = parseManifestBytes(manifestBytes);
 	const configBytes = await layout.readBlob(manifest.config, "sealed config");
+	return {
+		...checkSealedImage(manifest, configBytes),
+		name: formatReference(ref),
+		layout,
+		manifestDesc,
+	};
+}
+
+export function parseManifestBytes(bytes: Buffer): SealedManifest {
+	return parseSealedManifest(parseJson(bytes, "manifest"), "manifest");
+}
+
+/** Checks that manifest and sealed config agree, layer by layer (pure). */
+export function checkSealedImage(
+	manifest: SealedManifest,
+	configBytes: Buffer,
+): { manifest: SealedManifest; config: SealedConfig; configBytes: Buffer } {
 	const config = parseSealedConfig(parseJson(configBytes, "sealed config"));
 	if (config.layers.length !== manifest.layers.length)
 		throw new DadiError(
@@ -61,7 +78,7 @@ export async function loadSealedImage(ref: Reference): Promise<SealedImageRef> {
 				`manifest layer ${i} annotation names another layer id`,
 			);
 	});
-	return { layout, manifestDesc, manifest, config, configBytes };
+	return { manifest, config, configBytes };
 }
 
 /** Checks that `key` is the image's key and that the config is authentic under it. */
@@ -91,25 +108,47 @@ export function unwrapLayerKeys(
 export interface OpenedImage extends SealedImageRef {
 	disk: VirtualDisk;
 	layerKeys: Buffer[];
+	/** Hashes a whole blob against its descriptor (DIGEST_MISMATCH), reporting bytes as it goes. */
+	checkBlobDigest(
+		desc: Descriptor,
+		what: string,
+		onBytes?: (n: number) => void,
+	): Promise<void>;
 	close(): Promise<void>;
 }
 
-/** Opens the image for reading with its key: every layer's header, trailer and index checked. */
+/** Opens a local image for reading with its key: every layer's header, trailer and index checked. */
 export async function openSealedImage(
 	ref: Reference,
 	key: ImageKey,
 ): Promise<OpenedImage> {
 	const image = await loadSealedImage(ref);
+	const layout = image.layout as OciLayout;
+	return openLayers(
+		image,
+		key,
+		(desc, i) => layout.openBlob(desc, `layer ${i}`),
+		(desc, what, onBytes) => layout.checkBlobDigest(desc, what, onBytes),
+	);
+}
+
+/**
+ * Authenticates the config under the key, unwraps the layer keys and opens every layer from the
+ * sources `openSource` gives (files, or lazy registry blobs).
+ */
+export async function openLayers(
+	image: SealedImageRef,
+	key: ImageKey,
+	openSource: (desc: Descriptor, index: number) => Promise<RangeSource>,
+	checkBlobDigest: OpenedImage["checkBlobDigest"],
+): Promise<OpenedImage> {
 	authenticateConfig(image, key);
 	const layerKeys = unwrapLayerKeys(image, key);
 	const sources: RangeSource[] = [];
 	try {
 		const layers: SealedLayer[] = [];
 		for (const [i, l] of image.config.layers.entries()) {
-			const src = await image.layout.openBlob(
-				image.manifest.layers[i] as Descriptor,
-				`layer ${i}`,
-			);
+			const src = await openSource(image.manifest.layers[i] as Descriptor, i);
 			sources.push(src);
 			layers.push(
 				await SealedLayer.open(src, layerKeys[i] as Buffer, {
@@ -134,6 +173,7 @@ export async function openSealedImage(
 			...image,
 			disk,
 			layerKeys,
+			checkBlobDigest,
 			close: async () => {
 				await Promise.all(sources.map((s) => s.close()));
 			},

@@ -19,7 +19,7 @@ export async function verifyImage(
 	const total = image.manifest.layers.reduce((n, l) => n + l.size, 0);
 	let hashed = 0;
 	for (const [i, d] of image.manifest.layers.entries()) {
-		await image.layout.checkBlobDigest(d, `layer ${i}`, (n) => {
+		await image.checkBlobDigest(d, `layer ${i}`, (n) => {
 			hashed += n;
 			onProgress?.(hashed / 2, total);
 		});

@@ -27,7 +27,12 @@ import {
 	indexOffsetOf,
 	type LayerTrailer,
 } from "../format/trailer.js";
-import type { RangeSource } from "./source.js";
+import {
+	type ChunkedSource,
+	isChunkedSource,
+	type RangeSource,
+	type StoredRange,
+} from "./source.js";
 
 /** Some consecutive chunks of one data extent. */
 export interface Piece {
@@ -64,8 +69,34 @@ export class SealedLayer {
 		this.#codec = createCodec(COMPRESSION_NAMES[header.compression] ?? "none");
 	}
 
-	/** Opens a layer: two small reads (head and tail), then the index; all checked before use. */
+	/**
+	 * Opens a layer: two small reads (head and tail), then the index; all checked before use. From
+	 * a chunked (remote, cached) source, metadata that fails its checks is fetched once more from
+	 * the origin before the failure counts.
+	 */
 	static async open(
+		source: RangeSource,
+		layerKey: Buffer,
+		expect: LayerExpectation,
+	): Promise<SealedLayer> {
+		if (!isChunkedSource(source))
+			return SealedLayer.#open(source, layerKey, expect);
+		let layer: SealedLayer;
+		try {
+			layer = await SealedLayer.#open(source, layerKey, expect);
+		} catch (e) {
+			const retry =
+				e instanceof DadiError &&
+				(e.code === "AUTH_FAILED" || e.code === "FORMAT_INVALID");
+			if (!retry) throw e;
+			await source.forgetMetadata();
+			layer = await SealedLayer.#open(source, layerKey, expect);
+		}
+		source.setChunkMap(layer.chunkRanges());
+		return layer;
+	}
+
+	static async #open(
 		source: RangeSource,
 		layerKey: Buffer,
 		expect: LayerExpectation,
@@ -163,6 +194,8 @@ export class SealedLayer {
 				);
 			end += p.count * e.storedLength;
 		}
+		if (isChunkedSource(this.source))
+			return this.#readChunked(this.source, pieces);
 		const stored = await this.source.read(start, end - start);
 		const out: Buffer[] = [];
 		let at = 0;
@@ -178,6 +211,53 @@ export class SealedLayer {
 				);
 		}
 		return out;
+	}
+
+	/** Per-chunk fetches; a chunk that fails to authenticate is refetched fresh once. */
+	async #readChunked(
+		source: ChunkedSource,
+		pieces: readonly Piece[],
+	): Promise<Buffer[]> {
+		const ranges: StoredRange[] = [];
+		const where: { extent: Extent; chunk: number }[] = [];
+		for (const p of pieces)
+			for (let i = 0; i < p.count; i++) {
+				ranges.push({
+					offset: storedOffsetOf(p.extent, p.first + i),
+					length: p.extent.storedLength,
+				});
+				where.push({ extent: p.extent, chunk: p.first + i });
+			}
+		const stored = await source.readStored(ranges);
+		const out: Buffer[] = [];
+		for (let i = 0; i < ranges.length; i++) {
+			const w = where[i] as (typeof where)[number];
+			try {
+				out.push(this.decodeChunk(w.extent, w.chunk, stored[i] as Buffer));
+			} catch (e) {
+				if (!(e instanceof DadiError && e.code === "AUTH_FAILED")) throw e;
+				const [again] = await source.readStored(
+					[ranges[i] as StoredRange],
+					true,
+				);
+				out.push(this.decodeChunk(w.extent, w.chunk, again as Buffer));
+			}
+		}
+		return out;
+	}
+
+	/** Stored ranges of every data chunk, in blob order. */
+	chunkRanges(): StoredRange[] {
+		const out: StoredRange[] = [];
+		for (const e of this.extents) {
+			if (isZeroExtent(e)) continue;
+			for (let i = 0; i < e.count; i++)
+				out.push({
+					offset: e.offset + i * e.storedLength,
+					length: e.storedLength,
+				});
+		}
+		return out.sort((a, b) => a.offset - b.offset);
 	}
 
 	/** Number of stored (data) chunks. */

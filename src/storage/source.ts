@@ -91,3 +91,30 @@ export class BufferSource implements RangeSource {
 
 	async close(): Promise<void> {}
 }
+
+/** A stretch of stored bytes: one chunk's ciphertext, or a piece of metadata. */
+export interface StoredRange {
+	offset: number;
+	length: number;
+}
+
+/**
+ * A source that fetches chunk by chunk (a registry behind caches). Readers hand it the exact
+ * stored range of each chunk, so it can cache, coalesce and de-duplicate per chunk, and ask again
+ * with `fresh` when bytes it served did not authenticate: a corrupted cache entry or a byte flipped
+ * in transit is then refetched from the origin, never served twice.
+ */
+export interface ChunkedSource extends RangeSource {
+	readStored(
+		ranges: readonly StoredRange[],
+		fresh?: boolean,
+	): Promise<Buffer[]>;
+	/** Drops cached copies of everything read with `read()` (metadata that failed its checks). */
+	forgetMetadata(): Promise<void>;
+	/** The layer's chunk ranges in blob order, once its index is known (for read-ahead). */
+	setChunkMap(ranges: readonly StoredRange[]): void;
+}
+
+export function isChunkedSource(s: RangeSource): s is ChunkedSource {
+	return typeof (s as Partial<ChunkedSource>).readStored === "function";
+}

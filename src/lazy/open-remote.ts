@@ -1,0 +1,154 @@
+/**
+ * Opening a sealed image straight from a registry: the manifest is resolved once (a tag becomes
+ * the digest it named at that moment, and every later read is pinned to it), manifest and config
+ * are fetched whole and checked, then each layer's header, trailer and index are fetched with
+ * range requests and the disk is served chunk by chunk through the caches.
+ */
+import { createHash } from "node:crypto";
+import type { ImageKey } from "../crypto/image-key.js";
+import { DadiError } from "../errors.js";
+import {
+	checkSealedImage,
+	type OpenedImage,
+	openLayers,
+	parseManifestBytes,
+} from "../image/open-image.js";
+import type { Descriptor } from "../oci/digest.js";
+import {
+	type DockerReference,
+	formatDockerReference,
+} from "../oci/docker-reference.js";
+import { MT_OCI_MANIFEST } from "../oci/media-types.js";
+import { blobStream } from "../registry/blob-download.js";
+import {
+	RegistryClient,
+	type RegistryClientOptions,
+} from "../registry/client.js";
+import {
+	type ChunkCache,
+	DiskChunkCache,
+	MemoryChunkCache,
+} from "./chunk-cache.js";
+import { Limiter } from "./limiter.js";
+import { DEFAULT_TUNING, type LazyTuning, RemoteBlob } from "./remote-blob.js";
+import { LazyStats } from "./stats.js";
+
+export interface RemoteOpenOptions extends RegistryClientOptions {
+	/** Persistent cache of ciphertext chunks (safe on an untrusted disk). */
+	cacheDir?: string;
+	cacheBytes?: number;
+	/** Memory for read-ahead and recent chunks. */
+	memoryBytes?: number;
+	/** Range requests in flight at once, for the whole image. */
+	concurrency?: number;
+	tuning?: Partial<LazyTuning>;
+	stats?: LazyStats;
+}
+
+export const DEFAULT_CACHE_BYTES = 10 * 2 ** 30;
+export const DEFAULT_MEMORY_BYTES = 64 << 20;
+export const DEFAULT_CONCURRENCY = 8;
+
+export interface RemoteImage extends OpenedImage {
+	stats: LazyStats;
+	/** The reference pinned to the manifest digest actually read. */
+	pinned: DockerReference;
+}
+
+export async function openRemoteSealedImage(
+	ref: DockerReference,
+	key: ImageKey,
+	o: RemoteOpenOptions = {},
+): Promise<RemoteImage> {
+	const stats = o.stats ?? new LazyStats();
+	const client = new RegistryClient(ref.registry, {
+		...o,
+		onExchange: (e) => {
+			stats.requests++;
+			stats.bytesFetched += e.bytes;
+			if (e.what === "range") stats.latency(e.ms);
+			o.onExchange?.(e);
+		},
+		onRetry: (e, delay) => {
+			stats.retries++;
+			o.onRetry?.(e, delay);
+		},
+	});
+	let disk: ChunkCache | undefined;
+	const memory = new MemoryChunkCache(o.memoryBytes ?? DEFAULT_MEMORY_BYTES);
+	try {
+		const reference = ref.digest ?? ref.tag ?? "latest";
+		const { descriptor, bytes } = await client.getManifest(
+			ref.repository,
+			reference,
+			[MT_OCI_MANIFEST],
+		);
+		const pinned: DockerReference = { ...ref, digest: descriptor.digest };
+		const manifest = parseManifestBytes(bytes);
+		const configBytes = await client.readBlob(ref.repository, manifest.config);
+		const image = {
+			...checkSealedImage(manifest, configBytes),
+			name: formatDockerReference(pinned),
+			manifestDesc: descriptor,
+		};
+		if (o.cacheDir)
+			disk = await DiskChunkCache.open(
+				o.cacheDir,
+				o.cacheBytes ?? DEFAULT_CACHE_BYTES,
+			);
+		const ctx = {
+			client,
+			repo: ref.repository,
+			stats,
+			memory,
+			disk,
+			limiter: new Limiter(o.concurrency ?? DEFAULT_CONCURRENCY),
+			tuning: { ...DEFAULT_TUNING, ...o.tuning },
+		};
+		const opened = await openLayers(
+			image,
+			key,
+			async (desc, i) =>
+				new RemoteBlob(ctx, desc, `layer ${i} (${desc.digest.slice(0, 19)}…)`),
+			(desc, what, onBytes) =>
+				checkRemoteBlob(client, ref.repository, desc, what, onBytes),
+		);
+		return {
+			...opened,
+			stats,
+			pinned,
+			close: async () => {
+				await opened.close();
+				await disk?.close();
+				await memory.close();
+				await client.close();
+			},
+		};
+	} catch (e) {
+		await disk?.close().catch(() => {});
+		await client.close();
+		throw e;
+	}
+}
+
+/** Downloads a whole blob and checks it against its digest (for `verify`). */
+async function checkRemoteBlob(
+	client: RegistryClient,
+	repo: string,
+	desc: Descriptor,
+	what: string,
+	onBytes?: (n: number) => void,
+): Promise<void> {
+	const h = createHash("sha256");
+	let n = 0;
+	for await (const chunk of blobStream(client, repo, desc)) {
+		h.update(chunk);
+		n += chunk.length;
+		onBytes?.(chunk.length);
+	}
+	if (n !== desc.size || `sha256:${h.digest("hex")}` !== desc.digest)
+		throw new DadiError(
+			"DIGEST_MISMATCH",
+			`${what}: the registry's blob does not match its digest ${desc.digest}`,
+		);
+}

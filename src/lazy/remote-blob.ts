@@ -1,0 +1,336 @@
+/**
+ * One sealed layer blob in a registry, read lazily: each chunk's stored bytes are looked up in the
+ * memory and disk caches, joined to a fetch already in flight, or queued; queued chunks that are
+ * adjacent in the blob are fetched with one range request (up to a size bound), with a bound on
+ * concurrent requests shared by the whole image. Sequential reading grows a read-ahead window.
+ * Nothing here trusts the bytes: the sealed layer authenticates every chunk and asks again with
+ * `fresh` when one fails, which bypasses and then overwrites the caches.
+ */
+
+import type { Descriptor } from "../oci/digest.js";
+import { readRange } from "../registry/blob-download.js";
+import type { RegistryClient } from "../registry/client.js";
+import type { ChunkedSource, StoredRange } from "../storage/source.js";
+import type { ChunkCache } from "./chunk-cache.js";
+import type { Limiter } from "./limiter.js";
+import type { LazyStats } from "./stats.js";
+
+export interface LazyTuning {
+	/** Largest single range request. */
+	maxRequestBytes: number;
+	/** Largest read-ahead window. */
+	readAheadMaxBytes: number;
+	/** Consecutive sequential reads before read-ahead starts. */
+	readAheadAfter: number;
+}
+
+export const DEFAULT_TUNING: LazyTuning = {
+	maxRequestBytes: 4 << 20,
+	readAheadMaxBytes: 16 << 20,
+	readAheadAfter: 2,
+};
+
+/** What the blobs of one image share. */
+export interface LazyContext {
+	client: RegistryClient;
+	repo: string;
+	stats: LazyStats;
+	memory: ChunkCache;
+	disk?: ChunkCache;
+	limiter: Limiter;
+	tuning: LazyTuning;
+}
+
+interface Want {
+	range: StoredRange;
+	key: string;
+	speculative: boolean;
+	resolve: (b: Buffer) => void;
+	reject: (e: unknown) => void;
+}
+
+/** A sequential reader's reads may land this far from where the last one ended. */
+const SEQUENTIAL_SLACK = 1 << 20;
+
+export class RemoteBlob implements ChunkedSource {
+	readonly name: string;
+	readonly size: number;
+	readonly #inflight = new Map<string, Promise<Buffer>>();
+	readonly #metaKeys = new Set<string>();
+	#pending: Want[] = [];
+	#flushQueued = false;
+	#chunkMap: readonly StoredRange[] = [];
+	#lastEnd = -1;
+	#streak = 0;
+	#streakBytes = 0;
+	#aheadEnd = 0;
+
+	constructor(
+		private readonly ctx: LazyContext,
+		readonly blob: Descriptor,
+		name: string,
+	) {
+		this.name = name;
+		this.size = blob.size;
+	}
+
+	#key(r: StoredRange): string {
+		return `${this.blob.digest}/${r.offset}+${r.length}`;
+	}
+
+	/** Metadata (header, trailer, index): cached like chunks, fetched alone. */
+	async read(offset: number, length: number): Promise<Buffer> {
+		const range = { offset, length };
+		const key = this.#key(range);
+		this.#metaKeys.add(key);
+		const shared = this.#inflight.get(key);
+		if (shared) return shared;
+		const p = (async () => {
+			const cached = await this.#cached(key);
+			if (cached && cached.length === length) return cached;
+			const bytes = await this.ctx.limiter.run(() =>
+				readRange(this.ctx.client, this.ctx.repo, this.blob, offset, length),
+			);
+			this.ctx.stats.metadataRequests++;
+			this.ctx.stats.metadataBytesFetched += length;
+			await this.#store(key, bytes, false);
+			return bytes;
+		})();
+		this.#track(key, p);
+		return p;
+	}
+
+	async forgetMetadata(): Promise<void> {
+		this.ctx.stats.refetches++;
+		for (const key of this.#metaKeys) {
+			this.#inflight.delete(key);
+			await this.ctx.memory.delete(key);
+			await this.ctx.disk?.delete(key);
+		}
+	}
+
+	setChunkMap(ranges: readonly StoredRange[]): void {
+		this.#chunkMap = ranges;
+	}
+
+	readStored(ranges: readonly StoredRange[], fresh = false): Promise<Buffer[]> {
+		const out: Promise<Buffer>[] = [];
+		const misses: { range: StoredRange; key: string; d: Deferred }[] = [];
+		for (const range of ranges) {
+			const key = this.#key(range);
+			const shared = fresh ? undefined : this.#inflight.get(key);
+			if (shared) {
+				this.ctx.stats.sharedFetches++;
+				out.push(shared);
+				continue;
+			}
+			if (fresh) this.ctx.stats.refetches++;
+			const d = deferred();
+			this.#track(key, d.promise);
+			misses.push({ range, key, d });
+			out.push(d.promise);
+		}
+		// Cache lookups for the whole call first, then every miss is queued in one turn, so
+		// adjacent misses end up in one range request.
+		void Promise.all(
+			misses.map((m) => (fresh ? undefined : this.#cached(m.key))),
+		).then(
+			(hits) => {
+				misses.forEach((m, i) => {
+					const hit = hits[i];
+					if (hit && hit.length === m.range.length) m.d.resolve(hit);
+					else
+						this.#enqueue(m.range, m.key, false).then(m.d.resolve, m.d.reject);
+				});
+			},
+			(e) => {
+				for (const m of misses) m.d.reject(e);
+			},
+		);
+		if (!fresh) this.#readAhead(ranges);
+		return Promise.all(out);
+	}
+
+	async #cached(key: string): Promise<Buffer | undefined> {
+		const m = await this.ctx.memory.get(key);
+		if (m) {
+			this.ctx.stats.memoryHits++;
+			return m;
+		}
+		const d = await this.ctx.disk?.get(key);
+		if (d) this.ctx.stats.diskHits++;
+		return d;
+	}
+
+	async #store(key: string, bytes: Buffer, inMemory: boolean): Promise<void> {
+		if (inMemory) await this.ctx.memory.put(key, bytes);
+		await this.ctx.disk?.put(key, bytes);
+	}
+
+	#track(key: string, p: Promise<Buffer>): void {
+		this.#inflight.set(key, p);
+		const done = () => {
+			if (this.#inflight.get(key) === p) this.#inflight.delete(key);
+		};
+		p.then(done, done);
+	}
+
+	#enqueue(
+		range: StoredRange,
+		key: string,
+		speculative: boolean,
+	): Promise<Buffer> {
+		return new Promise<Buffer>((resolve, reject) => {
+			this.#pending.push({ range, key, speculative, resolve, reject });
+			if (!this.#flushQueued) {
+				this.#flushQueued = true;
+				// Wait one turn so reads issued together are coalesced together.
+				setImmediate(() => this.#flush());
+			}
+		});
+	}
+
+	#flush(): void {
+		this.#flushQueued = false;
+		const wants = this.#pending.sort((a, b) => a.range.offset - b.range.offset);
+		this.#pending = [];
+		let group: Want[] = [];
+		let groupEnd = -1;
+		let groupBytes = 0;
+		const max = this.ctx.tuning.maxRequestBytes;
+		for (const w of wants) {
+			const adjacent = w.range.offset === groupEnd;
+			if (!adjacent || groupBytes + w.range.length > max) {
+				if (group.length) this.#fetch(group);
+				group = [];
+				groupBytes = 0;
+			}
+			group.push(w);
+			groupBytes += w.range.length;
+			groupEnd = w.range.offset + w.range.length;
+		}
+		if (group.length) this.#fetch(group);
+	}
+
+	#fetch(group: Want[]): void {
+		const first = group[0] as Want;
+		const last = group[group.length - 1] as Want;
+		const start = first.range.offset;
+		const length = last.range.offset + last.range.length - start;
+		const speculative = group.every((w) => w.speculative);
+		this.ctx.limiter
+			.run(
+				() =>
+					readRange(this.ctx.client, this.ctx.repo, this.blob, start, length),
+				speculative,
+			)
+			.then(
+				async (bytes) => {
+					const s = this.ctx.stats;
+					s.rangeRequests++;
+					s.chunksFetched += group.length;
+					s.chunkBytesFetched += length;
+					for (const w of group) {
+						const at = w.range.offset - start;
+						const piece = bytes.subarray(at, at + w.range.length);
+						if (w.speculative) s.readAheadChunks++;
+						w.resolve(piece);
+						await this.#store(w.key, piece, w.speculative);
+					}
+				},
+				(e) => {
+					for (const w of group) w.reject(e);
+				},
+			);
+	}
+
+	/**
+	 * Detects sequential reading and fetches ahead of it: nothing until `readAheadAfter`
+	 * consecutive sequential reads, then a window as large as the sequential stretch read so far
+	 * (capped), so scattered reads never pay for speculation.
+	 */
+	#readAhead(ranges: readonly StoredRange[]): void {
+		const first = ranges[0];
+		const last = ranges[ranges.length - 1];
+		if (!first || !last || this.#chunkMap.length === 0) return;
+		const end = last.offset + last.length;
+		const bytes = end - first.offset;
+		if (
+			this.#lastEnd >= 0 &&
+			Math.abs(first.offset - this.#lastEnd) <= SEQUENTIAL_SLACK
+		) {
+			this.#streak++;
+			this.#streakBytes += bytes;
+		} else {
+			this.#streak = 0;
+			this.#streakBytes = bytes;
+			this.#aheadEnd = 0;
+		}
+		this.#lastEnd = end;
+		const t = this.ctx.tuning;
+		if (this.#streak < t.readAheadAfter) return;
+		const window = Math.min(t.readAheadMaxBytes, this.#streakBytes);
+		const from = Math.max(end, this.#aheadEnd);
+		const to = end + window;
+		if (from >= to) return;
+		const ahead: { range: StoredRange; key: string; d: Deferred }[] = [];
+		for (
+			let i = lowerBound(this.#chunkMap, from);
+			i < this.#chunkMap.length;
+			i++
+		) {
+			const range = this.#chunkMap[i] as StoredRange;
+			if (range.offset >= to) break;
+			this.#aheadEnd = range.offset + range.length;
+			const key = this.#key(range);
+			if (this.#inflight.has(key)) continue;
+			const d = deferred();
+			d.promise.catch(() => {}); // speculation: a failure is retried on demand
+			this.#track(key, d.promise);
+			ahead.push({ range, key, d });
+		}
+		void Promise.all(ahead.map((a) => this.ctx.memory.get(a.key))).then(
+			(hits) => {
+				ahead.forEach((a, i) => {
+					const hit = hits[i];
+					if (hit) a.d.resolve(hit);
+					else
+						this.#enqueue(a.range, a.key, true).then(a.d.resolve, a.d.reject);
+				});
+			},
+			(e) => {
+				for (const a of ahead) a.d.reject(e);
+			},
+		);
+	}
+
+	async close(): Promise<void> {}
+}
+
+/** First index whose range starts at or after `offset`. */
+function lowerBound(ranges: readonly StoredRange[], offset: number): number {
+	let lo = 0;
+	let hi = ranges.length;
+	while (lo < hi) {
+		const mid = (lo + hi) >>> 1;
+		if ((ranges[mid] as StoredRange).offset < offset) lo = mid + 1;
+		else hi = mid;
+	}
+	return lo;
+}
+
+interface Deferred {
+	promise: Promise<Buffer>;
+	resolve: (b: Buffer) => void;
+	reject: (e: unknown) => void;
+}
+
+function deferred(): Deferred {
+	let resolve!: (b: Buffer) => void;
+	let reject!: (e: unknown) => void;
+	const promise = new Promise<Buffer>((res, rej) => {
+		resolve = res;
+		reject = rej;
+	});
+	return { promise, resolve, reject };
+}

@@ -1,0 +1,99 @@
+/**
+ * What the lazy reader did, for `--stats FILE`, tests and benchmarks: what came from the registry
+ * (chunks, bytes, requests, their latency), what came from the caches, and what had to be fetched
+ * again because it did not authenticate.
+ */
+
+export interface LazyStatsJson {
+	/** Range GETs that returned chunk data. */
+	rangeRequests: number;
+	/** Chunks fetched from the registry (read-ahead included). */
+	chunksFetched: number;
+	/** Bytes of chunk data fetched from the registry. */
+	chunkBytesFetched: number;
+	/** Header, trailer and index bytes fetched (metadata). */
+	metadataBytesFetched: number;
+	metadataRequests: number;
+	/** All body bytes from the registry: manifests, configs, metadata, chunks. */
+	bytesFetched: number;
+	/** All HTTP exchanges with the registry, token server excluded. */
+	requests: number;
+	/** Chunks served from memory (read-ahead or recent reads) and from the disk cache. */
+	memoryHits: number;
+	diskHits: number;
+	/** Chunk reads that joined a fetch already in flight. */
+	sharedFetches: number;
+	/** Chunks fetched ahead of demand, and how many of them were later used. */
+	readAheadChunks: number;
+	/** Chunks (or metadata) fetched again from the origin because they failed to authenticate. */
+	refetches: number;
+	/** Failed attempts that were retried (429, 5xx, resets, bad Content-Range). */
+	retries: number;
+	latencyMs: {
+		p50: number;
+		p90: number;
+		p99: number;
+		max: number;
+		count: number;
+	};
+}
+
+export class LazyStats {
+	rangeRequests = 0;
+	chunksFetched = 0;
+	chunkBytesFetched = 0;
+	metadataBytesFetched = 0;
+	metadataRequests = 0;
+	bytesFetched = 0;
+	requests = 0;
+	memoryHits = 0;
+	diskHits = 0;
+	sharedFetches = 0;
+	readAheadChunks = 0;
+	refetches = 0;
+	retries = 0;
+	readonly #latencies: number[] = [];
+
+	/** Records one exchange's latency (ms). */
+	latency(ms: number): void {
+		this.#latencies.push(ms);
+	}
+
+	toJSON(): LazyStatsJson {
+		const sorted = [...this.#latencies].sort((a, b) => a - b);
+		const at = (q: number): number =>
+			sorted.length === 0
+				? 0
+				: round(
+						sorted[
+							Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)
+						] ?? 0,
+					);
+		return {
+			rangeRequests: this.rangeRequests,
+			chunksFetched: this.chunksFetched,
+			chunkBytesFetched: this.chunkBytesFetched,
+			metadataBytesFetched: this.metadataBytesFetched,
+			metadataRequests: this.metadataRequests,
+			bytesFetched: this.bytesFetched,
+			requests: this.requests,
+			memoryHits: this.memoryHits,
+			diskHits: this.diskHits,
+			sharedFetches: this.sharedFetches,
+			readAheadChunks: this.readAheadChunks,
+			refetches: this.refetches,
+			retries: this.retries,
+			latencyMs: {
+				p50: at(0.5),
+				p90: at(0.9),
+				p99: at(0.99),
+				max: round(sorted[sorted.length - 1] ?? 0),
+				count: sorted.length,
+			},
+		};
+	}
+}
+
+function round(ms: number): number {
+	return Math.round(ms * 100) / 100;
+}
