@@ -4,6 +4,7 @@ import { Command } from "commander";
 import { installSignalCleanup } from "../temp-files.js";
 import { runProgram } from "./common.js";
 import { exportCommand } from "./export-command.js";
+import { copyCommand } from "./seal/copy.js";
 import { inspectCommand } from "./seal/inspect.js";
 import { keygenCommand } from "./seal/keygen.js";
 import { sealCommand } from "./seal/seal.js";
@@ -21,6 +22,7 @@ const program = new Command("dadi-seal")
 	);
 keygenCommand(program);
 sealCommand(program);
+copyCommand(program);
 inspectCommand(program);
 verifyCommand(program);
 exportCommand(program, "dadi-seal");

@@ -1,24 +1,17 @@
 /** `export`, shared by dadi-seal and dadi-guest: write the merged plaintext disk to a file. */
 import type { Command } from "commander";
-import { DadiError } from "../errors.js";
 import { exportDisk } from "../image/export.js";
-import { openSealedImage } from "../image/open-image.js";
-import { parseReference } from "../oci/reference.js";
-import {
-	formatBytes,
-	Progress,
-	printJson,
-	readKeyFile,
-	runAction,
-} from "./common.js";
+import { formatBytes, Progress, printJson, runAction } from "./common.js";
+import { openForReading } from "./open-for-reading.js";
+import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 
 export function exportCommand(program: Command, prog: string): void {
-	program
+	const c = program
 		.command("export")
 		.description(
 			"authenticate and decrypt a sealed image and write its merged disk to a file (sparse where zero)",
 		)
-		.argument("<REF>", "oci:DIR[:TAG]")
+		.argument("<REF>", "oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]")
 		.requiredOption("--key <KEYFILE>", "the image key")
 		.requiredOption(
 			"--out <DISK>",
@@ -26,51 +19,46 @@ export function exportCommand(program: Command, prog: string): void {
 		)
 		.option("--force", "replace an existing output file")
 		.option("--json", "print the result as JSON")
-		.option("--quiet", "no progress on stderr")
-		.action(
-			async (
-				refText: string,
-				opts: {
-					key: string;
-					out: string;
-					force?: boolean;
-					json?: boolean;
-					quiet?: boolean;
-				},
-			) =>
-				runAction(`${prog} export`, Boolean(opts.json), async () => {
-					const ref = parseReference(refText);
-					if (ref.transport !== "oci")
-						throw new DadiError(
-							"USAGE",
-							`"${refText}": export reads oci:DIR[:TAG]`,
-						);
-					const key = await readKeyFile(opts.key);
-					const image = await openSealedImage(ref, key);
-					try {
-						const progress = new Progress(!opts.quiet);
-						const started = performance.now();
-						const r = await exportDisk(image.disk, opts.out, {
-							force: opts.force,
-							onProgress: (d, t) => progress.update("exporting", d, t),
+		.option("--quiet", "no progress on stderr");
+	addLazyOptions(c).action(
+		async (
+			refText: string,
+			opts: LazyFlags & {
+				key: string;
+				out: string;
+				force?: boolean;
+				json?: boolean;
+				quiet?: boolean;
+			},
+		) =>
+			runAction(`${prog} export`, Boolean(opts.json), async () => {
+				const opened = await openForReading(refText, opts.key, opts);
+				const image = opened.image;
+				try {
+					const progress = new Progress(!opts.quiet);
+					const started = performance.now();
+					const r = await exportDisk(image.disk, opts.out, {
+						force: opts.force,
+						onProgress: (d, t) => progress.update("exporting", d, t),
+					});
+					progress.done();
+					const seconds = (performance.now() - started) / 1000;
+					if (opts.json)
+						printJson({
+							ok: true,
+							out: opts.out,
+							manifest: image.manifestDesc.digest,
+							...r,
+							seconds,
+							...(opened.stats ? { fetched: opened.stats.toJSON() } : {}),
 						});
-						progress.done();
-						const seconds = (performance.now() - started) / 1000;
-						if (opts.json)
-							printJson({
-								ok: true,
-								out: opts.out,
-								manifest: image.manifestDesc.digest,
-								...r,
-								seconds,
-							});
-						else
-							process.stdout.write(
-								`exported ${refText} to ${opts.out}: ${formatBytes(r.bytes)}, ${r.dataChunks} data chunks, ${r.zeroChunks} zero, ${r.shadowedChunks} shadowed chunks checked, ${seconds.toFixed(2)} s\n`,
-							);
-					} finally {
-						await image.close();
-					}
-				}),
-		);
+					else
+						process.stdout.write(
+							`exported ${refText} to ${opts.out}: ${formatBytes(r.bytes)}, ${r.dataChunks} data chunks, ${r.zeroChunks} zero, ${r.shadowedChunks} shadowed chunks checked, ${seconds.toFixed(2)} s\n`,
+						);
+				} finally {
+					await opened.finish();
+				}
+			}),
+	);
 }

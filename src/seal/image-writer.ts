@@ -118,6 +118,11 @@ export class ImageWriter {
 			const n = o.base.layers ?? base.config.layers.length;
 			for (const [i, l] of base.config.layers.slice(0, n).entries()) {
 				const desc = base.manifest.layers[i] as Descriptor;
+				if (!base.layout)
+					throw new DadiError(
+						"USAGE",
+						"--base-image must name an image in an OCI layout (oci:DIR:TAG); copy a remote base there first",
+					);
 				if (!(await layout.hasBlob(desc)))
 					await copyBlob(base.layout, layout, desc);
 				const wrapped = wrapLayerKey(

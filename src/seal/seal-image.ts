@@ -20,6 +20,7 @@ import type {
 	SealedConfig,
 	SealedLayerEntry,
 } from "../oci/sealed-config.js";
+import type { RegistryClientOptions } from "../registry/client.js";
 import { applyLayer } from "../rootfs/apply.js";
 import { snapshotTree, updateExt4InPlace } from "../rootfs/ext4-update.js";
 import { buildFilesystem, type FsKind } from "../rootfs/mkfs.js";
@@ -44,6 +45,8 @@ export interface SealImageOptions {
 	baseImage?: { ref: Reference; key: ImageKey };
 	/** Where the staging directory and file-system images go (default: the OS temp dir). */
 	workDir?: string;
+	/** How to reach the registry of a docker:// source. */
+	registry?: RegistryClientOptions;
 	onProgress?: (phase: string, done: number, total: number) => void;
 }
 
@@ -169,7 +172,11 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			"USAGE",
 			"sealing a container image needs root: its files' owners, modes and device nodes are rebuilt in a staging directory (run as root)",
 		);
-	const image = await openSourceImage(o.source, o.platform);
+	const image = await openSourceImage(o.source, o.platform, {
+		registry: o.registry,
+		workDir: o.workDir,
+		onProgress: o.onProgress,
+	});
 	let base: OpenedImage | undefined;
 	let work: string | undefined;
 	let writer: ImageWriter | undefined;

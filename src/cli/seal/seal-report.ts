@@ -3,6 +3,19 @@ import type { SealDiskResult } from "../../seal/seal-disk.js";
 import type { SealImageResult } from "../../seal/seal-image.js";
 import { formatBytes, printJson } from "../common.js";
 
+/** What a registry destination got. */
+export interface PushReport {
+	pushed: string;
+	blobs: Record<"exists" | "mounted" | "uploaded", number>;
+	bytesUploaded: number;
+}
+
+function pushLine(p: PushReport | undefined): string {
+	return p
+		? `  pushed to ${p.pushed}: ${p.blobs.uploaded} blobs uploaded (${formatBytes(p.bytesUploaded)}), ${p.blobs.exists} already there, ${p.blobs.mounted} mounted\n`
+		: "";
+}
+
 export function elapsed(started: number): number {
 	return (performance.now() - started) / 1000;
 }
@@ -14,12 +27,14 @@ export function reportDisk(
 	tag: string | undefined,
 	seconds: number,
 	json?: boolean,
+	pushed?: PushReport,
 ): void {
 	if (json) {
 		printJson({
 			ok: true,
 			manifest: r.manifest.digest,
 			tag: tag ?? "latest",
+			...(pushed ? { push: pushed } : {}),
 			layers: r.config.layers.length,
 			reusedLayers: r.reusedLayers,
 			newLayer: {
@@ -38,7 +53,8 @@ export function reportDisk(
 	process.stdout.write(
 		`sealed ${srcText} (${formatBytes(r.virtualSize)}) into ${destText} as layer ${n} of ${n}\n` +
 			`  manifest ${r.manifest.digest}\n` +
-			`  stored ${formatBytes(r.layer.size)} in ${r.layer.storedChunks} chunks (+${r.layer.zeroChunks} zero chunks), chunk size ${formatBytes(r.config.chunkSize)}, ${seconds.toFixed(2)} s\n`,
+			`  stored ${formatBytes(r.layer.size)} in ${r.layer.storedChunks} chunks (+${r.layer.zeroChunks} zero chunks), chunk size ${formatBytes(r.config.chunkSize)}, ${seconds.toFixed(2)} s\n` +
+			pushLine(pushed),
 	);
 }
 
@@ -48,12 +64,14 @@ export function reportImage(
 	tag: string | undefined,
 	seconds: number,
 	json?: boolean,
+	pushed?: PushReport,
 ): void {
 	if (json) {
 		printJson({
 			ok: true,
 			manifest: r.manifest.digest,
 			tag: tag ?? "latest",
+			...(pushed ? { push: pushed } : {}),
 			source: r.source,
 			reusedLayers: r.reusedLayers,
 			fsType: r.fsType,
@@ -81,6 +99,7 @@ export function reportImage(
 					(l, i) =>
 						`  layer ${i}: stored ${formatBytes(l.entry.size)} (${l.entry.storedChunks} chunks) for ${formatBytes(l.sourceBytes)} of source layers\n`,
 				)
-				.join(""),
+				.join("") +
+			pushLine(pushed),
 	);
 }

@@ -1,5 +1,8 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { Command } from "commander";
-import { DadiError } from "../../errors.js";
+import { DadiError, fromSystemError } from "../../errors.js";
 import {
 	type CompressionName,
 	isPowerOfTwoChunkSize,
@@ -11,10 +14,22 @@ import { parseSealId } from "../../seal/keys.js";
 import { sealDisk } from "../../seal/seal-disk.js";
 import { sealImage } from "../../seal/seal-image.js";
 import { hostPlatform, parsePlatform } from "../../source/platform.js";
+import { trackTemp, untrackTemp } from "../../temp-files.js";
 import { Progress, parseSize, readKeyFile, runAction } from "../common.js";
-import { elapsed, reportDisk, reportImage } from "./seal-report.js";
+import {
+	addRegistryOptions,
+	type RegistryFlags,
+	registryClientOptions,
+} from "../registry-options.js";
+import { copyBetween } from "./copy.js";
+import {
+	elapsed,
+	type PushReport,
+	reportDisk,
+	reportImage,
+} from "./seal-report.js";
 
-interface SealOpts {
+interface SealOpts extends RegistryFlags {
 	key: string;
 	chunkSize?: string;
 	compress: string;
@@ -32,18 +47,18 @@ interface SealOpts {
 }
 
 export function sealCommand(program: Command): void {
-	program
+	const c = program
 		.command("seal")
 		.description(
 			"seal a container image or a disk image into an encrypted, lazily readable OCI image",
 		)
 		.argument(
 			"<SRC>",
-			"oci:DIR[:TAG] or docker-archive:FILE[:NAME:TAG] (a container image), or raw:DISK.img (a disk image)",
+			"oci:DIR[:TAG], docker://HOST/REPO[:TAG|@DIGEST] or docker-archive:FILE[:NAME:TAG] (a container image), or raw:DISK.img (a disk image)",
 		)
 		.argument(
 			"<DEST>",
-			"oci:DIR[:TAG] — the OCI image layout to write (created if missing; tag defaults to latest)",
+			"oci:DIR[:TAG] — the OCI image layout to write (created if missing; tag defaults to latest) — or docker://HOST/REPO[:TAG] to push to (sealed in a staging layout, then pushed)",
 		)
 		.requiredOption(
 			"--key <KEYFILE>",
@@ -92,15 +107,21 @@ export function sealCommand(program: Command): void {
 			"32 hex digits: reproducible output (same input, key and seal id give identical blobs)",
 		)
 		.option("--json", "print the result as JSON")
-		.option("--quiet", "no progress on stderr")
-		.action(async (srcText: string, destText: string, opts: SealOpts) =>
+		.option("--quiet", "no progress on stderr");
+	addRegistryOptions(c).action(
+		async (srcText: string, destText: string, opts: SealOpts) =>
 			runAction("dadi-seal seal", Boolean(opts.json), async () => {
 				const src = parseReference(srcText);
-				const dest = parseReference(destText);
-				if (dest.transport !== "oci")
+				const target = parseReference(destText);
+				if (target.transport !== "oci" && target.transport !== "docker")
 					throw new DadiError(
 						"USAGE",
-						`destination "${destText}": must be oci:DIR[:TAG]`,
+						`destination "${destText}": must be oci:DIR[:TAG] or docker://HOST/REPO[:TAG]`,
+					);
+				if (target.transport === "docker" && target.digest)
+					throw new DadiError(
+						"USAGE",
+						`destination "${destText}": name a tag, not a digest`,
 					);
 				if (opts.compress !== "zstd" && opts.compress !== "none")
 					throw new DadiError(
@@ -165,59 +186,122 @@ export function sealCommand(program: Command): void {
 						`--base-image "${opts.baseImage}": must be oci:DIR[:TAG]`,
 					);
 				const key = await readKeyFile(opts.key);
-				const baseImage = baseImageRef
-					? {
-							ref: baseImageRef,
-							key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
-						}
-					: undefined;
-				const progress = new Progress(!opts.quiet);
-				const onProgress = (phase: string, d: number, t: number) =>
-					progress.update(phase, d, t);
-				const started = performance.now();
-				const common = {
-					dest,
-					key,
-					keyRef: opts.keyRef,
-					chunkSize,
-					compression: opts.compress as CompressionName,
-					sealId,
-					onProgress,
+				const registry =
+					src.transport === "docker"
+						? await registryClientOptions(src, opts)
+						: undefined;
+				// A registry destination: seal into a private staging layout, push it, remove it.
+				const staging =
+					target.transport === "docker"
+						? await makeStaging(opts.workDir)
+						: undefined;
+				const dest: Reference & { transport: "oci" } =
+					target.transport === "oci"
+						? target
+						: { transport: "oci", dir: staging as string, tag: "sealed" };
+				const push = async (): Promise<PushReport | undefined> => {
+					if (target.transport !== "docker") return undefined;
+					const r = await copyBetween(
+						dest,
+						target,
+						{ ...opts, platform: undefined },
+						[`oci:${dest.dir}:sealed`, destText],
+						"pushing",
+					);
+					return {
+						pushed: destText,
+						blobs: r.blobs,
+						bytesUploaded: r.bytesCopied,
+					};
 				};
-				if (isDisk) {
-					const base = baseRef
+				try {
+					const baseImage = baseImageRef
 						? {
-								ref: baseRef,
+								ref: baseImageRef,
 								key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
 							}
 						: undefined;
-					const r = await sealDisk({
+					const progress = new Progress(!opts.quiet);
+					const onProgress = (phase: string, d: number, t: number) =>
+						progress.update(phase, d, t);
+					const started = performance.now();
+					const common = {
+						dest,
+						key,
+						keyRef: opts.keyRef,
+						chunkSize,
+						compression: opts.compress as CompressionName,
+						sealId,
+						onProgress,
+					};
+					if (isDisk) {
+						const base = baseRef
+							? {
+									ref: baseRef,
+									key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
+								}
+							: undefined;
+						const r = await sealDisk({
+							...common,
+							disk: (src as Reference & { transport: "raw" }).path,
+							base,
+						});
+						const pushed = await push();
+						progress.done();
+						reportDisk(
+							r,
+							srcText,
+							destText,
+							tagOf(target),
+							elapsed(started),
+							opts.json,
+							pushed,
+						);
+						return;
+					}
+					const r = await sealImage({
 						...common,
-						disk: (src as Reference & { transport: "raw" }).path,
-						base,
+						source: src,
+						platform,
+						fsType: opts.fs as FsKind,
+						flatten: opts.flatten,
+						workDir: opts.workDir,
+						baseImage,
+						registry,
 					});
+					const pushed = await push();
 					progress.done();
-					reportDisk(
+					reportImage(
 						r,
-						srcText,
 						destText,
-						dest.tag,
+						tagOf(target),
 						elapsed(started),
 						opts.json,
+						pushed,
 					);
-					return;
+				} finally {
+					if (staging) await removeStaging(staging);
 				}
-				const r = await sealImage({
-					...common,
-					source: src,
-					platform,
-					fsType: opts.fs as FsKind,
-					flatten: opts.flatten,
-					workDir: opts.workDir,
-					baseImage,
-				});
-				progress.done();
-				reportImage(r, destText, dest.tag, elapsed(started), opts.json);
 			}),
-		);
+	);
+}
+
+function tagOf(r: Reference): string | undefined {
+	return r.transport === "oci" || r.transport === "docker" ? r.tag : undefined;
+}
+
+async function makeStaging(workDir: string | undefined): Promise<string> {
+	const base = workDir ?? tmpdir();
+	try {
+		const dir = await mkdtemp(join(base, "dadi-push-"));
+		trackTemp(dir);
+		return dir;
+	} catch (e) {
+		throw fromSystemError(e, base, "creating a staging layout");
+	}
+}
+
+async function removeStaging(dir: string): Promise<void> {
+	await rm(dir, { recursive: true, force: true });
+	untrackTemp(dir);
 }

@@ -1,0 +1,62 @@
+/** Opening a sealed image for reading from the command line, local or remote alike. */
+
+import { DadiError } from "../errors.js";
+import type { OpenedImage } from "../image/open-image.js";
+import { openSealedImage } from "../image/open-image.js";
+import { openRemoteSealedImage } from "../lazy/open-remote.js";
+import type { LazyStats } from "../lazy/stats.js";
+import { writeFileAtomic } from "../oci/layout.js";
+import { parseReference } from "../oci/reference.js";
+import { readKeyFile } from "./common.js";
+import { type LazyFlags, lazyOpenOptions } from "./registry-options.js";
+
+export interface ReadableImage {
+	image: OpenedImage;
+	/** Present for registry images. */
+	stats?: LazyStats;
+	/** The reference as read: a registry tag is pinned to the digest it named. */
+	name: string;
+	/** Writes --stats (when asked) and closes. */
+	finish(): Promise<void>;
+}
+
+export async function openForReading(
+	refText: string,
+	keyFile: string,
+	flags: LazyFlags,
+): Promise<ReadableImage> {
+	const ref = parseReference(refText);
+	const key = await readKeyFile(keyFile);
+	if (ref.transport === "docker") {
+		const image = await openRemoteSealedImage(
+			ref,
+			key,
+			await lazyOpenOptions(ref, flags),
+		);
+		return {
+			image,
+			stats: image.stats,
+			name: image.name,
+			finish: async () => {
+				await image.close();
+				if (flags.stats)
+					await writeFileAtomic(
+						flags.stats,
+						Buffer.from(`${JSON.stringify(image.stats.toJSON(), null, 2)}\n`),
+					);
+			},
+		};
+	}
+	if (ref.transport !== "oci")
+		throw new DadiError(
+			"USAGE",
+			`"${refText}": a sealed image is read from oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]`,
+		);
+	if (flags.cacheDir || flags.stats)
+		throw new DadiError(
+			"USAGE",
+			"--cache-dir and --stats apply to registry (docker://) images only",
+		);
+	const image = await openSealedImage(ref, key);
+	return { image, name: image.name, finish: () => image.close() };
+}

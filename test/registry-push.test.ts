@@ -1,0 +1,422 @@
+/**
+ * Against the real registry (Debian's docker-registry on a loopback port): push sealed images,
+ * read them back lazily (byte-identical to a local export), read one block fetching one chunk,
+ * copy between layouts and registries, seal from a registry source, and the persistent chunk
+ * cache (hits after a restart, corrupted entries refetched, never served).
+ */
+import { execFile } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readKeyFile } from "../src/cli/common.js";
+import { DiskChunkCache } from "../src/lazy/chunk-cache.js";
+import { openRemoteSealedImage } from "../src/lazy/open-remote.js";
+import { parseReference } from "../src/oci/reference.js";
+import { RegistryClient } from "../src/registry/client.js";
+import {
+	BIN,
+	cleanupTempDirs,
+	prng,
+	runCli,
+	tempDir,
+	texty,
+	writeDisk,
+	writeKey,
+} from "./helpers.js";
+import { buildTestImage } from "./image-fixtures.js";
+import { type RunningRegistry, startRegistry } from "./registry/harness.js";
+
+const sh = promisify(execFile);
+const MiB = 1 << 20;
+
+let reg: RunningRegistry;
+let dir: string;
+let keyPath: string;
+let disk: Buffer;
+const DISK_SIZE = 256 * MiB;
+
+async function ok(bin: string, args: string[]) {
+	const r = await runCli(bin, args);
+	if (r.code !== 0)
+		throw new Error(`${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+	return r;
+}
+
+beforeAll(async () => {
+	reg = await startRegistry();
+	dir = await tempDir();
+	keyPath = (await writeKey(dir)).path;
+	// 256 MiB virtual, 24 MiB of it data in scattered regions (random and text), the rest holes.
+	const regions = [];
+	for (let i = 0; i < 12; i++)
+		regions.push({
+			at: i * 21 * MiB + (i % 3) * 4096,
+			bytes: i % 2 ? prng(`r${i}`, 2 * MiB) : texty(`t${i}`, 2 * MiB),
+		});
+	disk = await writeDisk(join(dir, "disk.img"), DISK_SIZE, regions);
+	await ok(BIN.seal, [
+		"seal",
+		`raw:${join(dir, "disk.img")}`,
+		`docker://${reg.host}/sealed/disk:v1`,
+		"--key",
+		keyPath,
+		"--insecure",
+		"--quiet",
+	]);
+});
+
+afterAll(async () => {
+	await reg?.stop();
+	await cleanupTempDirs();
+});
+
+describe("push and lazy read against a real registry", () => {
+	it("reads the pushed image back lazily, byte-identical to the disk, fetching each stored byte about once", async () => {
+		const out = join(dir, "lazy.img");
+		const stats = join(dir, "lazy.json");
+		await ok(BIN.guest, [
+			"export",
+			`docker://${reg.host}/sealed/disk:v1`,
+			"--key",
+			keyPath,
+			"--out",
+			out,
+			"--insecure",
+			"--stats",
+			stats,
+			"--quiet",
+		]);
+		expect((await readFile(out)).equals(disk)).toBe(true);
+		const s = JSON.parse(await readFile(stats, "utf8"));
+		const client = new RegistryClient(reg.host, { insecure: true });
+		const { bytes } = await client.getManifest("sealed/disk", "v1");
+		await client.close();
+		const layer = JSON.parse(bytes.toString()).layers[0];
+		// Every chunk once: what was fetched is the layer's data area, nothing twice.
+		expect(s.chunkBytesFetched).toBeLessThanOrEqual(layer.size);
+		expect(s.chunkBytesFetched).toBeGreaterThan(layer.size * 0.9);
+		expect(s.retries).toBe(0);
+		expect(s.refetches).toBe(0);
+		expect(s.latencyMs.count).toBeGreaterThan(0);
+	});
+
+	it("reading one 4 KiB block of the 256 MiB disk fetches one chunk plus the index", async () => {
+		const r = await ok(BIN.guest, [
+			"read",
+			`docker://${reg.host}/sealed/disk:v1`,
+			"--key",
+			keyPath,
+			"--offset",
+			String(63 * MiB + 8192),
+			"--length",
+			"4096",
+			"--insecure",
+			"--json",
+		]);
+		const j = JSON.parse(r.stdout);
+		const want = disk.subarray(63 * MiB + 8192, 63 * MiB + 8192 + 4096);
+		expect(j.sha256).toBe(
+			(await import("node:crypto"))
+				.createHash("sha256")
+				.update(want)
+				.digest("hex"),
+		);
+		expect(j.image).toMatch(/@sha256:[0-9a-f]{64}$/); // the tag is pinned once
+		expect(j.fetched.chunksFetched).toBe(1);
+		expect(j.fetched.rangeRequests).toBe(1);
+		expect(j.fetched.chunkBytesFetched).toBeLessThanOrEqual(64 * 1024 + 16);
+		// Metadata: 64-byte header, 64-byte trailer and the index; nothing else.
+		expect(j.fetched.metadataRequests).toBe(3);
+		expect(j.fetched.metadataBytesFetched).toBeLessThan(16 * 1024);
+	});
+
+	it("skopeo sees a valid OCI image and copies it; the copy reads back the same disk", async () => {
+		const { stdout } = await sh("skopeo", [
+			"inspect",
+			"--raw",
+			"--tls-verify=false",
+			`docker://${reg.host}/sealed/disk:v1`,
+		]);
+		const m = JSON.parse(stdout);
+		expect(m.mediaType).toBe("application/vnd.oci.image.manifest.v1+json");
+		expect(m.layers[0].mediaType).toMatch(/dadi/);
+		const copy = join(dir, "skopeo-oci");
+		await sh("skopeo", [
+			"copy",
+			"--src-tls-verify=false",
+			`docker://${reg.host}/sealed/disk:v1`,
+			`oci:${copy}:v1`,
+		]);
+		const out = join(dir, "from-skopeo.img");
+		await ok(BIN.guest, [
+			"export",
+			`oci:${copy}:v1`,
+			"--key",
+			keyPath,
+			"--out",
+			out,
+			"--quiet",
+		]);
+		expect((await readFile(out)).equals(disk)).toBe(true);
+	});
+
+	it("copies between layouts and registries: existing blobs skipped, same-registry blobs mounted", async () => {
+		const lay = join(dir, "copy-oci");
+		const a = await ok(BIN.seal, [
+			"copy",
+			`docker://${reg.host}/sealed/disk:v1`,
+			`oci:${lay}:v1`,
+			"--insecure",
+			"--json",
+			"--quiet",
+		]);
+		const aj = JSON.parse(a.stdout);
+		expect(aj.blobs).toEqual({ uploaded: 2, exists: 0, mounted: 0 });
+		const b = await ok(BIN.seal, [
+			"copy",
+			`docker://${reg.host}/sealed/disk:v1`,
+			`docker://${reg.host}/other/disk:copied`,
+			"--insecure",
+			"--json",
+			"--quiet",
+		]);
+		const bj = JSON.parse(b.stdout);
+		expect(bj.blobs).toEqual({ uploaded: 0, exists: 0, mounted: 2 });
+		expect(bj.bytesCopied).toBe(0);
+		expect(bj.manifest.digest).toBe(aj.manifest.digest);
+		const c = await ok(BIN.seal, [
+			"copy",
+			`oci:${lay}:v1`,
+			`docker://${reg.host}/other/disk:again`,
+			"--insecure",
+			"--json",
+			"--quiet",
+		]);
+		expect(JSON.parse(c.stdout).blobs).toEqual({
+			uploaded: 0,
+			exists: 2,
+			mounted: 0,
+		});
+		const client = new RegistryClient(reg.host, { insecure: true });
+		expect((await client.listTags("other/disk")).sort()).toEqual([
+			"again",
+			"copied",
+		]);
+		await client.close();
+		// And the copy in the second repository reads lazily too.
+		const r = await ok(BIN.guest, [
+			"read",
+			`docker://${reg.host}/other/disk:copied`,
+			"--key",
+			keyPath,
+			"--offset",
+			"0",
+			"--length",
+			"1M",
+			"--insecure",
+			"--json",
+		]);
+		expect(JSON.parse(r.stdout).ok).toBe(true);
+	});
+
+	it("uploads in chunks (PATCH) when asked, and the registry accepts the digest", async () => {
+		const { RegistryEndpoint, LayoutEndpoint } = await import(
+			"../src/registry/endpoints.js"
+		);
+		const { copyImage } = await import("../src/registry/copy.js");
+		const client = new RegistryClient(reg.host, { insecure: true });
+		const ref = parseReference(`docker://${reg.host}/chunked/disk:v1`);
+		if (ref.transport !== "docker") throw new Error("ref");
+		const r = await copyImage(
+			await LayoutEndpoint.source({ dir: join(dir, "copy-oci"), tag: "v1" }),
+			new RegistryEndpoint(client, ref, 1 * MiB),
+		);
+		expect(r.blobs.uploaded).toBe(2);
+		const image = await openRemoteSealedImage(ref, await readKeyFile(keyPath), {
+			insecure: true,
+		});
+		try {
+			const at = 10 * 21 * MiB;
+			expect(
+				(await image.disk.read(at, 2 * MiB)).equals(
+					disk.subarray(at, at + 2 * MiB),
+				),
+			).toBe(true);
+		} finally {
+			await image.close();
+			await client.close();
+		}
+	});
+
+	it("a missing tag or repository is a clear INPUT_NOT_FOUND (exit 3)", async () => {
+		const r = await runCli(BIN.guest, [
+			"read",
+			`docker://${reg.host}/sealed/disk:nope`,
+			"--key",
+			keyPath,
+			"--offset",
+			"0",
+			"--length",
+			"1",
+			"--insecure",
+		]);
+		expect(r.code).toBe(3);
+		expect(r.stderr).toMatch(/not found.*INPUT_NOT_FOUND/);
+	});
+
+	it("plain HTTP without --insecure fails with a hint, not a hang", async () => {
+		const r = await runCli(BIN.guest, [
+			"read",
+			`docker://${reg.host}/sealed/disk:v1`,
+			"--key",
+			keyPath,
+			"--offset",
+			"0",
+			"--length",
+			"1",
+			"--retries",
+			"1",
+		]);
+		expect(r.code).toBe(8);
+		expect(r.stderr).toMatch(/--insecure/);
+	});
+});
+
+describe("the persistent chunk cache", () => {
+	it("serves a second reader from disk, and refetches (never serves) a corrupted entry", async () => {
+		const cache = join(dir, "cache");
+		const read = async () => {
+			const r = await ok(BIN.guest, [
+				"read",
+				`docker://${reg.host}/sealed/disk:v1`,
+				"--key",
+				keyPath,
+				"--offset",
+				String(21 * MiB),
+				"--length",
+				String(512 * 1024),
+				"--insecure",
+				"--cache-dir",
+				cache,
+				"--json",
+			]);
+			return JSON.parse(r.stdout);
+		};
+		const want = (await import("node:crypto"))
+			.createHash("sha256")
+			.update(disk.subarray(21 * MiB, 21 * MiB + 512 * 1024))
+			.digest("hex");
+		const first = await read();
+		expect(first.sha256).toBe(want);
+		expect(first.fetched.chunksFetched).toBe(8);
+		const second = await read();
+		expect(second.sha256).toBe(want);
+		expect(second.fetched.chunksFetched).toBe(0);
+		expect(second.fetched.diskHits).toBeGreaterThanOrEqual(8 + 3);
+		// An attacker on the host rewrites a cached chunk with a well-formed entry of other bytes.
+		const c = await DiskChunkCache.open(cache, 1 << 30);
+		const client = new RegistryClient(reg.host, { insecure: true });
+		const { bytes } = await client.getManifest("sealed/disk", "v1");
+		await client.close();
+		const layer = JSON.parse(bytes.toString()).layers[0].digest as string;
+		const keys = await cachedKeys(cache, layer);
+		expect(keys.length).toBeGreaterThanOrEqual(8);
+		let forged = 0;
+		for (const k of keys) {
+			const [, range] = k.split("/");
+			const len = Number(range?.split("+")[1]);
+			if (len === 64 * 1024 + 16) {
+				await c.put(k, prng(`forged${forged}`, len));
+				forged++;
+			}
+		}
+		await c.close();
+		expect(forged).toBeGreaterThan(0);
+		const third = await read();
+		expect(third.sha256).toBe(want);
+		expect(third.fetched.refetches).toBeGreaterThanOrEqual(forged);
+		expect(third.fetched.chunksFetched).toBe(forged);
+		// The refetched bytes replaced the forged entries.
+		const fourth = await read();
+		expect(fourth.fetched.chunksFetched).toBe(0);
+		expect(fourth.fetched.refetches).toBe(0);
+	});
+});
+
+/** Keys of cached entries of one blob, read from the entry files' headers. */
+async function cachedKeys(cache: string, digest: string): Promise<string[]> {
+	const { readdir } = await import("node:fs/promises");
+	const out: string[] = [];
+	for (const e of await readdir(join(cache, "v1"), {
+		recursive: true,
+		withFileTypes: true,
+	})) {
+		if (!e.isFile()) continue;
+		const b = await readFile(join(e.parentPath, e.name));
+		const s = b.toString("latin1");
+		const i = s.indexOf(digest);
+		if (i >= 0) {
+			const m = /^sha256:[0-9a-f]{64}\/\d+\+\d+/.exec(s.slice(i));
+			if (m) out.push(m[0]);
+		}
+	}
+	return out;
+}
+
+describe("docker:// as a seal source", () => {
+	it("sealing a registry image gives the same sealed image as sealing the same image from a layout", async () => {
+		if (process.getuid?.() !== 0) throw new Error("these tests run as root");
+		const src = await buildTestImage(await tempDir());
+		await sh("skopeo", [
+			"copy",
+			"--dest-tls-verify=false",
+			`oci:${src}:v3`,
+			`docker://${reg.host}/plain/app:v3`,
+		]);
+		const sealId = "00112233445566778899aabbccddeeff";
+		const fromRegistry = await ok(BIN.seal, [
+			"seal",
+			`docker://${reg.host}/plain/app:v3`,
+			`oci:${join(dir, "from-reg")}:v3`,
+			"--key",
+			keyPath,
+			"--seal-id",
+			sealId,
+			"--insecure",
+			"--json",
+			"--quiet",
+		]);
+		const fromLayout = await ok(BIN.seal, [
+			"seal",
+			`oci:${src}:v3`,
+			`oci:${join(dir, "from-lay")}:v3`,
+			"--key",
+			keyPath,
+			"--seal-id",
+			sealId,
+			"--json",
+			"--quiet",
+		]);
+		const a = JSON.parse(fromRegistry.stdout);
+		const b = JSON.parse(fromLayout.stdout);
+		expect(a.source).toMatch(/^docker:\/\/.*@sha256:/);
+		expect(a.manifest).toBe(b.manifest);
+		// And straight back to the registry: seal docker:// to docker://.
+		const both = await ok(BIN.seal, [
+			"seal",
+			`docker://${reg.host}/plain/app:v3`,
+			`docker://${reg.host}/sealed/app:v3`,
+			"--key",
+			keyPath,
+			"--seal-id",
+			sealId,
+			"--insecure",
+			"--json",
+			"--quiet",
+		]);
+		const c = JSON.parse(both.stdout);
+		expect(c.manifest).toBe(b.manifest);
+		expect(c.push.blobs.uploaded).toBeGreaterThan(0);
+	});
+});
