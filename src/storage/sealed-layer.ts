@@ -85,9 +85,14 @@ export class SealedLayer {
 		try {
 			layer = await SealedLayer.#open(source, layerKey, expect);
 		} catch (e) {
+			// Anything in the fetched bytes that does not check may be a corrupted cache entry or
+			// a byte changed in transit: fetch once more from the origin.
 			const retry =
 				e instanceof DadiError &&
-				(e.code === "AUTH_FAILED" || e.code === "FORMAT_INVALID");
+				(e.code === "AUTH_FAILED" ||
+					e.code === "FORMAT_INVALID" ||
+					e.code === "FORMAT_UNSUPPORTED" ||
+					e.code === "LAYER_MISMATCH");
 			if (!retry) throw e;
 			await source.forgetMetadata();
 			layer = await SealedLayer.#open(source, layerKey, expect);
