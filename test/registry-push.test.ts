@@ -420,3 +420,91 @@ describe("docker:// as a seal source", () => {
 		expect(c.push.blobs.uploaded).toBeGreaterThan(0);
 	});
 });
+
+describe("an untrusted registry", () => {
+	it("inspect and verify work on registry images; a byte changed in the registry's storage fails reads and verify", async () => {
+		const ins = await ok(BIN.seal, [
+			"inspect",
+			`docker://${reg.host}/sealed/disk:v1`,
+			"--insecure",
+			"--json",
+		]);
+		expect(JSON.parse(ins.stdout).virtualSize).toBe(DISK_SIZE);
+		await writeDisk(join(dir, "small.img"), 4 * MiB, [
+			{ at: 0, bytes: prng("small", 4 * MiB) },
+		]);
+		await ok(BIN.seal, [
+			"seal",
+			`raw:${join(dir, "small.img")}`,
+			`docker://${reg.host}/tamper/disk:v1`,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--quiet",
+		]);
+		const good = await ok(BIN.seal, [
+			"verify",
+			`docker://${reg.host}/tamper/disk:v1`,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--json",
+			"--quiet",
+		]);
+		expect(JSON.parse(good.stdout).chunks).toBe(64);
+		const client = new RegistryClient(reg.host, { insecure: true });
+		const { bytes } = await client.getManifest("tamper/disk", "v1");
+		await client.close();
+		const hex = (JSON.parse(bytes.toString()).layers[0].digest as string).slice(
+			7,
+		);
+		const data = join(
+			reg.storageDir,
+			"docker/registry/v2/blobs/sha256",
+			hex.slice(0, 2),
+			hex,
+			"data",
+		);
+		const blob = await readFile(data);
+		blob[64 + 10 * (64 * 1024 + 16) + 100] ^= 1; // inside chunk 10 (stored uncompressed)
+		const { writeFile } = await import("node:fs/promises");
+		await writeFile(data, blob);
+		const bad = await runCli(BIN.guest, [
+			"read",
+			`docker://${reg.host}/tamper/disk:v1`,
+			"--key",
+			keyPath,
+			"--offset",
+			String(10 * 64 * 1024),
+			"--length",
+			"4096",
+			"--insecure",
+		]);
+		expect(bad.code).toBe(5);
+		expect(bad.stderr).toContain("AUTH_FAILED");
+		expect(bad.stdout).toBe("");
+		const other = await ok(BIN.guest, [
+			"read",
+			`docker://${reg.host}/tamper/disk:v1`,
+			"--key",
+			keyPath,
+			"--offset",
+			String(11 * 64 * 1024),
+			"--length",
+			"4096",
+			"--insecure",
+			"--json",
+		]);
+		expect(JSON.parse(other.stdout).ok).toBe(true); // the rest of the disk still reads
+		const verify = await runCli(BIN.seal, [
+			"verify",
+			`docker://${reg.host}/tamper/disk:v1`,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--quiet",
+		]);
+		expect(verify.code).toBe(5);
+		expect(verify.stderr).toMatch(/DIGEST_MISMATCH|AUTH_FAILED/);
+	});
+});

@@ -12,6 +12,7 @@ import {
 	type OpenedImage,
 	openLayers,
 	parseManifestBytes,
+	type SealedImageRef,
 } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
 import {
@@ -55,6 +56,41 @@ export interface RemoteImage extends OpenedImage {
 	pinned: DockerReference;
 }
 
+/** Manifest and sealed config from the registry, checked; the tag resolved once to a digest. */
+export async function fetchSealedImage(
+	client: RegistryClient,
+	ref: DockerReference,
+): Promise<SealedImageRef & { pinned: DockerReference }> {
+	const reference = ref.digest ?? ref.tag ?? "latest";
+	const { descriptor, bytes } = await client.getManifest(
+		ref.repository,
+		reference,
+		[MT_OCI_MANIFEST],
+	);
+	const pinned: DockerReference = { ...ref, digest: descriptor.digest };
+	const manifest = parseManifestBytes(bytes);
+	const configBytes = await client.readBlob(ref.repository, manifest.config);
+	return {
+		...checkSealedImage(manifest, configBytes),
+		name: formatDockerReference(pinned),
+		manifestDesc: descriptor,
+		pinned,
+	};
+}
+
+/** The public facts of a registry image (for inspect); needs no key. */
+export async function loadRemoteSealedImage(
+	ref: DockerReference,
+	o: RegistryClientOptions = {},
+): Promise<SealedImageRef> {
+	const client = new RegistryClient(ref.registry, o);
+	try {
+		return await fetchSealedImage(client, ref);
+	} finally {
+		await client.close();
+	}
+}
+
 export async function openRemoteSealedImage(
 	ref: DockerReference,
 	key: ImageKey,
@@ -77,20 +113,8 @@ export async function openRemoteSealedImage(
 	let disk: ChunkCache | undefined;
 	const memory = new MemoryChunkCache(o.memoryBytes ?? DEFAULT_MEMORY_BYTES);
 	try {
-		const reference = ref.digest ?? ref.tag ?? "latest";
-		const { descriptor, bytes } = await client.getManifest(
-			ref.repository,
-			reference,
-			[MT_OCI_MANIFEST],
-		);
-		const pinned: DockerReference = { ...ref, digest: descriptor.digest };
-		const manifest = parseManifestBytes(bytes);
-		const configBytes = await client.readBlob(ref.repository, manifest.config);
-		const image = {
-			...checkSealedImage(manifest, configBytes),
-			name: formatDockerReference(pinned),
-			manifestDesc: descriptor,
-		};
+		const image = await fetchSealedImage(client, ref);
+		const pinned = image.pinned;
 		if (o.cacheDir)
 			disk = await DiskChunkCache.open(
 				o.cacheDir,

@@ -2,26 +2,43 @@ import type { Command } from "commander";
 import { DadiError } from "../../errors.js";
 import { summarize } from "../../image/inspect.js";
 import { loadSealedImage } from "../../image/open-image.js";
+import { loadRemoteSealedImage } from "../../lazy/open-remote.js";
 import { parseReference } from "../../oci/reference.js";
 import { formatBytes, printJson, runAction } from "../common.js";
+import {
+	addRegistryOptions,
+	type RegistryFlags,
+	registryClientOptions,
+} from "../registry-options.js";
 
 export function inspectCommand(program: Command): void {
-	program
+	const c = program
 		.command("inspect")
 		.description(
 			"show a sealed image's public facts: layers, sizes, chunk counts (no key needed, nothing secret shown)",
 		)
-		.argument("<REF>", "oci:DIR[:TAG] or oci:DIR@sha256:…")
-		.option("--json", "print as JSON")
-		.action(async (refText: string, opts: { json?: boolean }) =>
+		.argument(
+			"<REF>",
+			"oci:DIR[:TAG], oci:DIR@sha256:… or docker://HOST/REPO[:TAG|@DIGEST]",
+		)
+		.option("--json", "print as JSON");
+	addRegistryOptions(c).action(
+		async (refText: string, opts: RegistryFlags & { json?: boolean }) =>
 			runAction("dadi-seal inspect", Boolean(opts.json), async () => {
 				const ref = parseReference(refText);
-				if (ref.transport !== "oci")
+				if (ref.transport !== "oci" && ref.transport !== "docker")
 					throw new DadiError(
 						"USAGE",
-						`"${refText}": inspect reads oci:DIR[:TAG]`,
+						`"${refText}": inspect reads oci:DIR[:TAG] or docker://HOST/REPO[:TAG]`,
 					);
-				const s = summarize(await loadSealedImage(ref));
+				const s = summarize(
+					ref.transport === "docker"
+						? await loadRemoteSealedImage(
+								ref,
+								await registryClientOptions(ref, opts),
+							)
+						: await loadSealedImage(ref),
+				);
 				if (opts.json) {
 					printJson({ ok: true, ...s });
 					return;
@@ -40,5 +57,5 @@ export function inspectCommand(program: Command): void {
 				];
 				process.stdout.write(`${lines.join("\n")}\n`);
 			}),
-		);
+	);
 }
