@@ -131,12 +131,13 @@ export function runCli(
 	bin: string,
 	args: string[],
 	cwd?: string,
+	env?: NodeJS.ProcessEnv,
 ): Promise<CliResult> {
 	return new Promise((resolve) => {
 		execFile(
 			process.execPath,
 			[bin, ...args],
-			{ cwd, maxBuffer: 64 << 20 },
+			{ cwd, maxBuffer: 64 << 20, env: env ?? process.env },
 			(err, stdout, stderr) => {
 				const code = err ? (typeof err.code === "number" ? err.code : 1) : 0;
 				resolve({ code, stdout, stderr });

@@ -508,3 +508,85 @@ describe("an untrusted registry", () => {
 		expect(verify.stderr).toMatch(/DIGEST_MISMATCH|AUTH_FAILED/);
 	});
 });
+
+describe("HTTP_PROXY", () => {
+	it("sends registry requests through the proxy the environment names (absolute-form, so a caching proxy sees blob requests)", async () => {
+		const http = await import("node:http");
+		const seen: string[] = [];
+		const server = http.createServer((req, res) => {
+			seen.push(`${req.method} ${req.url}`);
+			const target = new URL(req.url as string);
+			const up = http.request(
+				{
+					host: target.hostname,
+					port: target.port,
+					method: req.method,
+					path: target.pathname + target.search,
+					headers: req.headers,
+				},
+				(r) => {
+					res.writeHead(r.statusCode ?? 502, r.headers);
+					r.pipe(res);
+				},
+			);
+			up.on("error", () => res.destroy());
+			req.pipe(up);
+		});
+		await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+		const port = (server.address() as { port: number }).port;
+		try {
+			const env = { ...process.env, HTTP_PROXY: `http://127.0.0.1:${port}` };
+			delete env.NO_PROXY;
+			delete env.no_proxy;
+			const r = await runCli(
+				BIN.guest,
+				[
+					"read",
+					`docker://${reg.host}/sealed/disk:v1`,
+					"--key",
+					keyPath,
+					"--offset",
+					"0",
+					"--length",
+					"4096",
+					"--insecure",
+					"--json",
+				],
+				undefined,
+				env,
+			);
+			expect(r.code, r.stderr).toBe(0);
+			expect(
+				seen.some((s) =>
+					s.startsWith(`GET http://${reg.host}/v2/sealed/disk/manifests/v1`),
+				),
+			).toBe(true);
+			expect(seen.some((s) => /^GET http:\/\/.*\/blobs\/sha256:/.test(s))).toBe(
+				true,
+			);
+			// NO_PROXY is honoured too.
+			const before = seen.length;
+			const direct = await runCli(
+				BIN.guest,
+				[
+					"read",
+					`docker://${reg.host}/sealed/disk:v1`,
+					"--key",
+					keyPath,
+					"--offset",
+					"0",
+					"--length",
+					"4096",
+					"--insecure",
+				],
+				undefined,
+				{ ...env, NO_PROXY: "127.0.0.1" },
+			);
+			expect(direct.code, direct.stderr).toBe(0);
+			expect(seen.length).toBe(before);
+		} finally {
+			server.closeAllConnections();
+			await new Promise((r) => server.close(r));
+		}
+	});
+});

@@ -72,6 +72,9 @@ export class HttpTransport {
 		// A private CA adds to the system roots rather than replacing them.
 		const tls = ca ? { ca: [...rootCertificates, ...ca] } : {};
 		this.#dispatcher = new EnvHttpProxyAgent({
+			// Plain-HTTP requests go to the proxy in absolute form rather than through a CONNECT
+			// tunnel, so a caching proxy (Dragonfly's dfdaemon) can see and serve blob requests.
+			proxyTunnel: false,
 			connections: o.connections ?? 16,
 			keepAliveTimeout: 30_000,
 			connect: { timeout: this.timeouts.connectMs, ...tls },
