@@ -10,6 +10,7 @@ import {
 	type ImageKey,
 	toJwk,
 } from "../src/crypto/image-key.js";
+import { DadiError } from "../src/errors.js";
 import type { CompressionName } from "../src/format/constants.js";
 import { sealDisk } from "../src/seal/seal-disk.js";
 
@@ -152,4 +153,26 @@ export async function listFiles(dir: string): Promise<string[]> {
 	for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
 		if (e.isFile()) out.push(relative(dir, join(e.parentPath, e.name)));
 	return out.sort();
+}
+
+/** The DadiError `fn` throws; anything else thrown (a crash) or nothing thrown fails the test. */
+export function thrown(fn: () => unknown): DadiError {
+	try {
+		fn();
+	} catch (e) {
+		if (e instanceof DadiError) return e;
+		throw e;
+	}
+	throw new Error("expected an error");
+}
+
+/** The DadiError `p` rejects with; as `thrown`. */
+export async function rejection(p: Promise<unknown>): Promise<DadiError> {
+	try {
+		await p;
+	} catch (e) {
+		if (e instanceof DadiError) return e;
+		throw e;
+	}
+	throw new Error("expected a rejection");
 }

@@ -7,20 +7,11 @@ import {
 	MAX_WWW_AUTHENTICATE,
 	parseWwwAuthenticate,
 } from "../src/registry/challenge.js";
+import { thrown } from "./helpers.js";
 
 const plain = (cs: Challenge[]) =>
 	cs.map((c) => ({ ...c, params: { ...c.params } }));
 const parse = (v: string) => plain(parseWwwAuthenticate(v));
-
-const errorOf = (fn: () => unknown): DadiError => {
-	try {
-		fn();
-	} catch (e) {
-		if (e instanceof DadiError) return e;
-		throw e;
-	}
-	throw new Error("expected an error");
-};
 
 describe("WWW-Authenticate parsing", () => {
 	it("reads Docker Hub's bearer challenge", () => {
@@ -157,24 +148,23 @@ describe("WWW-Authenticate parsing", () => {
 			['Bearer realm=@"x"', /expected a value for parameter/],
 		];
 		for (const [v, re] of cases) {
-			const e = errorOf(() => parseWwwAuthenticate(v));
+			const e = thrown(() => parseWwwAuthenticate(v));
 			expect(e.code, v).toBe("REMOTE_PROTOCOL");
 			expect(e.message, v).toMatch(re);
 			expect(e.message, v).toMatch(/^WWW-Authenticate header: /);
 		}
 		expect(
-			errorOf(() => parseWwwAuthenticate("Basic @", "registry.example"))
-				.message,
+			thrown(() => parseWwwAuthenticate("Basic @", "registry.example")).message,
 		).toMatch(/^registry\.example: .* at offset 6 \(near "@"\)/);
 	});
 
 	it("caps what it parses and what it quotes", () => {
 		const long = `Bearer realm="${"a".repeat(MAX_WWW_AUTHENTICATE)}"`;
-		const e = errorOf(() => parseWwwAuthenticate(long));
+		const e = thrown(() => parseWwwAuthenticate(long));
 		expect(e.code).toBe("REMOTE_PROTOCOL");
 		expect(e.message.length).toBeLessThan(300);
 		const bad = `Basic ${"x".repeat(5000)} @${"y".repeat(5000)}`;
-		const f = errorOf(() => parseWwwAuthenticate(bad));
+		const f = thrown(() => parseWwwAuthenticate(bad));
 		expect(f.code).toBe("REMOTE_PROTOCOL");
 		expect(f.message.length).toBeLessThan(300);
 	});
@@ -277,13 +267,13 @@ describe("WWW-Authenticate properties", () => {
 
 	it("refuses to format what cannot be parsed back", () => {
 		expect(
-			errorOf(() => formatChallenge({ scheme: "a b", params: {} })).code,
+			thrown(() => formatChallenge({ scheme: "a b", params: {} })).code,
 		).toBe("USAGE");
 		expect(
-			errorOf(() => formatChallenge({ scheme: "x", params: { a: "\n" } })).code,
+			thrown(() => formatChallenge({ scheme: "x", params: { a: "\n" } })).code,
 		).toBe("USAGE");
 		expect(
-			errorOf(() =>
+			thrown(() =>
 				formatChallenge({ scheme: "x", params: { a: "b" }, token68: "t" }),
 			).code,
 		).toBe("USAGE");

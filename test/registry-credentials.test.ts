@@ -9,31 +9,11 @@ import {
 	findCredentials,
 	parseAuthConfig,
 } from "../src/registry/credentials.js";
-import { cleanupTempDirs, tempDir } from "./helpers.js";
+import { cleanupTempDirs, rejection, tempDir, thrown } from "./helpers.js";
 
 afterAll(cleanupTempDirs);
 
 const b64 = (s: string) => Buffer.from(s).toString("base64");
-
-async function rejection(p: Promise<unknown>): Promise<DadiError> {
-	try {
-		await p;
-	} catch (e) {
-		if (e instanceof DadiError) return e;
-		throw e;
-	}
-	throw new Error("expected a rejection");
-}
-
-function thrown(fn: () => unknown): DadiError {
-	try {
-		fn();
-	} catch (e) {
-		if (e instanceof DadiError) return e;
-		throw e;
-	}
-	throw new Error("expected an error");
-}
 
 async function writeJson(path: string, doc: unknown): Promise<string> {
 	await mkdir(join(path, ".."), { recursive: true });

@@ -5,7 +5,7 @@
  * cache (hits after a restart, corrupted entries refetched, never served).
  */
 import { execFile } from "node:child_process";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -16,6 +16,7 @@ import { parseReference } from "../src/oci/reference.js";
 import { RegistryClient } from "../src/registry/client.js";
 import {
 	BIN,
+	type CliResult,
 	cleanupTempDirs,
 	prng,
 	runCli,
@@ -26,6 +27,7 @@ import {
 } from "./helpers.js";
 import { buildTestImage } from "./image-fixtures.js";
 import { type RunningRegistry, startRegistry } from "./registry/harness.js";
+import { listenOnLoopback } from "./registry/listen.js";
 
 const sh = promisify(execFile);
 const MiB = 1 << 20;
@@ -40,6 +42,39 @@ async function ok(bin: string, args: string[]) {
 	const r = await runCli(bin, args);
 	if (r.code !== 0)
 		throw new Error(`${args.join(" ")} exited ${r.code}: ${r.stderr}`);
+	return r;
+}
+
+/** `dadi-guest read` of a registry image over plain HTTP. */
+function guestRead(
+	ref: string,
+	offset: string,
+	length: string,
+	extra: string[] = [],
+	env?: NodeJS.ProcessEnv,
+): Promise<CliResult> {
+	return runCli(
+		BIN.guest,
+		[
+			"read",
+			ref,
+			"--key",
+			keyPath,
+			"--offset",
+			offset,
+			"--length",
+			length,
+			"--insecure",
+			...extra,
+		],
+		undefined,
+		env,
+	);
+}
+
+async function must(p: Promise<CliResult>): Promise<CliResult> {
+	const r = await p;
+	if (r.code !== 0) throw new Error(`exited ${r.code}: ${r.stderr}`);
 	return r;
 }
 
@@ -102,18 +137,14 @@ describe("push and lazy read against a real registry", () => {
 	});
 
 	it("reading one 4 KiB block of the 256 MiB disk fetches one chunk plus the index", async () => {
-		const r = await ok(BIN.guest, [
-			"read",
-			`docker://${reg.host}/sealed/disk:v1`,
-			"--key",
-			keyPath,
-			"--offset",
-			String(63 * MiB + 8192),
-			"--length",
-			"4096",
-			"--insecure",
-			"--json",
-		]);
+		const r = await must(
+			guestRead(
+				`docker://${reg.host}/sealed/disk:v1`,
+				String(63 * MiB + 8192),
+				"4096",
+				["--json"],
+			),
+		);
 		const j = JSON.parse(r.stdout);
 		const want = disk.subarray(63 * MiB + 8192, 63 * MiB + 8192 + 4096);
 		expect(j.sha256).toBe(
@@ -205,18 +236,11 @@ describe("push and lazy read against a real registry", () => {
 		]);
 		await client.close();
 		// And the copy in the second repository reads lazily too.
-		const r = await ok(BIN.guest, [
-			"read",
-			`docker://${reg.host}/other/disk:copied`,
-			"--key",
-			keyPath,
-			"--offset",
-			"0",
-			"--length",
-			"1M",
-			"--insecure",
-			"--json",
-		]);
+		const r = await must(
+			guestRead(`docker://${reg.host}/other/disk:copied`, "0", "1M", [
+				"--json",
+			]),
+		);
 		expect(JSON.parse(r.stdout).ok).toBe(true);
 	});
 
@@ -250,17 +274,11 @@ describe("push and lazy read against a real registry", () => {
 	});
 
 	it("a missing tag or repository is a clear INPUT_NOT_FOUND (exit 3)", async () => {
-		const r = await runCli(BIN.guest, [
-			"read",
+		const r = await guestRead(
 			`docker://${reg.host}/sealed/disk:nope`,
-			"--key",
-			keyPath,
-			"--offset",
 			"0",
-			"--length",
 			"1",
-			"--insecure",
-		]);
+		);
 		expect(r.code).toBe(3);
 		expect(r.stderr).toMatch(/not found.*INPUT_NOT_FOUND/);
 	});
@@ -287,20 +305,14 @@ describe("the persistent chunk cache", () => {
 	it("serves a second reader from disk, and refetches (never serves) a corrupted entry", async () => {
 		const cache = join(dir, "cache");
 		const read = async () => {
-			const r = await ok(BIN.guest, [
-				"read",
-				`docker://${reg.host}/sealed/disk:v1`,
-				"--key",
-				keyPath,
-				"--offset",
-				String(21 * MiB),
-				"--length",
-				String(512 * 1024),
-				"--insecure",
-				"--cache-dir",
-				cache,
-				"--json",
-			]);
+			const r = await must(
+				guestRead(
+					`docker://${reg.host}/sealed/disk:v1`,
+					String(21 * MiB),
+					String(512 * 1024),
+					["--cache-dir", cache, "--json"],
+				),
+			);
 			return JSON.parse(r.stdout);
 		};
 		const want = (await import("node:crypto"))
@@ -466,35 +478,25 @@ describe("an untrusted registry", () => {
 			"data",
 		);
 		const blob = await readFile(data);
-		blob[64 + 10 * (64 * 1024 + 16) + 100] ^= 1; // inside chunk 10 (stored uncompressed)
-		const { writeFile } = await import("node:fs/promises");
+		const at = 64 + 10 * (64 * 1024 + 16) + 100; // inside chunk 10 (stored uncompressed)
+		blob.writeUInt8((blob.readUInt8(at) ^ 1) & 0xff, at);
 		await writeFile(data, blob);
-		const bad = await runCli(BIN.guest, [
-			"read",
+		const bad = await guestRead(
 			`docker://${reg.host}/tamper/disk:v1`,
-			"--key",
-			keyPath,
-			"--offset",
 			String(10 * 64 * 1024),
-			"--length",
 			"4096",
-			"--insecure",
-		]);
+		);
 		expect(bad.code).toBe(5);
 		expect(bad.stderr).toContain("AUTH_FAILED");
 		expect(bad.stdout).toBe("");
-		const other = await ok(BIN.guest, [
-			"read",
-			`docker://${reg.host}/tamper/disk:v1`,
-			"--key",
-			keyPath,
-			"--offset",
-			String(11 * 64 * 1024),
-			"--length",
-			"4096",
-			"--insecure",
-			"--json",
-		]);
+		const other = await must(
+			guestRead(
+				`docker://${reg.host}/tamper/disk:v1`,
+				String(11 * 64 * 1024),
+				"4096",
+				["--json"],
+			),
+		);
 		expect(JSON.parse(other.stdout).ok).toBe(true); // the rest of the disk still reads
 		const verify = await runCli(BIN.seal, [
 			"verify",
@@ -532,27 +534,20 @@ describe("HTTP_PROXY", () => {
 			up.on("error", () => res.destroy());
 			req.pipe(up);
 		});
-		await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
-		const port = (server.address() as { port: number }).port;
+		const listening = await listenOnLoopback(server);
+		const port = listening.port;
 		try {
-			const env = { ...process.env, HTTP_PROXY: `http://127.0.0.1:${port}` };
+			const env: NodeJS.ProcessEnv = {
+				...process.env,
+				HTTP_PROXY: `http://127.0.0.1:${port}`,
+			};
 			delete env.NO_PROXY;
 			delete env.no_proxy;
-			const r = await runCli(
-				BIN.guest,
-				[
-					"read",
-					`docker://${reg.host}/sealed/disk:v1`,
-					"--key",
-					keyPath,
-					"--offset",
-					"0",
-					"--length",
-					"4096",
-					"--insecure",
-					"--json",
-				],
-				undefined,
+			const r = await guestRead(
+				`docker://${reg.host}/sealed/disk:v1`,
+				"0",
+				"4096",
+				["--json"],
 				env,
 			);
 			expect(r.code, r.stderr).toBe(0);
@@ -566,27 +561,17 @@ describe("HTTP_PROXY", () => {
 			);
 			// NO_PROXY is honoured too.
 			const before = seen.length;
-			const direct = await runCli(
-				BIN.guest,
-				[
-					"read",
-					`docker://${reg.host}/sealed/disk:v1`,
-					"--key",
-					keyPath,
-					"--offset",
-					"0",
-					"--length",
-					"4096",
-					"--insecure",
-				],
-				undefined,
+			const direct = await guestRead(
+				`docker://${reg.host}/sealed/disk:v1`,
+				"0",
+				"4096",
+				[],
 				{ ...env, NO_PROXY: "127.0.0.1" },
 			);
 			expect(direct.code, direct.stderr).toBe(0);
 			expect(seen.length).toBe(before);
 		} finally {
-			server.closeAllConnections();
-			await new Promise((r) => server.close(r));
+			await listening.close();
 		}
 	});
 });

@@ -18,16 +18,17 @@ import {
 	TransientError,
 	withRetries,
 } from "../src/registry/retry.js";
+import { thrown } from "./helpers.js";
 
 const D = `sha256:${"ab".repeat(32)}`;
 
 function codeOf(f: () => unknown): string {
 	try {
 		f();
-		return "ok";
-	} catch (e) {
-		return e instanceof DadiError ? e.code : `not a DadiError: ${e}`;
+	} catch {
+		return thrown(f).code;
 	}
+	return "ok";
 }
 
 describe("docker:// references", () => {

@@ -125,9 +125,8 @@ async function planManifest(
 		plan.push({ desc, bytes, blobs: [] });
 		return;
 	}
+	// Layers first, then the config, then (later) the manifest: the order registries expect.
 	const blobs: Descriptor[] = [];
-	if (doc.config !== undefined)
-		blobs.push(parseDescriptor(doc.config, `${src.name} manifest config`));
 	if (!Array.isArray(doc.layers))
 		throw new DadiError(
 			"INPUT_INVALID",
@@ -135,6 +134,8 @@ async function planManifest(
 		);
 	for (const [i, l] of doc.layers.entries())
 		blobs.push(parseDescriptor(l, `${src.name} manifest layers[${i}]`));
+	if (doc.config !== undefined)
+		blobs.push(parseDescriptor(doc.config, `${src.name} manifest config`));
 	plan.push({ desc, bytes, blobs });
 }
 

@@ -5,7 +5,7 @@
  * are streamed both ways. A rule decides per request whether to inject a fault.
  */
 import http from "node:http";
-import type { Socket } from "node:net";
+import { listenOnLoopback } from "./listen.js";
 
 export type Fault =
 	/** answer this status without forwarding (e.g. 500, 503, 429 with Retry-After "1") */
@@ -105,7 +105,6 @@ export async function startFaultProxy(upstream: {
 	const upHost = upstream.host.slice(0, sep);
 	const upPort = Number(upstream.host.slice(sep + 1));
 	const agent = new http.Agent({ keepAlive: true });
-	const sockets = new Set<Socket>();
 	const timers = new Set<NodeJS.Timeout>();
 	let rule: FaultRule | undefined;
 	let closed = false;
@@ -267,16 +266,8 @@ export async function startFaultProxy(upstream: {
 	const server = http.createServer((req, res) => {
 		handle(req, res).catch(() => res.destroy());
 	});
-	server.on("connection", (s) => {
-		sockets.add(s);
-		s.once("close", () => sockets.delete(s));
-	});
-	await new Promise<void>((resolve, reject) => {
-		server.once("error", reject);
-		server.listen(0, "127.0.0.1", () => resolve());
-	});
-	const a = server.address();
-	const port = typeof a === "object" && a ? a.port : 0;
+	const listening = await listenOnLoopback(server);
+	const port = listening.port;
 
 	let closing: Promise<void> | undefined;
 	return {
@@ -291,9 +282,8 @@ export async function startFaultProxy(upstream: {
 				closed = true;
 				for (const t of timers) clearTimeout(t);
 				timers.clear();
-				server.close(() => resolve());
-				for (const s of sockets) s.destroy();
 				agent.destroy();
+				void listening.close().then(resolve);
 			});
 			return closing;
 		},

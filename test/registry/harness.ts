@@ -25,9 +25,10 @@ import {
 } from "node:fs/promises";
 import http from "node:http";
 import https from "node:https";
-import { createServer as createNetServer, type Socket } from "node:net";
+import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { type Listening, listenOnLoopback } from "./listen.js";
 
 export interface RegistryOptions {
 	/** default "none" */
@@ -264,17 +265,15 @@ async function startTokenIssuer(
 		return `${input}.${b64url(sig)}`;
 	};
 
-	const sockets = new Set<Socket>();
+	let listening: Listening | undefined;
 	const issuer: TokenIssuer = {
 		url: "",
 		requests: [],
 		grant: (_user, _type, _name, actions) => actions,
 		mint,
-		close: () =>
-			new Promise<void>((resolve) => {
-				for (const s of sockets) s.destroy();
-				server.close(() => resolve());
-			}),
+		close: async () => {
+			await listening?.close();
+		},
 	};
 	const server = http.createServer((req, res) => {
 		const u = new URL(req.url ?? "/", "http://x");
@@ -338,16 +337,8 @@ async function startTokenIssuer(
 			}),
 		);
 	});
-	server.on("connection", (s) => {
-		sockets.add(s);
-		s.once("close", () => sockets.delete(s));
-	});
-	await new Promise<void>((resolve, reject) => {
-		server.once("error", reject);
-		server.listen(0, "127.0.0.1", () => resolve());
-	});
-	const a = server.address();
-	issuer.url = `http://127.0.0.1:${typeof a === "object" && a ? a.port : 0}/token`;
+	listening = await listenOnLoopback(server);
+	issuer.url = `http://127.0.0.1:${listening.port}/token`;
 	return { issuer, certFile };
 }
 
