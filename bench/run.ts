@@ -3,11 +3,14 @@
  * chunk size, with and without zstd, as ratios against baselines measured in the same run on the
  * same bytes (AES-256-GCM in one node:crypto call, the issue's limit; `openssl speed`, the CPU's AES
  * ceiling; gzip -6). Then, unless --no-images, the container-image section (bench/image-bench.ts):
- * a two-layer OCI image sealed with `dadi-seal seal` against `skopeo copy --encryption-key`.
+ * a two-layer OCI image sealed with `dadi-seal seal` against `skopeo copy --encryption-key`. Then,
+ * unless --no-registry, the registry section (bench/registry-bench.ts): lazy reads of a sealed
+ * 1 GiB disk from a local docker-registry against curl downloads of the same blobs.
  * See docs/benchmarks.md.
  *
  *   node dist/bench/run.js [--quick] [--json] [--json-file FILE] [--reps N]
  *                          [--chunk-sizes 16K,64K,...] [--synthetic] [--images | --no-images]
+ *                          [--registry | --no-registry] [--registry-sweep]
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -34,6 +37,8 @@ import { prepareImage, type TestImage } from "./image.js";
 import { imageBenchMissing, runImageBench } from "./image-bench.js";
 import type { ImageBenchReport } from "./image-report.js";
 import { type MeasureContext, measureConfig } from "./measure.js";
+import { registryBenchMissing, runRegistryBench } from "./registry-bench.js";
+import type { RegistryBenchReport } from "./registry-report.js";
 import {
 	type BenchReport,
 	formatChunk,
@@ -63,6 +68,12 @@ interface Options {
 	images: boolean;
 	/** Skip the container-image section. */
 	noImages: boolean;
+	/** Run only the registry section (with --images: those two). */
+	registry: boolean;
+	/** Skip the registry section. */
+	noRegistry: boolean;
+	/** Add the registry section's tuning sweep. */
+	registrySweep: boolean;
 	/** --reps as given (the image section's default differs). */
 	repsGiven: number | undefined;
 }
@@ -78,6 +89,11 @@ const USAGE = `usage: node dist/bench/run.js [options]
                        against skopeo copy --encryption-key; needs root, umoci, skopeo); best of 2,
                        --quick: one run and no --flatten/erofs variants; --reps N applies too
   --no-images          skip the container-image section
+  --registry           run only the registry section (lazy reads of a sealed 1 GiB disk from a local
+                       docker-registry against curl; needs docker-registry and curl); median of 3,
+                       --quick: a 256 MiB disk, one run; --reps N applies too; with --images, both
+  --no-registry        skip the registry section
+  --registry-sweep     add a tuning sweep of the lazy export to the registry section (several minutes)
 environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
              DADI_BENCH_TMP (scratch directory, default /dev/shm when it has room, else the OS tmpdir)
 `;
@@ -94,6 +110,9 @@ function parseOptions(argv: string[]): Options {
 			synthetic: { type: "boolean", default: false },
 			images: { type: "boolean", default: false },
 			"no-images": { type: "boolean", default: false },
+			registry: { type: "boolean", default: false },
+			"no-registry": { type: "boolean", default: false },
+			"registry-sweep": { type: "boolean", default: false },
 			help: { type: "boolean", default: false },
 		},
 	});
@@ -103,6 +122,8 @@ function parseOptions(argv: string[]): Options {
 	}
 	if (values.images && values["no-images"])
 		throw new Error("--images and --no-images exclude each other");
+	if (values.registry && values["no-registry"])
+		throw new Error("--registry and --no-registry exclude each other");
 	const quick = values.quick ?? false;
 	const reps =
 		values.reps === undefined ? (quick ? 1 : 3) : Number(values.reps);
@@ -123,6 +144,9 @@ function parseOptions(argv: string[]): Options {
 		synthetic: values.synthetic ?? false,
 		images: values.images ?? false,
 		noImages: values["no-images"] ?? false,
+		registry: values.registry ?? false,
+		noRegistry: values["no-registry"] ?? false,
+		registrySweep: values["registry-sweep"] ?? false,
 		repsGiven: values.reps === undefined ? undefined : reps,
 	};
 }
@@ -195,7 +219,16 @@ async function main(): Promise<void> {
 	};
 
 	const workDir = await mkdtemp(
-		join(await scratchBase(4 * size), "dadi-bench-"),
+		// The registry section needs room for its sealed layout and a 1 GiB export.
+		join(
+			await scratchBase(
+				Math.max(
+					4 * size,
+					opts.noRegistry ? 0 : (opts.quick ? 640 : 2048) * MiB,
+				),
+			),
+			"dadi-bench-",
+		),
 	);
 	const cleanup = (): void => rmSync(workDir, { recursive: true, force: true });
 	const onSignal = (sig: NodeJS.Signals): void => {
@@ -208,11 +241,13 @@ async function main(): Promise<void> {
 	process.once("exit", cleanup); // also after an uncaught error (e.g. EPIPE on stdout)
 	try {
 		const started = performance.now();
-		const disk = opts.images
+		// --images and --registry each select their section alone (together: both).
+		const only = opts.images || opts.registry;
+		const disk = only
 			? undefined
 			: await bench(opts, size, workDir, log, print);
 		let images: ImageBenchReport | { skipped: string } | undefined;
-		if (!opts.noImages) {
+		if (!opts.noImages && (!only || opts.images)) {
 			const missing = imageBenchMissing(REPO);
 			if (missing === null)
 				images = await runImageBench({
@@ -231,17 +266,45 @@ async function main(): Promise<void> {
 				if (opts.images) process.exitCode = 1;
 			}
 		}
-		if (disk !== undefined && images !== undefined)
+		let registry: RegistryBenchReport | { skipped: string } | undefined;
+		if (!opts.noRegistry && (!only || opts.registry)) {
+			const missing = registryBenchMissing();
+			if (missing === null)
+				registry = await runRegistryBench({
+					repo: REPO,
+					cacheDir: process.env.DADI_BENCH_CACHE ?? join(REPO, ".bench-cache"),
+					workDir,
+					workDirDescription: describeScratch(workDir),
+					reps: opts.repsGiven ?? (opts.quick ? 1 : 3),
+					quick: opts.quick,
+					synthetic: opts.synthetic,
+					sweep: opts.registrySweep,
+					log,
+					print,
+				});
+			else {
+				log(`registry section skipped: ${missing}`);
+				registry = { skipped: missing };
+				if (opts.registry) process.exitCode = 1;
+			}
+		}
+		const sections = [disk, images, registry].filter((x) => x !== undefined);
+		if (sections.length > 1)
 			log(
 				`whole bench took ${((performance.now() - started) / 1000).toFixed(0)} s`,
 			);
-		// One document: the disk report with an "images" member, or the image report alone.
+		// One document: the disk report with "images" and "registry" members; without the disk
+		// section, the one section's report alone, or both under their names.
 		const report =
-			disk === undefined
-				? images
-				: images === undefined
-					? disk
-					: { ...disk, images };
+			disk !== undefined
+				? {
+						...disk,
+						...(images === undefined ? {} : { images }),
+						...(registry === undefined ? {} : { registry }),
+					}
+				: images !== undefined && registry !== undefined
+					? { images, registry }
+					: (images ?? registry);
 		if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
 		if (opts.jsonFile !== undefined) {
 			await writeFile(opts.jsonFile, `${JSON.stringify(report, null, 2)}\n`);

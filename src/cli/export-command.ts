@@ -32,7 +32,7 @@ export function exportCommand(program: Command, prog: string): void {
 			},
 		) =>
 			runAction(`${prog} export`, Boolean(opts.json), async () => {
-				const opened = await openForReading(refText, opts.key, opts);
+				const opened = await openForReading(refText, opts.key, opts, true);
 				const image = opened.image;
 				try {
 					const progress = new Progress(!opts.quiet);

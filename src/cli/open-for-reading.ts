@@ -24,15 +24,15 @@ export async function openForReading(
 	refText: string,
 	keyFile: string,
 	flags: LazyFlags,
+	/** Whole-image passes (export, verify) read ahead themselves: no speculative read-ahead. */
+	sequential = false,
 ): Promise<ReadableImage> {
 	const ref = parseReference(refText);
 	const key = await readKeyFile(keyFile);
 	if (ref.transport === "docker") {
-		const image = await openRemoteSealedImage(
-			ref,
-			key,
-			await lazyOpenOptions(ref, flags),
-		);
+		const o = await lazyOpenOptions(ref, flags);
+		if (sequential) o.tuning = { readAheadAfter: Number.MAX_SAFE_INTEGER };
+		const image = await openRemoteSealedImage(ref, key, o);
 		return {
 			image,
 			stats: image.stats,

@@ -104,20 +104,10 @@ async function writeRuns(
 	fill();
 	while (inFlight.length > 0) {
 		const { run, chunks } = inFlight.shift() as (typeof inFlight)[number];
-		const plain = Buffer.concat(await chunks);
+		const plain = await chunks;
 		fill();
 		const start = run.first * cs;
-		const len = Math.min(plain.length, disk.size - start);
-		let off = 0;
-		while (off < len) {
-			const { bytesWritten } = await fh.write(
-				plain,
-				off,
-				len - off,
-				start + off,
-			);
-			off += bytesWritten;
-		}
+		await writeAll(fh, plain, start, disk.size - start);
 		result.dataChunks += run.count;
 		o.onProgress?.(
 			Math.min(disk.size, (run.first + run.count) * cs),
@@ -125,4 +115,42 @@ async function writeRuns(
 		);
 	}
 	return result;
+}
+
+/**
+ * Writes the chunks back to back at `position`, at most `limit` bytes (the last chunk of a disk
+ * may be padded), with writev: no concatenation copy.
+ */
+async function writeAll(
+	fh: FileHandle,
+	chunks: Buffer[],
+	position: number,
+	limit: number,
+): Promise<void> {
+	let left = limit;
+	const bufs: Buffer[] = [];
+	for (const c of chunks) {
+		if (left <= 0) break;
+		const b = c.length > left ? c.subarray(0, left) : c;
+		bufs.push(b);
+		left -= b.length;
+	}
+	let at = position;
+	while (bufs.length > 0) {
+		const { bytesWritten } = await fh.writev(bufs.slice(0, 1024), at);
+		at += bytesWritten;
+		let n = bytesWritten;
+		while (n > 0 && bufs.length > 0) {
+			const head = bufs[0] as Buffer;
+			if (head.length <= n) {
+				n -= head.length;
+				bufs.shift();
+			} else {
+				bufs[0] = head.subarray(n);
+				n = 0;
+			}
+		}
+		if (bytesWritten === 0 && bufs.length > 0)
+			throw new DadiError("IO", "the output file accepted no more bytes");
+	}
 }

@@ -31,7 +31,12 @@ import {
 	MemoryChunkCache,
 } from "./chunk-cache.js";
 import { Limiter } from "./limiter.js";
-import { DEFAULT_TUNING, type LazyTuning, RemoteBlob } from "./remote-blob.js";
+import {
+	DEFAULT_TUNING,
+	type LazyContext,
+	type LazyTuning,
+	RemoteBlob,
+} from "./remote-blob.js";
 import { LazyStats } from "./stats.js";
 
 export interface RemoteOpenOptions extends RegistryClientOptions {
@@ -120,7 +125,7 @@ export async function openRemoteSealedImage(
 				o.cacheDir,
 				o.cacheBytes ?? DEFAULT_CACHE_BYTES,
 			);
-		const ctx = {
+		const ctx: LazyContext = {
 			client,
 			repo: ref.repository,
 			stats,
@@ -142,6 +147,7 @@ export async function openRemoteSealedImage(
 			stats,
 			pinned,
 			close: async () => {
+				ctx.closed = true;
 				await opened.close();
 				await disk?.close();
 				await memory.close();

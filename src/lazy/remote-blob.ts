@@ -39,6 +39,8 @@ export interface LazyContext {
 	disk?: ChunkCache;
 	limiter: Limiter;
 	tuning: LazyTuning;
+	/** Set when the image is closed: late fetches are dropped, not stored. */
+	closed?: boolean;
 }
 
 interface Want {
@@ -93,7 +95,7 @@ export class RemoteBlob implements ChunkedSource {
 			);
 			this.ctx.stats.metadataRequests++;
 			this.ctx.stats.metadataBytesFetched += length;
-			await this.#store(key, bytes, false);
+			await this.#store(key, bytes);
 			return bytes;
 		})();
 		this.#track(key, p);
@@ -162,9 +164,20 @@ export class RemoteBlob implements ChunkedSource {
 		return d;
 	}
 
-	async #store(key: string, bytes: Buffer, inMemory: boolean): Promise<void> {
-		if (inMemory) await this.ctx.memory.put(key, bytes);
-		await this.ctx.disk?.put(key, bytes);
+	/**
+	 * Keeps fetched bytes for later reads: every chunk in memory (reads that are not aligned to
+	 * chunks ask for their edge chunks twice), and on disk when there is a disk cache. A cache is
+	 * only an optimisation: failures are ignored, and nothing is stored once the image is closed
+	 * (read-ahead may land after that).
+	 */
+	async #store(key: string, bytes: Buffer): Promise<void> {
+		if (this.ctx.closed) return;
+		try {
+			await this.ctx.memory.put(key, bytes);
+			await this.ctx.disk?.put(key, bytes);
+		} catch {
+			// a closed or failing cache: the bytes were delivered; nothing else to do
+		}
 	}
 
 	#track(key: string, p: Promise<Buffer>): void {
@@ -235,7 +248,7 @@ export class RemoteBlob implements ChunkedSource {
 						const piece = bytes.subarray(at, at + w.range.length);
 						if (w.speculative) s.readAheadChunks++;
 						w.resolve(piece);
-						await this.#store(w.key, piece, w.speculative);
+						await this.#store(w.key, piece);
 					}
 				},
 				(e) => {

@@ -20,7 +20,7 @@ export function verifyCommand(program: Command): void {
 			opts: LazyFlags & { key: string; json?: boolean; quiet?: boolean },
 		) =>
 			runAction("dadi-seal verify", Boolean(opts.json), async () => {
-				const opened = await openForReading(refText, opts.key, opts);
+				const opened = await openForReading(refText, opts.key, opts, true);
 				const image = opened.image;
 				try {
 					const progress = new Progress(!opts.quiet);
