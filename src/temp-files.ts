@@ -44,6 +44,17 @@ export function removeTrackedTemps(): void {
 }
 
 let installed = false;
+let onSignal: ((sig: NodeJS.Signals) => void) | undefined;
+
+/**
+ * A long-running command (`serve`) takes SIGINT/SIGTERM over to shut down in order; the second
+ * signal still exits at once. `undefined` restores the default.
+ */
+export function handleSignals(
+	fn: ((sig: NodeJS.Signals) => void) | undefined,
+): void {
+	onSignal = fn;
+}
 
 /** Removes tracked temporary files on SIGINT/SIGTERM, then exits 130/143 as shells expect. */
 export function installSignalCleanup(): void {
@@ -53,7 +64,13 @@ export function installSignalCleanup(): void {
 		["SIGINT", 130],
 		["SIGTERM", 143],
 	] as const) {
-		process.once(sig, () => {
+		process.on(sig, () => {
+			const handler = onSignal;
+			if (handler) {
+				onSignal = undefined; // a second signal takes the default path
+				handler(sig);
+				return;
+			}
 			removeTrackedTemps();
 			process.stderr.write(`\ninterrupted (${sig}); temporary files removed\n`);
 			process.exit(code);

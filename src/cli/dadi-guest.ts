@@ -5,15 +5,17 @@ import { installSignalCleanup } from "../temp-files.js";
 import { runProgram } from "./common.js";
 import { exportCommand } from "./export-command.js";
 import { readCommand } from "./read-command.js";
+import { serveCommand } from "./serve-command.js";
 import { VERSION } from "./version.js";
 
 const program = new Command("dadi-guest")
 	.description(
-		"Read sealed images inside the sandbox: authenticate, decrypt and expose the disk.\nThis build: export or read from an OCI image layout or, lazily (only the chunks needed), from a registry. NBD/FUSE serving and broker keys come later (docs/roadmap.md).",
+		"Read sealed images inside the sandbox: authenticate, decrypt and expose the disk.\nThis build: export, read or serve (NBD, FUSE, loop mount) from an OCI image layout or, lazily (only the chunks needed), from a registry. Keys from the broker come later (docs/roadmap.md).",
 	)
 	.version(VERSION)
 	.addHelpText("after", "\nExit codes: as dadi-seal (docs/cli.md).");
 exportCommand(program, "dadi-guest");
 readCommand(program, "dadi-guest");
+serveCommand(program, "dadi-guest");
 installSignalCleanup();
 await runProgram(program, process.argv);

@@ -1,7 +1,8 @@
 /**
  * The README's main job: generate a disk image, seal it, seal a modified version as a second
  * layer, then inspect, verify and export both and check every byte; finally show that a flipped
- * byte in the registry copy is caught. Everything runs in-process on an embedded default; nothing
+ * byte in the registry copy is caught; then serve a small sealed root file system and read files
+ * from it (FUSE + loop when root, else NBD). Everything runs in-process on an embedded default; nothing
  * outside a temporary directory is touched. `--keep DIR` keeps the artifacts there.
  */
 import { createHash } from "node:crypto";
@@ -17,6 +18,7 @@ import { loadSealedImage, openSealedImage } from "../image/open-image.js";
 import { verifyImage } from "../image/verify.js";
 import { sealDisk } from "../seal/seal-disk.js";
 import { generateDemoDisk, modifyDemoDisk } from "./disk.js";
+import { serveStep } from "./serve-step.js";
 
 const sha = (b: Buffer) =>
 	createHash("sha256").update(b).digest("hex").slice(0, 16);
@@ -126,8 +128,12 @@ async function main(): Promise<number> {
 			await img.close();
 			await writeFile(layerPath, orig);
 		}
+		if (!(await serveStep(work, key, say))) {
+			say("8. the served image did NOT read back correctly");
+			return 1;
+		}
 		say(
-			"done: sealed, stacked, inspected, verified, exported byte-identical, tampering caught.",
+			"done: sealed, stacked, inspected, verified, exported byte-identical, tampering caught, served.",
 		);
 		return 0;
 	} finally {

@@ -190,3 +190,68 @@ export function llistxattr(path: string): string[] {
 			throw errnoError(c, "llistxattr", path);
 	}
 }
+
+/** mount(2) flags and umount2(2) flags used by the FUSE mount (src/guest/fuse/mount.ts). */
+export const MS_RDONLY = 1;
+export const MS_NOSUID = 2;
+export const MS_NODEV = 4;
+export const MNT_DETACH = 2;
+/** eventfd(2) flags. */
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
+
+interface MountCalls {
+	mount: (
+		source: string,
+		target: string,
+		fstype: string,
+		flags: number,
+		data: string,
+	) => number;
+	umount2: (target: string, flags: number) => number;
+	eventfd: (initval: number, flags: number) => number;
+}
+
+let mountCalls: MountCalls | undefined;
+
+function loadMountCalls(): { c: Libc; m: MountCalls } {
+	const c = load();
+	if (!mountCalls) {
+		const lib = c.koffi.load("libc.so.6");
+		mountCalls = {
+			mount: lib.func(
+				"int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)",
+			),
+			umount2: lib.func("int umount2(const char *target, int flags)"),
+			eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
+		};
+	}
+	return { c, m: mountCalls };
+}
+
+/** mount(2). Throws a Node-style errno error naming the target and the file system type. */
+export function mount(
+	source: string,
+	target: string,
+	fstype: string,
+	flags: number,
+	data: string,
+): void {
+	const { c, m } = loadMountCalls();
+	if (m.mount(source, target, fstype, flags, data) !== 0)
+		throw errnoError(c, "mount", target, fstype);
+}
+
+/** umount2(2): `flags` 0 or MNT_DETACH (lazy: detach now, clean up when no longer busy). */
+export function umount2(target: string, flags: number): void {
+	const { c, m } = loadMountCalls();
+	if (m.umount2(target, flags) !== 0) throw errnoError(c, "umount2", target);
+}
+
+/** eventfd(2): a new event counter file descriptor (write 8 bytes to signal, poll for POLLIN). */
+export function eventfd(initval: number, flags: number): number {
+	const { c, m } = loadMountCalls();
+	const fd = m.eventfd(initval, flags);
+	if (fd < 0) throw errnoError(c, "eventfd", "eventfd");
+	return fd;
+}
