@@ -244,6 +244,82 @@ describe("dadi-guest serve", () => {
 		}
 	});
 
+	it("fio verifies sequential and random reads of a sealed, lazily served disk through FUSE and a loop device", async () => {
+		// fio writes a verifiable pattern (a crc32c header in every 4 KiB block) into a plain disk...
+		const pattern = join(dir, "pattern.img");
+		const size = 48 * MiB;
+		await sh("fio", [
+			"--name=write",
+			`--filename=${pattern}`,
+			`--size=${size}`,
+			"--rw=write",
+			"--bs=4k",
+			"--ioengine=psync",
+			"--verify=crc32c",
+			"--do_verify=0",
+			"--verify_state_save=0",
+			"--output=/dev/null",
+		]);
+		// ...which is sealed, pushed, and served from the registry.
+		await must(
+			runCli(BIN.seal, [
+				"seal",
+				`raw:${pattern}`,
+				`docker://${reg.host}/serve/pattern:v1`,
+				"--key",
+				keyPath,
+				"--insecure",
+				"--quiet",
+			]),
+		);
+		const fuse = join(dir, "fuse-fio");
+		await sh("mkdir", ["-p", fuse]);
+		const s = await serve([
+			`docker://${reg.host}/serve/pattern:v1`,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--fuse",
+			fuse,
+		]);
+		const loop = (
+			await sh("losetup", [
+				"--read-only",
+				"--find",
+				"--show",
+				String(s.ready.fuse),
+			])
+		).stdout.trim();
+		try {
+			for (const [rw, bs, file] of [
+				["read", "1m", String(s.ready.fuse)],
+				["randread", "4k", loop],
+			] as const) {
+				const r = await sh("fio", [
+					`--name=${rw}`,
+					`--filename=${file}`,
+					`--size=${size}`,
+					`--rw=${rw}`,
+					`--bs=${bs}`,
+					"--verify_interval=4096",
+					"--verify=crc32c",
+					"--direct=1",
+					"--ioengine=libaio",
+					"--iodepth=16",
+					"--readonly",
+					"--output-format=json",
+				]);
+				expect(r.stdout + r.stderr).not.toMatch(/verify failed/);
+				const job = JSON.parse(r.stdout.slice(r.stdout.indexOf("{"))).jobs[0];
+				expect(job.error).toBe(0);
+				expect(job.read.io_bytes).toBe(size); // every block read, so every block verified
+			}
+		} finally {
+			await sh("losetup", ["-d", loop]);
+			expect(await s.stop(), s.stderr()).toBe(0);
+		}
+	});
+
 	it("a tampered registry blob gives EIO for its blocks only, and the server keeps serving", async () => {
 		await writeDisk(join(dir, "t.img"), 4 * MiB, [
 			{ at: 0, bytes: prng("tamper-serve", 4 * MiB) },
