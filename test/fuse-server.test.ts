@@ -26,7 +26,13 @@ import { DadiError } from "../src/errors.js";
 import type { BlockSource } from "../src/guest/block-source.js";
 import { isFuseMounted } from "../src/guest/fuse/mount.js";
 import { FuseServer } from "../src/guest/fuse/server.js";
-import { cleanupTempDirs, prng, rejection, tempDir } from "./helpers.js";
+import {
+	cleanupTempDirs,
+	prng,
+	rejection,
+	tempDir,
+	writeFioPattern,
+} from "./helpers.js";
 
 const canMount = process.getuid?.() === 0 && existsSync("/dev/fuse");
 const MiB = 1 << 20;
@@ -356,18 +362,7 @@ describe.skipIf(!canMount)("FUSE server on /dev/fuse", () => {
 		const pattern = join(work, "pattern");
 		const size = 64 * MiB;
 		// fio writes its verifiable pattern (a crc32c header in every 4 KiB block) into a plain file...
-		await ok("fio", [
-			"--name=write",
-			`--filename=${pattern}`,
-			`--size=${size}`,
-			"--rw=write",
-			"--bs=4k",
-			"--ioengine=psync",
-			"--verify=crc32c",
-			"--do_verify=0",
-			"--verify_state_save=0",
-			"--output=/dev/null",
-		]);
+		await writeFioPattern(pattern, size);
 		const data = await readFile(pattern);
 		expect(data.length).toBe(size);
 		// ... which the server then serves; one block can be made to come back corrupted.

@@ -176,3 +176,32 @@ export async function rejection(p: Promise<unknown>): Promise<DadiError> {
 	}
 	throw new Error("expected a rejection");
 }
+
+/**
+ * A disk file holding fio's verifiable pattern (a crc32c header in every 4 KiB block), for reads
+ * checked with `fio --verify=crc32c --verify_interval=4096 --readonly`.
+ */
+export async function writeFioPattern(
+	path: string,
+	size: number,
+): Promise<void> {
+	await new Promise<void>((resolve, reject) =>
+		execFile(
+			"fio",
+			[
+				"--name=write",
+				`--filename=${path}`,
+				`--size=${size}`,
+				"--rw=write",
+				"--bs=4k",
+				"--ioengine=psync",
+				"--verify=crc32c",
+				"--do_verify=0",
+				"--verify_state_save=0",
+				"--output=/dev/null",
+			],
+			(err, _out, stderr) =>
+				err ? reject(new Error(`fio: ${stderr}`)) : resolve(),
+		),
+	);
+}

@@ -5,7 +5,7 @@
  * cache (hits after a restart, corrupted entries refetched, never served).
  */
 import { execFile } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -26,7 +26,11 @@ import {
 	writeKey,
 } from "./helpers.js";
 import { buildTestImage } from "./image-fixtures.js";
-import { type RunningRegistry, startRegistry } from "./registry/harness.js";
+import {
+	flipLayerByte,
+	type RunningRegistry,
+	startRegistry,
+} from "./registry/harness.js";
 import { listenOnLoopback } from "./registry/listen.js";
 
 const sh = promisify(execFile);
@@ -464,23 +468,13 @@ describe("an untrusted registry", () => {
 			"--quiet",
 		]);
 		expect(JSON.parse(good.stdout).chunks).toBe(64);
-		const client = new RegistryClient(reg.host, { insecure: true });
-		const { bytes } = await client.getManifest("tamper/disk", "v1");
-		await client.close();
-		const hex = (JSON.parse(bytes.toString()).layers[0].digest as string).slice(
-			7,
+		// inside chunk 10 (random data: stored uncompressed, 64 KiB + 16 bytes a chunk)
+		await flipLayerByte(
+			reg,
+			"tamper/disk",
+			"v1",
+			64 + 10 * (64 * 1024 + 16) + 100,
 		);
-		const data = join(
-			reg.storageDir,
-			"docker/registry/v2/blobs/sha256",
-			hex.slice(0, 2),
-			hex,
-			"data",
-		);
-		const blob = await readFile(data);
-		const at = 64 + 10 * (64 * 1024 + 16) + 100; // inside chunk 10 (stored uncompressed)
-		blob.writeUInt8((blob.readUInt8(at) ^ 1) & 0xff, at);
-		await writeFile(data, blob);
 		const bad = await guestRead(
 			`docker://${reg.host}/tamper/disk:v1`,
 			String(10 * 64 * 1024),

@@ -7,11 +7,10 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFile, stat, writeFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RegistryClient } from "../src/registry/client.js";
 import {
 	BIN,
 	cleanupTempDirs,
@@ -19,10 +18,15 @@ import {
 	runCli,
 	tempDir,
 	writeDisk,
+	writeFioPattern,
 	writeKey,
 } from "./helpers.js";
 import { buildTestImage } from "./image-fixtures.js";
-import { type RunningRegistry, startRegistry } from "./registry/harness.js";
+import {
+	flipLayerByte,
+	type RunningRegistry,
+	startRegistry,
+} from "./registry/harness.js";
 
 const sh = promisify(execFile);
 const MiB = 1 << 20;
@@ -248,18 +252,7 @@ describe("dadi-guest serve", () => {
 		// fio writes a verifiable pattern (a crc32c header in every 4 KiB block) into a plain disk...
 		const pattern = join(dir, "pattern.img");
 		const size = 48 * MiB;
-		await sh("fio", [
-			"--name=write",
-			`--filename=${pattern}`,
-			`--size=${size}`,
-			"--rw=write",
-			"--bs=4k",
-			"--ioengine=psync",
-			"--verify=crc32c",
-			"--do_verify=0",
-			"--verify_state_save=0",
-			"--output=/dev/null",
-		]);
+		await writeFioPattern(pattern, size);
 		// ...which is sealed, pushed, and served from the registry.
 		await must(
 			runCli(BIN.seal, [
@@ -335,23 +328,14 @@ describe("dadi-guest serve", () => {
 				"--quiet",
 			]),
 		);
-		const client = new RegistryClient(reg.host, { insecure: true });
-		const { bytes } = await client.getManifest("serve/tampered", "v1");
-		await client.close();
-		const hex = (JSON.parse(bytes.toString()).layers[0].digest as string).slice(
-			7,
+		// chunk 20 (bytes 1280 KiB .. 1344 KiB of the disk)
+		await flipLayerByte(
+			reg,
+			"serve/tampered",
+			"v1",
+			64 + 20 * (64 * 1024 + 16) + 7,
+			0x40,
 		);
-		const data = join(
-			reg.storageDir,
-			"docker/registry/v2/blobs/sha256",
-			hex.slice(0, 2),
-			hex,
-			"data",
-		);
-		const blob = await readFile(data);
-		const at = 64 + 20 * (64 * 1024 + 16) + 7; // chunk 20: bytes 1280 KiB .. 1344 KiB
-		blob.writeUInt8(blob.readUInt8(at) ^ 0x40, at);
-		await writeFile(data, blob);
 		const fuse = join(dir, "fuse");
 		await sh("mkdir", ["-p", fuse]);
 		const s = await serve([

@@ -523,3 +523,32 @@ export async function startRegistry(
 		throw e;
 	}
 }
+
+/**
+ * Flips bits of one byte of an image's first layer blob directly in the registry's storage, as a
+ * malicious registry or a corrupted disk would (the registry keeps serving the changed bytes).
+ */
+export async function flipLayerByte(
+	reg: RunningRegistry,
+	repository: string,
+	tag: string,
+	at: number,
+	mask = 1,
+): Promise<void> {
+	const res = await fetch(`${reg.url}/v2/${repository}/manifests/${tag}`, {
+		headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+	});
+	if (!res.ok) throw new Error(`manifest ${repository}:${tag}: ${res.status}`);
+	const manifest = (await res.json()) as { layers: { digest: string }[] };
+	const hex = (manifest.layers[0]?.digest as string).slice(7);
+	const data = join(
+		reg.storageDir,
+		"docker/registry/v2/blobs/sha256",
+		hex.slice(0, 2),
+		hex,
+		"data",
+	);
+	const blob = await readFile(data);
+	blob.writeUInt8((blob.readUInt8(at) ^ mask) & 0xff, at);
+	await writeFile(data, blob);
+}
