@@ -5,12 +5,16 @@
  * ceiling; gzip -6). Then, unless --no-images, the container-image section (bench/image-bench.ts):
  * a two-layer OCI image sealed with `dadi-seal seal` against `skopeo copy --encryption-key`. Then,
  * unless --no-registry, the registry section (bench/registry-bench.ts): lazy reads of a sealed
- * 1 GiB disk from a local docker-registry against curl downloads of the same blobs.
+ * 1 GiB disk from a local docker-registry against curl downloads of the same blobs. Then, unless
+ * --no-guest, the guest section (bench/guest-bench.ts): the sealed disk served as a block device
+ * over NBD and FUSE (+ loop), read sequentially and at random with nbdcopy and fio, against the
+ * plaintext disk and the AES-GCM decrypt limit.
  * See docs/benchmarks.md.
  *
  *   node dist/bench/run.js [--quick] [--json] [--json-file FILE] [--reps N]
  *                          [--chunk-sizes 16K,64K,...] [--synthetic] [--images | --no-images]
  *                          [--registry | --no-registry] [--registry-sweep]
+ *                          [--guest | --no-guest] [--guest-seconds N] [--guest-profile DIR]
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -33,6 +37,8 @@ import {
 	opensslSpeed,
 	type Timing,
 } from "./baseline.js";
+import { guestBenchMissing, runGuestBench } from "./guest-bench.js";
+import type { GuestBenchReport } from "./guest-report.js";
 import { prepareImage, type TestImage } from "./image.js";
 import { imageBenchMissing, runImageBench } from "./image-bench.js";
 import type { ImageBenchReport } from "./image-report.js";
@@ -74,6 +80,14 @@ interface Options {
 	noRegistry: boolean;
 	/** Add the registry section's tuning sweep. */
 	registrySweep: boolean;
+	/** Run only the guest section (with --images/--registry: those too). */
+	guest: boolean;
+	/** Skip the guest section. */
+	noGuest: boolean;
+	/** Runtime of each random job of the guest section, seconds. */
+	guestSeconds: number;
+	/** Profile a few guest jobs and write .cpuprofile files here. */
+	guestProfile: string | undefined;
 	/** --reps as given (the image section's default differs). */
 	repsGiven: number | undefined;
 }
@@ -94,6 +108,13 @@ const USAGE = `usage: node dist/bench/run.js [options]
                        --quick: a 256 MiB disk, one run; --reps N applies too; with --images, both
   --no-registry        skip the registry section
   --registry-sweep     add a tuning sweep of the lazy export to the registry section (several minutes)
+  --guest              run only the guest section (the sealed 1 GiB disk served over NBD and FUSE in
+                       this process, read with nbdcopy and fio: sequential 1 MiB and random 4 KiB at
+                       queue depth 16, against the plaintext disk; needs root, fio, nbdcopy, losetup);
+                       median of 3, --quick: a 256 MiB disk, one run; with --images/--registry, those too
+  --no-guest           skip the guest section
+  --guest-seconds N    runtime of each random guest job, seconds (default 3)
+  --guest-profile DIR  also profile six guest jobs once (main thread) into DIR/*.cpuprofile
 environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
              DADI_BENCH_TMP (scratch directory, default /dev/shm when it has room, else the OS tmpdir)
 `;
@@ -113,6 +134,10 @@ function parseOptions(argv: string[]): Options {
 			registry: { type: "boolean", default: false },
 			"no-registry": { type: "boolean", default: false },
 			"registry-sweep": { type: "boolean", default: false },
+			guest: { type: "boolean", default: false },
+			"no-guest": { type: "boolean", default: false },
+			"guest-seconds": { type: "string" },
+			"guest-profile": { type: "string" },
 			help: { type: "boolean", default: false },
 		},
 	});
@@ -124,6 +149,8 @@ function parseOptions(argv: string[]): Options {
 		throw new Error("--images and --no-images exclude each other");
 	if (values.registry && values["no-registry"])
 		throw new Error("--registry and --no-registry exclude each other");
+	if (values.guest && values["no-guest"])
+		throw new Error("--guest and --no-guest exclude each other");
 	const quick = values.quick ?? false;
 	const reps =
 		values.reps === undefined ? (quick ? 1 : 3) : Number(values.reps);
@@ -135,6 +162,12 @@ function parseOptions(argv: string[]): Options {
 				? QUICK_CHUNK_SIZES
 				: ALL_CHUNK_SIZES
 			: values["chunk-sizes"].split(",").map(parseChunkSize);
+	const guestSeconds =
+		values["guest-seconds"] === undefined ? 3 : Number(values["guest-seconds"]);
+	if (!Number.isInteger(guestSeconds) || guestSeconds < 1)
+		throw new Error(
+			`--guest-seconds must be a positive integer, got ${values["guest-seconds"]}`,
+		);
 	return {
 		quick,
 		json: values.json ?? false,
@@ -147,6 +180,10 @@ function parseOptions(argv: string[]): Options {
 		registry: values.registry ?? false,
 		noRegistry: values["no-registry"] ?? false,
 		registrySweep: values["registry-sweep"] ?? false,
+		guest: values.guest ?? false,
+		noGuest: values["no-guest"] ?? false,
+		guestSeconds,
+		guestProfile: values["guest-profile"],
 		repsGiven: values.reps === undefined ? undefined : reps,
 	};
 }
@@ -219,12 +256,14 @@ async function main(): Promise<void> {
 	};
 
 	const workDir = await mkdtemp(
-		// The registry section needs room for its sealed layout and a 1 GiB export.
+		// The registry section needs room for its sealed layout and a 1 GiB export, the guest
+		// section for its sealed layout and the plaintext disk.
 		join(
 			await scratchBase(
 				Math.max(
 					4 * size,
 					opts.noRegistry ? 0 : (opts.quick ? 640 : 2048) * MiB,
+					opts.noGuest ? 0 : (opts.quick ? 384 : 1536) * MiB,
 				),
 			),
 			"dadi-bench-",
@@ -241,8 +280,8 @@ async function main(): Promise<void> {
 	process.once("exit", cleanup); // also after an uncaught error (e.g. EPIPE on stdout)
 	try {
 		const started = performance.now();
-		// --images and --registry each select their section alone (together: both).
-		const only = opts.images || opts.registry;
+		// --images, --registry and --guest each select their section alone (together: those).
+		const only = opts.images || opts.registry || opts.guest;
 		const disk = only
 			? undefined
 			: await bench(opts, size, workDir, log, print);
@@ -288,23 +327,50 @@ async function main(): Promise<void> {
 				if (opts.registry) process.exitCode = 1;
 			}
 		}
-		const sections = [disk, images, registry].filter((x) => x !== undefined);
+		let guest: GuestBenchReport | { skipped: string } | undefined;
+		if (!opts.noGuest && (!only || opts.guest)) {
+			const missing = guestBenchMissing();
+			if (missing === null)
+				guest = await runGuestBench({
+					cacheDir: process.env.DADI_BENCH_CACHE ?? join(REPO, ".bench-cache"),
+					workDir,
+					workDirDescription: describeScratch(workDir),
+					reps: opts.repsGiven ?? (opts.quick ? 1 : 3),
+					quick: opts.quick,
+					synthetic: opts.synthetic,
+					randomSeconds: opts.guestSeconds,
+					...(opts.guestProfile === undefined
+						? {}
+						: { profileDir: opts.guestProfile }),
+					log,
+					print,
+				});
+			else {
+				log(`guest section skipped: ${missing}`);
+				guest = { skipped: missing };
+				if (opts.guest) process.exitCode = 1;
+			}
+		}
+		const sections = [disk, images, registry, guest].filter(
+			(x) => x !== undefined,
+		);
 		if (sections.length > 1)
 			log(
 				`whole bench took ${((performance.now() - started) / 1000).toFixed(0)} s`,
 			);
-		// One document: the disk report with "images" and "registry" members; without the disk
-		// section, the one section's report alone, or both under their names.
+		// One document: the disk report with "images", "registry" and "guest" members; without the
+		// disk section, the one section's report alone, or the sections under their names.
+		const named = {
+			...(images === undefined ? {} : { images }),
+			...(registry === undefined ? {} : { registry }),
+			...(guest === undefined ? {} : { guest }),
+		};
 		const report =
 			disk !== undefined
-				? {
-						...disk,
-						...(images === undefined ? {} : { images }),
-						...(registry === undefined ? {} : { registry }),
-					}
-				: images !== undefined && registry !== undefined
-					? { images, registry }
-					: (images ?? registry);
+				? { ...disk, ...named }
+				: Object.keys(named).length === 1
+					? Object.values(named)[0]
+					: named;
 		if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
 		if (opts.jsonFile !== undefined) {
 			await writeFile(opts.jsonFile, `${JSON.stringify(report, null, 2)}\n`);

@@ -540,7 +540,9 @@ export async function flipLayerByte(
 	});
 	if (!res.ok) throw new Error(`manifest ${repository}:${tag}: ${res.status}`);
 	const manifest = (await res.json()) as { layers: { digest: string }[] };
-	const hex = (manifest.layers[0]?.digest as string).slice(7);
+	const layer = manifest.layers[0];
+	if (!layer) throw new Error(`manifest ${repository}:${tag}: no layers`);
+	const hex = layer.digest.slice(7);
 	const data = join(
 		reg.storageDir,
 		"docker/registry/v2/blobs/sha256",

@@ -96,6 +96,11 @@ parentPort.postMessage({ end: run() });
 export interface Reader {
 	/** Resolves once the worker has stopped, with why. */
 	readonly ended: Promise<ReaderEnd>;
+	/**
+	 * Asks the worker to stop, without waiting: synchronous, for process exit (Node joins worker
+	 * threads when the process exits, and a worker left in poll(2) on a busy mount never returns).
+	 */
+	wake(): void;
 	/** Asks the worker to stop and waits for it (at most `timeoutMs`, then terminates it). */
 	stop(timeoutMs?: number): Promise<ReaderEnd>;
 }
@@ -114,6 +119,8 @@ export function startReader(
 	const koffiPath = createRequire(import.meta.url).resolve("koffi");
 	const worker = new Worker(WORKER_SOURCE, {
 		eval: true,
+		// The worker source is CommonJS: don't inherit flags such as --input-type=module.
+		execArgv: [],
 		workerData: {
 			fd,
 			wakeFd,
@@ -156,6 +163,7 @@ export function startReader(
 	};
 	return {
 		ended,
+		wake,
 		async stop(timeoutMs = 5000) {
 			wake();
 			let timer: NodeJS.Timeout | undefined;

@@ -62,12 +62,17 @@ const READ_BUFFER = 128 * 1024 + 4096;
 const live = new Set<FuseServer>();
 let exitHookInstalled = false;
 
-/** On process exit, mounts still open are detached so no dead mount (ENOTCONN) is left behind. */
+/**
+ * On process exit, mounts still open are detached so no dead mount (ENOTCONN) is left behind, and
+ * each reader thread is told to stop: Node joins worker threads when the process exits, and a
+ * reader waiting in poll(2) on a mount that stays busy after the detach (a loop device on the file,
+ * a process holding it open) would never return, so the process would never exit.
+ */
 function installExitHook(): void {
 	if (exitHookInstalled) return;
 	exitHookInstalled = true;
 	process.on("exit", () => {
-		for (const s of live) detachQuietly(s.dir);
+		for (const s of live) s.detachAtExit();
 	});
 }
 
@@ -113,6 +118,12 @@ export class FuseServer {
 			throw e;
 		}
 		return s;
+	}
+
+	/** For the exit hook only: detach the mount and stop the reader thread, synchronously. */
+	detachAtExit(): void {
+		detachQuietly(this.dir);
+		this.reader?.wake();
 	}
 
 	/** Live counters (the same object throughout). */
