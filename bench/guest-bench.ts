@@ -71,7 +71,7 @@ import {
 	type ServerSide,
 	summarizeJob,
 } from "./guest-report.js";
-import { prepareImage } from "./image.js";
+import { prepareImage, prng } from "./image.js";
 import { which } from "./image-measure.js";
 
 const KiB = 1024;
@@ -450,16 +450,6 @@ async function inProcessSequential(disk: VirtualDisk): Promise<Measured> {
 }
 
 /** mulberry32: a small seeded PRNG (every run reads the same offsets). */
-function prng(seed: number): () => number {
-	let a = seed >>> 0;
-	return () => {
-		a = (a + 0x6d2b79f5) >>> 0;
-		let t = a;
-		t = Math.imul(t ^ (t >>> 15), t | 1);
-		t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-		return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-	};
-}
 
 /** Uniform random 4 KiB VirtualDisk.reads, QUEUE_DEPTH in flight, for `secs` seconds. */
 async function inProcessRandom(

@@ -5,6 +5,7 @@
 
 import type { CopyResult, PhaseTime, SealResult } from "./image-measure.js";
 import type { OciTestImage } from "./image-oci.js";
+import { markdownTable } from "./report.js";
 
 export const IMAGE_TARGETS = {
 	/** dadi seal wall time at most this many times the ocicrypt copy's. */
@@ -69,26 +70,6 @@ export function ratiosOf(
 	};
 }
 
-function table(head: string[], rows: string[][], leftColumns: number): string {
-	const widths = head.map((h, i) =>
-		Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)),
-	);
-	const line = (cells: string[]): string =>
-		`| ${cells
-			.map((c, i) =>
-				i < leftColumns
-					? c.padEnd(widths[i] as number)
-					: c.padStart(widths[i] as number),
-			)
-			.join(" | ")} |`;
-	const rule = `|${widths
-		.map((w, i) =>
-			i < leftColumns ? `-${"-".repeat(w)}-` : `-${"-".repeat(w)}:`,
-		)
-		.join("|")}|`;
-	return `${[line(head), rule, ...rows.map(line)].join("\n")}\n`;
-}
-
 export function formatImageHeader(r: ImageBenchReport): string {
 	const img = r.image;
 	const gzip = img.layers.reduce((s, l) => s + l.gzipBytes, 0);
@@ -130,7 +111,7 @@ export function formatTimes(r: ImageBenchReport): string {
 			fixed(v.best.seconds / o.bestSeconds, 2),
 		]),
 	];
-	return `seal time: wall clock of the whole command, best of the runs listed\n\n${table(
+	return `seal time: wall clock of the whole command, best of the runs listed\n\n${markdownTable(
 		["command", "best s", "runs s", "CLI's own s", "/ ocicrypt"],
 		rows,
 		1,
@@ -215,7 +196,7 @@ export function formatPhases(s: SealResult): string {
 		"total s",
 		"share",
 	];
-	return `${table(head, rows, 1)}`;
+	return `${markdownTable(head, rows, 1)}`;
 }
 
 export function formatSizes(r: ImageBenchReport): string {
@@ -259,7 +240,7 @@ export function formatSizes(r: ImageBenchReport): string {
 			enc[i] === undefined ? "" : fixed((enc[i] as number) / l.gzipBytes, 3),
 			"",
 		]);
-	return `sizes: stored blob bytes of each sealed layer against the gzip layer blob(s) it covers\n\n${table(
+	return `sizes: stored blob bytes of each sealed layer against the gzip layer blob(s) it covers\n\n${markdownTable(
 		[
 			"variant",
 			"layer",

@@ -322,7 +322,8 @@ const WORDS =
 	);
 
 /** mulberry32: a small seeded PRNG, enough to make the synthetic image deterministic. */
-function prng(seed: number): () => number {
+/** A small seeded PRNG (mulberry32): uniform numbers in [0, 1), the same for a seed everywhere. */
+export function prng(seed: number): () => number {
 	let a = seed >>> 0;
 	return () => {
 		a = (a + 0x6d2b79f5) >>> 0;

@@ -43,7 +43,7 @@ import { LayoutEndpoint, RegistryEndpoint } from "../src/registry/endpoints.js";
 import { sealDisk } from "../src/seal/seal-disk.js";
 import type { VirtualDisk } from "../src/storage/virtual-disk.js";
 import { startRegistry } from "../test/registry/harness.js";
-import { prepareImage } from "./image.js";
+import { prepareImage, prng } from "./image.js";
 import { which } from "./image-measure.js";
 import {
 	formatRegistryHeader,
@@ -437,16 +437,6 @@ async function sha256File(path: string): Promise<string> {
 }
 
 /** mulberry32: a small seeded PRNG, so every run reads the same files. */
-function prng(seed: number): () => number {
-	let a = seed >>> 0;
-	return () => {
-		a = (a + 0x6d2b79f5) >>> 0;
-		let t = a;
-		t = Math.imul(t ^ (t >>> 15), t | 1);
-		t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-		return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-	};
-}
 
 interface FileExtent {
 	offset: number;

@@ -6,6 +6,7 @@
  */
 import type { LazyStatsJson } from "../src/lazy/stats.js";
 import type { TestImage } from "./image.js";
+import { markdownTable } from "./report.js";
 
 export const REGISTRY_TARGETS = {
 	/** Start-up set: bytes fetched from the registry / bytes read from the disk, at most. */
@@ -184,26 +185,6 @@ const fixed = (n: number, d: number): string =>
 const mib = (n: number): string => (n / MiB).toFixed(1);
 const ms = (s: number): string => (s * 1000).toFixed(0);
 
-function table(head: string[], rows: string[][], leftColumns: number): string {
-	const widths = head.map((h, i) =>
-		Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)),
-	);
-	const line = (cells: string[]): string =>
-		`| ${cells
-			.map((c, i) =>
-				i < leftColumns
-					? c.padEnd(widths[i] as number)
-					: c.padStart(widths[i] as number),
-			)
-			.join(" | ")} |`;
-	const rule = `|${widths
-		.map((w, i) =>
-			i < leftColumns ? `-${"-".repeat(w)}-` : `-${"-".repeat(w)}:`,
-		)
-		.join("|")}|`;
-	return `${[line(head), rule, ...rows.map(line)].join("\n")}\n`;
-}
-
 export function formatRegistryHeader(r: RegistryBenchReport): string {
 	const s = r.sealed;
 	return [
@@ -300,7 +281,7 @@ export function formatStartup(r: RegistryBenchReport): string {
 	return [
 		`start-up set: ${st.files} files (log-uniform ${p.minFileBytes >> 10} KiB to ${p.maxFileBytes >> 20} MiB, 4 KiB-aligned, in the data-bearing part) = ${fixed(p.fraction * 100, 0)}% of the disk, each read sequentially in ${p.requestBytes >> 10} KiB requests, ${p.filesInFlight} files at a time, seed ${p.seed}; a new reader each run (no disk cache), concurrency ${p.concurrency}; median of ${st.runs.length}`,
 		"",
-		table(["measure", "median", "runs"], rows, 1),
+		markdownTable(["measure", "median", "runs"], rows, 1),
 	].join("\n");
 }
 
@@ -319,7 +300,7 @@ export function formatSequential(r: RegistryBenchReport): string {
 	return [
 		`sequential read of the whole image: ${mib(r.image.size)} MiB disk, ${mib(r.sealed.layerBytes)} MiB stored; MiB/s from the median time; runs alternate in the order of the rows`,
 		"",
-		table(
+		markdownTable(
 			["path", "median s", "runs s", "stored MiB/s", "disk MiB/s", "/ curl"],
 			[
 				row(q.curl, "1.000"),
@@ -351,7 +332,7 @@ export function formatSweep(r: RegistryBenchReport): string {
 	return [
 		"tuning sweep: lazy export (open + exportDisk), one setting changed at a time from the defaults; median of the runs",
 		"",
-		table(
+		markdownTable(
 			[
 				"setting",
 				"conc",

@@ -204,3 +204,28 @@ export function formatTargets(rows: Row[]): string {
 	);
 	return `${out.join("\n")}\n`;
 }
+
+/** A markdown table; the first `leftColumns` columns left-aligned, the rest right-aligned. */
+export function markdownTable(
+	head: string[],
+	rows: string[][],
+	leftColumns: number,
+): string {
+	const widths = head.map((h, i) =>
+		Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)),
+	);
+	const line = (cells: string[]): string =>
+		`| ${cells
+			.map((c, i) =>
+				i < leftColumns
+					? c.padEnd(widths[i] as number)
+					: c.padStart(widths[i] as number),
+			)
+			.join(" | ")} |`;
+	const rule = `|${widths
+		.map((w, i) =>
+			i < leftColumns ? `-${"-".repeat(w)}-` : `-${"-".repeat(w)}:`,
+		)
+		.join("|")}|`;
+	return `${[line(head), rule, ...rows.map(line)].join("\n")}\n`;
+}
