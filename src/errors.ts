@@ -21,6 +21,10 @@ export type ErrorCode =
 	| "NETWORK" // a remote peer could not be reached, timed out or broke off, after bounded retries
 	| "REMOTE_DENIED" // a registry refused our credentials or has none for us (401/403 after auth)
 	| "REMOTE_PROTOCOL" // a registry answered outside its protocol (wrong status, Content-Range, size)
+	| "EVIDENCE_INVALID" // attestation evidence is malformed, unverified, or not bound to this session and key
+	| "POLICY_INVALID" // a policy document does not parse or does not compile
+	| "POLICY_DENIED" // a policy (or the broker's default) refused to release a resource
+	| "SESSION_INVALID" // a broker session or attestation token is missing, unknown, expired or forged
 	| "INTERNAL"; // a bug
 
 export class DadiError extends Error {

@@ -15,6 +15,7 @@ export const EXIT = {
 	key: 6,
 	io: 7,
 	remote: 8,
+	denied: 9,
 } as const;
 
 export function exitCodeFor(code: ErrorCode): number {
@@ -43,6 +44,12 @@ export function exitCodeFor(code: ErrorCode): number {
 		case "REMOTE_DENIED":
 		case "REMOTE_PROTOCOL":
 			return EXIT.remote;
+		case "EVIDENCE_INVALID":
+		case "POLICY_DENIED":
+		case "SESSION_INVALID":
+			return EXIT.denied;
+		case "POLICY_INVALID":
+			return EXIT.input;
 		default:
 			return EXIT.internal;
 	}
