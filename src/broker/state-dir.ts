@@ -1,0 +1,330 @@
+/**
+ * The broker's state directory:
+ *
+ *   broker.json   {"format":"dadi-broker-state","version":1,"check":{iv,ct,tag}}
+ *   broker.lock   the pid of the one process using the directory
+ *   audit.log     audit-log.ts
+ *   resources/    keystore.ts (image keys and other resource values, encrypted)
+ *   internal/     keystore.ts (the broker's own secrets, encrypted)
+ *
+ * `check` is a constant sealed with AES-256-GCM under HKDF(master key, "dadi-broker check v1"), so a
+ * wrong master key is reported as such at open instead of as tampered resources later.
+ */
+import { randomBytes } from "node:crypto";
+import {
+	chmod,
+	type FileHandle,
+	link,
+	mkdir,
+	open,
+	readdir,
+	readFile,
+	rename,
+	rm,
+	stat,
+	unlink,
+} from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { DadiError, fromSystemError } from "../errors.js";
+import { trackTemp, untrackTemp } from "../temp-files.js";
+import { AuditLog } from "./audit-log.js";
+import {
+	decodeB64u,
+	deriveSubkey,
+	fsyncDir,
+	KeyStore,
+	openBox,
+	sealBox,
+} from "./keystore.js";
+
+export const STATE_FORMAT = "dadi-broker-state";
+export const STATE_VERSION = 1;
+const CHECK_INFO = "dadi-broker check v1";
+const CHECK_AAD = Buffer.from("dadi-broker-state v1 check", "utf8");
+const CHECK_PLAINTEXT = Buffer.from(
+	"dadi-broker: this master key opens this state directory",
+	"utf8",
+);
+const MAX_STATE_JSON = 64 * 1024;
+/** A lock file with no pid yet is another broker starting up, unless it is older than this. */
+const LOCK_STARTUP_MS = 10_000;
+
+export interface BrokerState {
+	dir: string;
+	keystore: KeyStore;
+	audit: AuditLog;
+	/** Waits for pending writes, closes the audit log and releases the lock. */
+	close(): Promise<void>;
+}
+
+/**
+ * Creates a state directory (0700; an existing empty directory is fine) and its broker.json.
+ * OUTPUT_EXISTS when it already is one, or holds anything else.
+ */
+export async function initStateDir(
+	dir: string,
+	masterKey: Buffer,
+): Promise<void> {
+	const checkKey = deriveSubkey(masterKey, CHECK_INFO);
+	let created: string | undefined;
+	try {
+		created = await mkdir(dir, { recursive: true, mode: 0o700 });
+		if (created) await fsyncDir(dirname(created));
+	} catch (e) {
+		throw fromSystemError(e, dir, "creating the state directory");
+	}
+	let names: string[];
+	try {
+		names = await readdir(dir);
+	} catch (e) {
+		throw fromSystemError(e, dir, "creating the state directory");
+	}
+	if (names.includes("broker.json"))
+		throw new DadiError(
+			"OUTPUT_EXISTS",
+			`${dir} is already a broker state directory (it has a broker.json)`,
+		);
+	if (names.length > 0)
+		throw new DadiError(
+			"OUTPUT_EXISTS",
+			`${dir} is not empty; give a new or empty directory for the broker state`,
+		);
+	const doc = {
+		format: STATE_FORMAT,
+		version: STATE_VERSION,
+		check: sealBox(checkKey, CHECK_PLAINTEXT, CHECK_AAD),
+	};
+	checkKey.fill(0);
+	const file = join(dir, "broker.json");
+	try {
+		if (!created) await chmod(dir, 0o700);
+		await writeNew(file, Buffer.from(`${JSON.stringify(doc)}\n`));
+		await mkdir(join(dir, "resources"), { mode: 0o700 });
+		await mkdir(join(dir, "internal"), { mode: 0o700 });
+		await fsyncDir(dir);
+	} catch (e) {
+		throw fromSystemError(e, file, "creating the state directory");
+	}
+}
+
+/**
+ * Writes a file that must not exist yet, atomically: a complete temporary file is linked into
+ * place (link fails if the name exists, so two concurrent inits cannot overwrite each other).
+ */
+async function writeNew(file: string, data: Buffer): Promise<void> {
+	const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
+	let fh: FileHandle | undefined;
+	trackTemp(tmp);
+	try {
+		fh = await open(tmp, "wx", 0o600);
+		await fh.writeFile(data);
+		await fh.sync();
+		await fh.close();
+		fh = undefined;
+		try {
+			await link(tmp, file);
+			await unlink(tmp);
+		} catch (e) {
+			const code = (e as NodeJS.ErrnoException).code;
+			if (code !== "EPERM" && code !== "ENOTSUP" && code !== "EOPNOTSUPP")
+				throw e;
+			await rename(tmp, file); // a file system without hard links
+		}
+		await fsyncDir(dirname(file));
+	} catch (e) {
+		await fh?.close().catch(() => {});
+		await rm(tmp, { force: true }).catch(() => {});
+		throw e;
+	} finally {
+		untrackTemp(tmp);
+	}
+}
+
+/** Reads and checks broker.json: its format, version, and that `masterKey` opens it. */
+async function checkStateFile(dir: string, masterKey: Buffer): Promise<void> {
+	const file = join(dir, "broker.json");
+	let bytes: Buffer;
+	try {
+		const st = await stat(file);
+		if (!st.isFile() || st.size > MAX_STATE_JSON)
+			throw new DadiError("FORMAT_INVALID", `${file}: not a broker state file`);
+		bytes = await readFile(file);
+	} catch (e) {
+		throw fromSystemError(e, file, "opening the state directory");
+	}
+	let doc: unknown;
+	try {
+		doc = JSON.parse(bytes.toString("utf8"));
+	} catch {
+		doc = undefined;
+	}
+	const d = doc as Record<string, unknown> | undefined;
+	if (typeof d !== "object" || d === null || d.format !== STATE_FORMAT)
+		throw new DadiError(
+			"FORMAT_INVALID",
+			`${file}: not a broker state file (expected format "${STATE_FORMAT}")`,
+		);
+	if (d.version !== STATE_VERSION)
+		throw new DadiError(
+			"FORMAT_UNSUPPORTED",
+			`${file}: state directory version ${JSON.stringify(d.version)} is not supported (this broker reads version ${STATE_VERSION})`,
+		);
+	const check = d.check as Record<string, unknown> | undefined;
+	if (
+		typeof check !== "object" ||
+		check === null ||
+		decodeB64u(check.iv)?.length !== 12 ||
+		decodeB64u(check.tag)?.length !== 16 ||
+		!decodeB64u(check.ct)
+	)
+		throw new DadiError("FORMAT_INVALID", `${file}: malformed "check" field`);
+	const key = deriveSubkey(masterKey, CHECK_INFO);
+	const plain = openBox(key, check, CHECK_AAD);
+	key.fill(0);
+	if (!plain?.equals(CHECK_PLAINTEXT))
+		throw new DadiError(
+			"KEY_MISMATCH",
+			`the master key does not open state directory ${dir}`,
+		);
+}
+
+/**
+ * Opens a state directory for exclusive use by this process: checks the master key against
+ * broker.json, takes broker.lock, opens the key store and the audit log. With `create`, a missing
+ * (or empty) directory is initialized first.
+ */
+export async function openStateDir(
+	dir: string,
+	masterKey: Buffer,
+	o: { create?: boolean; now?: () => Date } = {},
+): Promise<BrokerState> {
+	deriveSubkey(masterKey, CHECK_INFO).fill(0); // KEY_INVALID for a key of the wrong size
+	let hasState = true;
+	try {
+		await stat(join(dir, "broker.json"));
+	} catch (e) {
+		if ((e as NodeJS.ErrnoException).code !== "ENOENT")
+			throw fromSystemError(e, dir, "opening the state directory");
+		hasState = false;
+	}
+	if (!hasState) {
+		if (o.create) await initStateDir(dir, masterKey);
+		else
+			throw new DadiError(
+				"INPUT_NOT_FOUND",
+				`${dir} is not a broker state directory (no broker.json); create one with 'dadi-broker init'`,
+			);
+	}
+	await checkStateFile(dir, masterKey);
+	const lock = await acquireLock(dir);
+	let keystore: KeyStore | undefined;
+	try {
+		const now = o.now ? { now: o.now } : {};
+		keystore = await KeyStore.open(dir, masterKey, now);
+		const audit = await AuditLog.open(join(dir, "audit.log"), now);
+		const ks = keystore;
+		let closing: Promise<void> | undefined;
+		return {
+			dir,
+			keystore: ks,
+			audit,
+			close() {
+				closing ??= (async () => {
+					try {
+						await audit.close();
+						await ks.close();
+					} finally {
+						await releaseLock(lock);
+					}
+				})();
+				return closing;
+			},
+		};
+	} catch (e) {
+		await keystore?.close().catch(() => {});
+		await releaseLock(lock);
+		throw e;
+	}
+}
+
+// --- the lock --------------------------------------------------------------------------------
+
+function pidAlive(pid: number): boolean {
+	try {
+		process.kill(pid, 0);
+		return true;
+	} catch (e) {
+		return (e as NodeJS.ErrnoException).code === "EPERM";
+	}
+}
+
+/** The pid in a lock file; undefined if the file is gone, null if it holds no pid. */
+async function readLock(
+	lock: string,
+): Promise<{ pid: number | null; mtimeMs: number } | undefined> {
+	try {
+		const [text, st] = await Promise.all([readFile(lock, "utf8"), stat(lock)]);
+		const m = /^\s*(\d{1,10})\s*$/.exec(text.slice(0, 64));
+		const pid = m ? Number(m[1]) : null;
+		return { pid: pid && pid > 0 ? pid : null, mtimeMs: st.mtimeMs };
+	} catch (e) {
+		if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+		throw fromSystemError(e, lock, "reading the state directory lock");
+	}
+}
+
+/**
+ * Creates `<dir>/broker.lock` ("wx", our pid inside). A lock naming a live process means the
+ * directory is in use; one naming a dead process (a crashed broker) is taken over.
+ */
+async function acquireLock(dir: string): Promise<string> {
+	const lock = join(dir, "broker.lock");
+	for (let attempt = 0; attempt < 5; attempt++) {
+		let fh: FileHandle | undefined;
+		try {
+			fh = await open(lock, "wx", 0o600);
+		} catch (e) {
+			if ((e as NodeJS.ErrnoException).code !== "EEXIST")
+				throw fromSystemError(e, lock, "locking the state directory");
+		}
+		if (fh) {
+			try {
+				await fh.writeFile(`${process.pid}\n`);
+				await fh.close();
+			} catch (e) {
+				await fh.close().catch(() => {});
+				await rm(lock, { force: true }).catch(() => {});
+				throw fromSystemError(e, lock, "locking the state directory");
+			}
+			return lock;
+		}
+		const held = await readLock(lock);
+		if (held === undefined) continue; // released meanwhile: try again
+		if (held.pid !== null && pidAlive(held.pid))
+			throw new DadiError(
+				"IO",
+				`state directory ${dir} is in use by process ${held.pid} (if no broker runs as that process, remove ${lock})`,
+			);
+		if (held.pid === null && Date.now() - held.mtimeMs < LOCK_STARTUP_MS)
+			throw new DadiError(
+				"IO",
+				`state directory ${dir} is being opened by another process (${lock} has no pid yet)`,
+			);
+		// A broker that died without unlocking: take the lock over.
+		try {
+			await rm(lock, { force: true });
+		} catch (e) {
+			throw fromSystemError(e, lock, "taking over a stale lock");
+		}
+	}
+	throw new DadiError(
+		"IO",
+		`state directory ${dir}: could not take ${lock} (other processes keep taking it)`,
+	);
+}
+
+async function releaseLock(lock: string): Promise<void> {
+	const held = await readLock(lock).catch(() => undefined);
+	if (held?.pid === process.pid)
+		await rm(lock, { force: true }).catch(() => {});
+}
