@@ -1,0 +1,216 @@
+/**
+ * HTTP plumbing shared by the KBS and admin listeners: bounded JSON bodies, RFC 7807 problem
+ * responses, and the mapping from DadiError codes to statuses. Problem details name what was
+ * wrong with the request and never carry key material.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { DadiError, type ErrorCode } from "../errors.js";
+
+export class HttpProblem extends Error {
+	constructor(
+		readonly status: number,
+		readonly type: string,
+		readonly detail: string,
+		readonly headers: Record<string, string> = {},
+	) {
+		super(detail);
+	}
+}
+
+/** Problem type names (Trustee's error names where one fits). */
+export const PROBLEM_BASE =
+	"https://github.com/confidential-containers/kbs/errors/";
+
+const STATUS: Partial<Record<ErrorCode, [number, string]>> = {
+	USAGE: [400, "InvalidRequest"],
+	INPUT_INVALID: [400, "InvalidRequest"],
+	FORMAT_INVALID: [400, "InvalidRequest"],
+	FORMAT_UNSUPPORTED: [400, "ProtocolVersion"],
+	POLICY_INVALID: [400, "PolicyInvalid"],
+	SESSION_INVALID: [401, "UnAuthenticated"],
+	EVIDENCE_INVALID: [401, "AttestationFailed"],
+	POLICY_DENIED: [403, "PolicyDeny"],
+	INPUT_NOT_FOUND: [404, "ResourceNotFound"],
+	OUTPUT_EXISTS: [409, "Conflict"],
+};
+
+export function problemFor(e: unknown): HttpProblem {
+	if (e instanceof HttpProblem) return e;
+	if (e instanceof DadiError) {
+		const s = STATUS[e.code];
+		if (s) return new HttpProblem(s[0], s[1], e.message);
+	}
+	// Anything else is our fault; its text may name internals, so it stays in the log only.
+	return new HttpProblem(500, "InternalError", "internal error");
+}
+
+export function sendJson(
+	res: ServerResponse,
+	status: number,
+	body: unknown,
+	headers: Record<string, string | string[]> = {},
+	contentType = "application/json",
+): void {
+	const text = JSON.stringify(body);
+	res.writeHead(status, {
+		"content-type": contentType,
+		"content-length": String(Buffer.byteLength(text)),
+		"cache-control": "no-store",
+		...headers,
+	});
+	res.end(text);
+}
+
+export function sendProblem(res: ServerResponse, p: HttpProblem): void {
+	if (res.headersSent) {
+		res.destroy();
+		return;
+	}
+	sendJson(
+		res,
+		p.status,
+		{
+			type: `${PROBLEM_BASE}${p.type}`,
+			title: p.type,
+			status: p.status,
+			detail: p.detail,
+		},
+		p.headers,
+		"application/problem+json",
+	);
+}
+
+/** Reads a JSON request body of at most `limit` bytes; 413/415/400 otherwise. */
+export async function readJson(
+	req: IncomingMessage,
+	limit: number,
+): Promise<unknown> {
+	const raw = await readBody(req, limit);
+	const type = (req.headers["content-type"] ?? "")
+		.split(";")[0]
+		?.trim()
+		.toLowerCase();
+	if (type !== "application/json")
+		throw new HttpProblem(
+			415,
+			"InvalidRequest",
+			`the request body must be application/json (got "${String(type).slice(0, 64)}")`,
+		);
+	try {
+		return JSON.parse(raw.toString("utf8"));
+	} catch {
+		throw new HttpProblem(
+			400,
+			"InvalidRequest",
+			"the request body is not valid JSON",
+		);
+	}
+}
+
+export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+	const declared = Number(req.headers["content-length"] ?? "0");
+	if (declared > limit) {
+		req.resume();
+		return Promise.reject(
+			new HttpProblem(
+				413,
+				"InvalidRequest",
+				`the request body is larger than ${limit} bytes`,
+				{
+					connection: "close",
+				},
+			),
+		);
+	}
+	return new Promise((resolve, reject) => {
+		const chunks: Buffer[] = [];
+		let size = 0;
+		let done = false;
+		req.on("data", (c: Buffer) => {
+			if (done) return;
+			size += c.length;
+			if (size > limit) {
+				done = true;
+				req.resume();
+				reject(
+					new HttpProblem(
+						413,
+						"InvalidRequest",
+						`the request body is larger than ${limit} bytes`,
+						{
+							connection: "close",
+						},
+					),
+				);
+				return;
+			}
+			chunks.push(c);
+		});
+		req.on("end", () => {
+			if (!done) {
+				done = true;
+				resolve(Buffer.concat(chunks, size));
+			}
+		});
+		// A client that goes away mid-body (or breaks chunked framing) is its problem, not ours.
+		const broken = () => {
+			if (!done) {
+				done = true;
+				reject(
+					new HttpProblem(
+						400,
+						"InvalidRequest",
+						"the request body was cut off or malformed",
+						{ connection: "close" },
+					),
+				);
+			}
+		};
+		req.on("error", broken);
+		req.on("aborted", broken);
+	});
+}
+
+/** The request target as a URL; 400 for a target that is not one (e.g. "//[", "http://["). */
+export function requestUrl(req: IncomingMessage): URL {
+	const target = req.url ?? "/";
+	if (target.startsWith("//"))
+		throw new HttpProblem(
+			400,
+			"InvalidRequest",
+			"the request target must be a path",
+		);
+	try {
+		return new URL(target, "http://broker");
+	} catch {
+		throw new HttpProblem(
+			400,
+			"InvalidRequest",
+			"the request target is not a valid path",
+		);
+	}
+}
+
+/** The value of one cookie, or undefined. */
+export function cookie(req: IncomingMessage, name: string): string | undefined {
+	const h = req.headers.cookie;
+	if (!h || h.length > 8192) return undefined;
+	for (const part of h.split(";")) {
+		const eq = part.indexOf("=");
+		if (eq > 0 && part.slice(0, eq).trim() === name)
+			return part.slice(eq + 1).trim();
+	}
+	return undefined;
+}
+
+export function bearer(req: IncomingMessage): string | undefined {
+	const h = req.headers.authorization;
+	if (!h) return undefined;
+	const m = /^Bearer ([A-Za-z0-9._~+/=-]+)$/i.exec(h);
+	return m ? m[1] : "";
+}
+
+/** The client's address: the TCP peer (proxies are not trusted to name clients). */
+export function clientOf(req: IncomingMessage): string {
+	return req.socket.remoteAddress ?? "unknown";
+}
