@@ -5,12 +5,13 @@
  * leaves no mount, loop device or socket behind; a tampered registry blob gives EIO for its blocks
  * only.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type Daemon, killDaemons, startDaemon } from "./daemon.js";
 import {
 	BIN,
 	cleanupTempDirs,
@@ -33,7 +34,6 @@ const MiB = 1 << 20;
 let reg: RunningRegistry;
 let dir: string;
 let keyPath: string;
-const children = new Set<ChildProcess>();
 
 async function must(p: ReturnType<typeof runCli>) {
 	const r = await p;
@@ -41,66 +41,11 @@ async function must(p: ReturnType<typeof runCli>) {
 	return r;
 }
 
-interface Served {
-	child: ChildProcess;
-	ready: Record<string, unknown>;
-	stderr: () => string;
-	/** SIGTERM, then the exit code. */
-	stop(): Promise<number | null>;
-}
+type Served = Daemon;
 
 /** Starts `dadi-guest serve … --json` and waits for its ready document. */
-async function serve(args: string[]): Promise<Served> {
-	const child = spawn(
-		process.execPath,
-		[BIN.guest, "serve", ...args, "--json"],
-		{
-			stdio: ["ignore", "pipe", "pipe"],
-		},
-	);
-	children.add(child);
-	let out = "";
-	let err = "";
-	child.stderr?.on("data", (d) => {
-		err += d;
-	});
-	const exited = new Promise<number | null>((r) =>
-		child.once("exit", (code) => {
-			children.delete(child);
-			r(code);
-		}),
-	);
-	const ready = await new Promise<Record<string, unknown>>(
-		(resolve, reject) => {
-			const timer = setTimeout(
-				() => reject(new Error(`not ready: ${err}`)),
-				60_000,
-			);
-			child.stdout?.on("data", (d) => {
-				out += d;
-				try {
-					const doc = JSON.parse(out);
-					clearTimeout(timer);
-					resolve(doc);
-				} catch {
-					// not complete yet
-				}
-			});
-			void exited.then((code) => {
-				clearTimeout(timer);
-				reject(new Error(`serve exited ${code}: ${err}`));
-			});
-		},
-	);
-	return {
-		child,
-		ready,
-		stderr: () => err,
-		stop: async () => {
-			child.kill("SIGTERM");
-			return exited;
-		},
-	};
+function serve(args: string[]): Promise<Served> {
+	return startDaemon(BIN.guest, ["serve", ...args, "--json"]);
 }
 
 beforeAll(async () => {
@@ -123,7 +68,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-	for (const c of children) c.kill("SIGKILL");
+	killDaemons();
 	await reg?.stop();
 	await cleanupTempDirs();
 });

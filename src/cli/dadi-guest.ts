@@ -2,6 +2,7 @@
 /** dadi-guest: the in-sandbox side. Reads sealed images from OCI layouts and, lazily, registries. */
 import { Command } from "commander";
 import { installSignalCleanup } from "../temp-files.js";
+import { attestCommand } from "./attest-command.js";
 import { runProgram } from "./common.js";
 import { exportCommand } from "./export-command.js";
 import { readCommand } from "./read-command.js";
@@ -10,12 +11,16 @@ import { VERSION } from "./version.js";
 
 const program = new Command("dadi-guest")
 	.description(
-		"Read sealed images inside the sandbox: authenticate, decrypt and expose the disk.\nThis build: export, read or serve (NBD, FUSE, loop mount) from an OCI image layout or, lazily (only the chunks needed), from a registry. Keys from the broker come later (docs/roadmap.md).",
+		"Read sealed images inside the sandbox: authenticate, decrypt and expose the disk.\nExport, read or serve (NBD, FUSE, loop mount) from an OCI image layout or, lazily (only the chunks needed), from a registry, with the image key from a file or released by a key broker after attestation (--broker).",
 	)
 	.version(VERSION)
-	.addHelpText("after", "\nExit codes: as dadi-seal (docs/cli.md).");
+	.addHelpText(
+		"after",
+		"\nExit codes: as dadi-seal, plus 8 remote error, 9 denied by the key broker (attestation or policy). See docs/cli.md.",
+	);
 exportCommand(program, "dadi-guest");
 readCommand(program, "dadi-guest");
 serveCommand(program, "dadi-guest");
+attestCommand(program);
 installSignalCleanup();
 await runProgram(program, process.argv);

@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { exportDisk } from "../image/export.js";
 import { formatBytes, Progress, printJson, runAction } from "./common.js";
+import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 
@@ -12,7 +13,6 @@ export function exportCommand(program: Command, prog: string): void {
 			"authenticate and decrypt a sealed image and write its merged disk to a file (sparse where zero)",
 		)
 		.argument("<REF>", "oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]")
-		.requiredOption("--key <KEYFILE>", "the image key")
 		.requiredOption(
 			"--out <DISK>",
 			"the disk image to write (written under a temporary name, renamed when complete)",
@@ -20,19 +20,19 @@ export function exportCommand(program: Command, prog: string): void {
 		.option("--force", "replace an existing output file")
 		.option("--json", "print the result as JSON")
 		.option("--quiet", "no progress on stderr");
-	addLazyOptions(c).action(
+	addLazyOptions(addKeyOptions(c)).action(
 		async (
 			refText: string,
-			opts: LazyFlags & {
-				key: string;
-				out: string;
-				force?: boolean;
-				json?: boolean;
-				quiet?: boolean;
-			},
+			opts: LazyFlags &
+				KeyFlags & {
+					out: string;
+					force?: boolean;
+					json?: boolean;
+					quiet?: boolean;
+				},
 		) =>
 			runAction(`${prog} export`, Boolean(opts.json), async () => {
-				const opened = await openForReading(refText, opts.key, opts, true);
+				const opened = await openForReading(refText, opts, opts, true);
 				const image = opened.image;
 				try {
 					const progress = new Progress(!opts.quiet);

@@ -7,7 +7,7 @@ import { openRemoteSealedImage } from "../lazy/open-remote.js";
 import type { LazyStats } from "../lazy/stats.js";
 import { writeFileAtomic } from "../oci/layout.js";
 import { parseReference } from "../oci/reference.js";
-import { readKeyFile } from "./common.js";
+import { type KeyFlags, keySourceFrom } from "./key-options.js";
 import { type LazyFlags, lazyOpenOptions } from "./registry-options.js";
 
 export interface ReadableImage {
@@ -22,13 +22,14 @@ export interface ReadableImage {
 
 export async function openForReading(
 	refText: string,
-	keyFile: string,
+	keyFlags: KeyFlags,
 	flags: LazyFlags,
 	/** Whole-image passes (export, verify) read ahead themselves: no speculative read-ahead. */
 	sequential = false,
+	log?: (line: string) => void,
 ): Promise<ReadableImage> {
 	const ref = parseReference(refText);
-	const key = await readKeyFile(keyFile);
+	const key = await keySourceFrom(keyFlags, log);
 	if (ref.transport === "docker") {
 		const o = await lazyOpenOptions(ref, flags);
 		if (sequential) o.tuning = { readAheadAfter: Number.MAX_SAFE_INTEGER };

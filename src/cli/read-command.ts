@@ -4,6 +4,7 @@ import type { Command } from "commander";
 import { DadiError } from "../errors.js";
 import { writeFileAtomic } from "../oci/layout.js";
 import { parseSize, printJson, runAction } from "./common.js";
+import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 
@@ -14,7 +15,6 @@ export function readCommand(program: Command, prog: string): void {
 			"authenticate, decrypt and print a byte range of a sealed image's disk (only the chunks it covers are fetched)",
 		)
 		.argument("<REF>", "oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]")
-		.requiredOption("--key <KEYFILE>", "the image key")
 		.requiredOption("--offset <BYTES>", "where to start (e.g. 0, 4k, 100M)")
 		.requiredOption("--length <BYTES>", "how much to read (at most 1G)")
 		.option(
@@ -25,23 +25,23 @@ export function readCommand(program: Command, prog: string): void {
 			"--json",
 			"print a JSON summary (length, sha256) instead of the bytes",
 		);
-	addLazyOptions(c).action(
+	addLazyOptions(addKeyOptions(c)).action(
 		async (
 			refText: string,
-			opts: LazyFlags & {
-				key: string;
-				offset: string;
-				length: string;
-				out?: string;
-				json?: boolean;
-			},
+			opts: LazyFlags &
+				KeyFlags & {
+					offset: string;
+					length: string;
+					out?: string;
+					json?: boolean;
+				},
 		) =>
 			runAction(`${prog} read`, Boolean(opts.json), async () => {
 				const offset = parseSize(opts.offset, "--offset");
 				const length = parseSize(opts.length, "--length");
 				if (length > 1 << 30)
 					throw new DadiError("USAGE", "--length: at most 1G per read");
-				const opened = await openForReading(refText, opts.key, opts);
+				const opened = await openForReading(refText, opts, opts);
 				try {
 					const bytes = await opened.image.disk.read(offset, length);
 					if (opts.out) await writeFileAtomic(opts.out, bytes, 0o600);

@@ -4,11 +4,11 @@ import { DadiError } from "../errors.js";
 import { parseListen, type Serving, startServing } from "../guest/serve.js";
 import { handleSignals } from "../temp-files.js";
 import { formatBytes, printJson, runAction } from "./common.js";
+import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 
-interface ServeFlags extends LazyFlags {
-	key: string;
+interface ServeFlags extends LazyFlags, KeyFlags {
 	nbd?: string;
 	fuse?: string;
 	mountAt?: string;
@@ -27,7 +27,6 @@ export function serveCommand(program: Command, prog: string): void {
 			"<REF>",
 			"oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST] (read lazily)",
 		)
-		.requiredOption("--key <KEYFILE>", "the image key")
 		.option(
 			"--nbd <unix:PATH|tcp:HOST:PORT>",
 			"serve an NBD export (named dadi; the default export too), read-only",
@@ -49,82 +48,86 @@ export function serveCommand(program: Command, prog: string): void {
 			"how often --stats FILE is rewritten (default 5)",
 		)
 		.option("--json", "print the ready line as JSON");
-	addLazyOptions(c).action(async (refText: string, opts: ServeFlags) =>
-		runAction(`${prog} serve`, Boolean(opts.json), async () => {
-			const log = (line: string) =>
-				process.stderr.write(`${prog} serve: ${line}\n`);
-			const nbd = opts.nbd ? parseListen(opts.nbd, "--nbd") : undefined;
-			const metrics = opts.metrics
-				? (parseListen(opts.metrics, "--metrics", false) as {
-						host: string;
-						port: number;
-					})
-				: undefined;
-			const interval = opts.statsInterval
-				? Number(opts.statsInterval)
-				: undefined;
-			if (interval !== undefined && !(interval > 0 && interval <= 3600))
-				throw new DadiError(
-					"USAGE",
-					`--stats-interval "${opts.statsInterval}": seconds, more than 0 and at most 3600`,
-				);
-			let stop: (sig: string) => void = () => {};
-			const stopped = new Promise<string>((r) => {
-				stop = r;
-			});
-			// Signals from here on shut down in order (a second one exits at once).
-			handleSignals((sig) => stop(sig));
-			const opened = await openForReading(refText, opts.key, {
-				...opts,
-				stats: undefined,
-			}).catch((e) => {
-				handleSignals(undefined);
-				throw e;
-			});
-			let serving: Serving | undefined;
-			try {
-				serving = await startServing({
-					source: opened.image.disk,
-					lazy: opened.stats,
-					name: opened.name,
-					nbd,
-					fuse: opts.fuse,
-					mountAt: opts.mountAt,
-					metrics,
-					statsFile: opts.stats,
-					statsIntervalMs: interval ? interval * 1000 : undefined,
-					log,
-				});
-				const ready = {
-					ok: true,
-					image: opened.name,
-					size: opened.image.disk.size,
-					nbd: serving.nbd,
-					fuse: serving.fuse,
-					mountedAt: serving.mountedAt,
-					loopDevice: serving.loopDevice,
-					metrics: serving.metrics,
-				};
-				if (opts.json) printJson(ready);
-				else
-					process.stdout.write(
-						`serving ${opened.name} (${formatBytes(ready.size)})${[
-							serving.nbd ? `\n  nbd       ${serving.nbd}` : "",
-							serving.fuse ? `\n  fuse      ${serving.fuse}` : "",
-							serving.mountedAt
-								? `\n  mounted   ${serving.mountedAt} (${serving.loopDevice}, read-only)`
-								: "",
-							serving.metrics ? `\n  metrics   ${serving.metrics}` : "",
-						].join("")}\n`,
+	addLazyOptions(addKeyOptions(c)).action(
+		async (refText: string, opts: ServeFlags) =>
+			runAction(`${prog} serve`, Boolean(opts.json), async () => {
+				const log = (line: string) =>
+					process.stderr.write(`${prog} serve: ${line}\n`);
+				const nbd = opts.nbd ? parseListen(opts.nbd, "--nbd") : undefined;
+				const metrics = opts.metrics
+					? (parseListen(opts.metrics, "--metrics", false) as {
+							host: string;
+							port: number;
+						})
+					: undefined;
+				const interval = opts.statsInterval
+					? Number(opts.statsInterval)
+					: undefined;
+				if (interval !== undefined && !(interval > 0 && interval <= 3600))
+					throw new DadiError(
+						"USAGE",
+						`--stats-interval "${opts.statsInterval}": seconds, more than 0 and at most 3600`,
 					);
-				const sig = await stopped;
-				log(`${sig}: shutting down`);
-			} finally {
-				await serving?.close();
-				await opened.finish();
-				handleSignals(undefined);
-			}
-			log("stopped");
-		}),
+				let stop: (sig: string) => void = () => {};
+				const stopped = new Promise<string>((r) => {
+					stop = r;
+				});
+				// Signals from here on shut down in order (a second one exits at once).
+				handleSignals((sig) => stop(sig));
+				const opened = await openForReading(
+					refText,
+					opts,
+					{ ...opts, stats: undefined },
+					false,
+					log,
+				).catch((e) => {
+					handleSignals(undefined);
+					throw e;
+				});
+				let serving: Serving | undefined;
+				try {
+					serving = await startServing({
+						source: opened.image.disk,
+						lazy: opened.stats,
+						name: opened.name,
+						nbd,
+						fuse: opts.fuse,
+						mountAt: opts.mountAt,
+						metrics,
+						statsFile: opts.stats,
+						statsIntervalMs: interval ? interval * 1000 : undefined,
+						log,
+					});
+					const ready = {
+						ok: true,
+						image: opened.name,
+						size: opened.image.disk.size,
+						nbd: serving.nbd,
+						fuse: serving.fuse,
+						mountedAt: serving.mountedAt,
+						loopDevice: serving.loopDevice,
+						metrics: serving.metrics,
+					};
+					if (opts.json) printJson(ready);
+					else
+						process.stdout.write(
+							`serving ${opened.name} (${formatBytes(ready.size)})${[
+								serving.nbd ? `\n  nbd       ${serving.nbd}` : "",
+								serving.fuse ? `\n  fuse      ${serving.fuse}` : "",
+								serving.mountedAt
+									? `\n  mounted   ${serving.mountedAt} (${serving.loopDevice}, read-only)`
+									: "",
+								serving.metrics ? `\n  metrics   ${serving.metrics}` : "",
+							].join("")}\n`,
+						);
+					const sig = await stopped;
+					log(`${sig}: shutting down`);
+				} finally {
+					await serving?.close();
+					await opened.finish();
+					handleSignals(undefined);
+				}
+				log("stopped");
+			}),
 	);
 }

@@ -1,8 +1,9 @@
 /**
  * The README's main job: generate a disk image, seal it, seal a modified version as a second
  * layer, then inspect, verify and export both and check every byte; finally show that a flipped
- * byte in the registry copy is caught; then serve a small sealed root file system and read files
- * from it (FUSE + loop when root, else NBD). Everything runs in-process on an embedded default; nothing
+ * byte in the registry copy is caught; then start a key broker, let the guest attest for the key
+ * of a small sealed root file system, serve it and read files from it (FUSE + loop when root,
+ * else NBD). Everything runs in-process on an embedded default; nothing
  * outside a temporary directory is touched. `--keep DIR` keeps the artifacts there.
  */
 import { createHash } from "node:crypto";
@@ -133,7 +134,7 @@ async function main(): Promise<number> {
 			return 1;
 		}
 		say(
-			"done: sealed, stacked, inspected, verified, exported byte-identical, tampering caught, served.",
+			"done: sealed, stacked, inspected, verified, exported byte-identical, tampering caught, key released by attestation, served.",
 		);
 		return 0;
 	} finally {

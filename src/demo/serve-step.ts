@@ -1,16 +1,27 @@
 /**
  * The demo's last step: a small generated root file system (ext4 built with mke2fs -d) is sealed,
- * served, and read back through the guest's exposures — FUSE + loop mount when running as root
- * with /dev/fuse, otherwise NBD and a userspace NBD client reading the ext4 superblock.
+ * its key registered with a key broker started in this process (sample TEE, development mode);
+ * the guest attests, receives the key (in memory only), serves the image and reads it back —
+ * FUSE + loop mount when running as root with /dev/fuse, otherwise NBD and a userspace NBD
+ * client reading the ext4 superblock. A request the policy does not cover is shown refused.
  */
 import { access, mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { sampleAttester } from "../attest/attester.js";
 import type { ImageKey } from "../crypto/image-key.js";
+import { DadiError } from "../errors.js";
 import { NbdClient } from "../guest/nbd/client.js";
 import { startServing } from "../guest/serve.js";
-import { openSealedImage } from "../image/open-image.js";
+import { type OpenedImage, openSealedImage } from "../image/open-image.js";
+import { fetchResource } from "../kbs/client.js";
+import { brokerKeySource } from "../kbs/key-provider.js";
+import { KBS_PROTOCOL_VERSION } from "../kbs/protocol.js";
 import { buildFilesystem } from "../rootfs/mkfs.js";
 import { sealDisk } from "../seal/seal-disk.js";
+import { startDemoBroker } from "./broker-step.js";
+
+// Covered by policies/sample-dev.json (resources default/*/*, sample TEE).
+const RESOURCE = "default/image-key/demo-rootfs";
 
 const FILES: Record<string, string> = {
 	"etc/hostname": "dadi-demo\n",
@@ -47,19 +58,60 @@ export async function serveStep(
 		return true;
 	}
 	const oci = join(work, "oci");
+	const keyRef = `kbs:///${RESOURCE}`;
 	await sealDisk({
 		disk: img,
 		dest: { transport: "oci", dir: oci, tag: "rootfs" },
 		key,
+		keyRef,
 	});
 	say(
-		`8. built a 16 MiB ext4 root file system with ${Object.keys(FILES).length} files and sealed it in ${ms(t0)}`,
-	);
-	const image = await openSealedImage(
-		{ transport: "oci", dir: oci, tag: "rootfs" },
-		key,
+		`8. built a 16 MiB ext4 root file system with ${Object.keys(FILES).length} files and sealed it in ${ms(t0)} (key ref ${keyRef})`,
 	);
 	const log = (l: string) => say(`   log: ${l}`);
+	t0 = performance.now();
+	const broker = await startDemoBroker(work, key, RESOURCE, (l) =>
+		say(`   broker: ${l}`),
+	);
+	try {
+		const url = broker.running.url;
+		say(
+			`9. started a key broker at ${url} (KBS protocol ${KBS_PROTOCOL_VERSION}, sample TEE: development only) in ${ms(t0)}; policies: ${broker.running.broker.policies.map((p) => p.name).join(", ")}; the image key is registered as ${keyRef}`,
+		);
+		try {
+			await fetchResource(
+				{ url, attester: sampleAttester },
+				"kbs:///other-team/image-key/secret",
+			);
+			say("   a resource no policy covers was RELEASED");
+			return false;
+		} catch (e) {
+			if (!(e instanceof DadiError) || e.code !== "POLICY_DENIED") throw e;
+			say(
+				`   a guest asking for kbs:///other-team/image-key/secret is refused: ${e.code}`,
+			);
+		}
+		t0 = performance.now();
+		const image = await openSealedImage(
+			{ transport: "oci", dir: oci, tag: "rootfs" },
+			brokerKeySource({ url, attester: sampleAttester, log }),
+		);
+		say(
+			`10. the guest attested (auth → attest → resource), received the image key as a JWE to its ephemeral key, and opened the image in ${ms(t0)}`,
+		);
+		return await serveImage(work, image, log, say);
+	} finally {
+		await broker.close();
+	}
+}
+
+async function serveImage(
+	work: string,
+	image: OpenedImage,
+	log: (l: string) => void,
+	say: (s: string) => void,
+): Promise<boolean> {
+	let t0: number;
 	try {
 		const fuseOk =
 			process.getuid?.() === 0 &&

@@ -117,16 +117,31 @@ export interface OpenedImage extends SealedImageRef {
 	close(): Promise<void>;
 }
 
+/**
+ * Where the image key comes from: a key in hand, or a provider asked once the image's public
+ * facts (key reference, key id, manifest digest) are known — e.g. a key broker.
+ */
+export type KeySource =
+	| ImageKey
+	| ((image: SealedImageRef) => Promise<ImageKey>);
+
+export function resolveKey(
+	key: KeySource,
+	image: SealedImageRef,
+): Promise<ImageKey> {
+	return typeof key === "function" ? key(image) : Promise.resolve(key);
+}
+
 /** Opens a local image for reading with its key: every layer's header, trailer and index checked. */
 export async function openSealedImage(
 	ref: Reference,
-	key: ImageKey,
+	key: KeySource,
 ): Promise<OpenedImage> {
 	const image = await loadSealedImage(ref);
 	const layout = image.layout as OciLayout;
 	return openLayers(
 		image,
-		key,
+		await resolveKey(key, image),
 		(desc, i) => layout.openBlob(desc, `layer ${i}`),
 		(desc, what, onBytes) => layout.checkBlobDigest(desc, what, onBytes),
 	);

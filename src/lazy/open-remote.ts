@@ -5,13 +5,14 @@
  * range requests and the disk is served chunk by chunk through the caches.
  */
 import { createHash } from "node:crypto";
-import type { ImageKey } from "../crypto/image-key.js";
 import { DadiError } from "../errors.js";
 import {
 	checkSealedImage,
+	type KeySource,
 	type OpenedImage,
 	openLayers,
 	parseManifestBytes,
+	resolveKey,
 	type SealedImageRef,
 } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
@@ -98,7 +99,7 @@ export async function loadRemoteSealedImage(
 
 export async function openRemoteSealedImage(
 	ref: DockerReference,
-	key: ImageKey,
+	key: KeySource,
 	o: RemoteOpenOptions = {},
 ): Promise<RemoteImage> {
 	const stats = o.stats ?? new LazyStats();
@@ -136,7 +137,7 @@ export async function openRemoteSealedImage(
 		};
 		const opened = await openLayers(
 			image,
-			key,
+			await resolveKey(key, image),
 			async (desc, i) =>
 				new RemoteBlob(ctx, desc, `layer ${i} (${desc.digest.slice(0, 19)}…)`),
 			(desc, what, onBytes) =>

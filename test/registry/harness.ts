@@ -181,7 +181,7 @@ function probe(url: string, ca?: Buffer): Promise<number | undefined> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function makeTlsFiles(
+export async function makeTlsFiles(
 	dir: string,
 ): Promise<{ ca: string; cert: string; key: string }> {
 	const ca = join(dir, "ca.crt");

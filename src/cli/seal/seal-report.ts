@@ -10,6 +10,34 @@ export interface PushReport {
 	bytesUploaded: number;
 }
 
+/** Where the image key was registered (seal --broker). */
+export interface RegisteredKey {
+	broker: string;
+	resource: string;
+	kid: string;
+}
+
+export interface Published {
+	pushed?: PushReport;
+	registered?: RegisteredKey;
+}
+
+function publishedLines(e: Published): string {
+	return (
+		pushLine(e.pushed) +
+		(e.registered
+			? `  image key ${e.registered.kid} registered at ${e.registered.broker} as kbs:///${e.registered.resource}\n`
+			: "")
+	);
+}
+
+function publishedJson(e: Published): Record<string, unknown> {
+	return {
+		...(e.pushed ? { push: e.pushed } : {}),
+		...(e.registered ? { broker: e.registered } : {}),
+	};
+}
+
 function pushLine(p: PushReport | undefined): string {
 	return p
 		? `  pushed to ${p.pushed}: ${p.blobs.uploaded} blobs uploaded (${formatBytes(p.bytesUploaded)}), ${p.blobs.exists} already there, ${p.blobs.mounted} mounted\n`
@@ -27,14 +55,14 @@ export function reportDisk(
 	tag: string | undefined,
 	seconds: number,
 	json?: boolean,
-	pushed?: PushReport,
+	published: Published = {},
 ): void {
 	if (json) {
 		printJson({
 			ok: true,
 			manifest: r.manifest.digest,
 			tag: tag ?? "latest",
-			...(pushed ? { push: pushed } : {}),
+			...publishedJson(published),
 			layers: r.config.layers.length,
 			reusedLayers: r.reusedLayers,
 			newLayer: {
@@ -54,7 +82,7 @@ export function reportDisk(
 		`sealed ${srcText} (${formatBytes(r.virtualSize)}) into ${destText} as layer ${n} of ${n}\n` +
 			`  manifest ${r.manifest.digest}\n` +
 			`  stored ${formatBytes(r.layer.size)} in ${r.layer.storedChunks} chunks (+${r.layer.zeroChunks} zero chunks), chunk size ${formatBytes(r.config.chunkSize)}, ${seconds.toFixed(2)} s\n` +
-			pushLine(pushed),
+			publishedLines(published),
 	);
 }
 
@@ -64,14 +92,14 @@ export function reportImage(
 	tag: string | undefined,
 	seconds: number,
 	json?: boolean,
-	pushed?: PushReport,
+	published: Published = {},
 ): void {
 	if (json) {
 		printJson({
 			ok: true,
 			manifest: r.manifest.digest,
 			tag: tag ?? "latest",
-			...(pushed ? { push: pushed } : {}),
+			...publishedJson(published),
 			source: r.source,
 			reusedLayers: r.reusedLayers,
 			fsType: r.fsType,
@@ -100,6 +128,6 @@ export function reportImage(
 						`  layer ${i}: stored ${formatBytes(l.entry.size)} (${l.entry.storedChunks} chunks) for ${formatBytes(l.sourceBytes)} of source layers\n`,
 				)
 				.join("") +
-			pushLine(pushed),
+			publishedLines(published),
 	);
 }

@@ -2,11 +2,14 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Command } from "commander";
+import { AdminClient, readAdminToken } from "../../broker/admin-client.js";
+import { toJwk } from "../../crypto/image-key.js";
 import { DadiError, fromSystemError } from "../../errors.js";
 import {
 	type CompressionName,
 	isPowerOfTwoChunkSize,
 } from "../../format/constants.js";
+import { resourcePathOf } from "../../kbs/client.js";
 import { parseReference, type Reference } from "../../oci/reference.js";
 import { KEY_REF_RE } from "../../oci/sealed-config.js";
 import type { FsKind } from "../../rootfs/mkfs.js";
@@ -25,6 +28,7 @@ import { copyBetween } from "./copy.js";
 import {
 	elapsed,
 	type PushReport,
+	type RegisteredKey,
 	reportDisk,
 	reportImage,
 } from "./seal-report.js";
@@ -37,6 +41,9 @@ interface SealOpts extends RegistryFlags {
 	baseImage?: string;
 	baseKey?: string;
 	keyRef?: string;
+	broker?: string;
+	brokerTokenFile?: string;
+	brokerCa?: string;
 	sealId?: string;
 	platform?: string;
 	fs: string;
@@ -101,6 +108,18 @@ export function sealCommand(program: Command): void {
 		.option(
 			"--key-ref <URI>",
 			"key broker resource for the image key, kbs:///REPO/TYPE/TAG (default kbs:///default/image-key/<kid>)",
+		)
+		.option(
+			"--broker <URL>",
+			"register the image key with a dadi-broker's admin API (http[s]://HOST:PORT) under --key-ref once sealed",
+		)
+		.option(
+			"--broker-token-file <FILE>",
+			"with --broker: the admin token (or $DADI_BROKER_ADMIN_TOKEN)",
+		)
+		.option(
+			"--broker-ca <PEM>",
+			"with --broker: CA certificates for an https admin API",
 		)
 		.option(
 			"--seal-id <HEX>",
@@ -199,6 +218,40 @@ export function sealCommand(program: Command): void {
 					target.transport === "oci"
 						? target
 						: { transport: "oci", dir: staging as string, tag: "sealed" };
+				if ((opts.brokerTokenFile || opts.brokerCa) && !opts.broker)
+					throw new DadiError(
+						"USAGE",
+						"--broker-token-file and --broker-ca apply with --broker only",
+					);
+				const adminToken = opts.broker
+					? await readAdminToken(opts.brokerTokenFile)
+					: undefined;
+				/** Stores the image key at the broker (after the image is complete: a key without its image is harmless). */
+				const register = async (
+					keyRef: string,
+				): Promise<RegisteredKey | undefined> => {
+					if (!opts.broker || !adminToken) return undefined;
+					const resource = resourcePathOf(keyRef);
+					const client = await AdminClient.open({
+						url: opts.broker,
+						token: adminToken,
+						caFile: opts.brokerCa,
+					});
+					const jwk = Buffer.from(JSON.stringify(toJwk(key)));
+					try {
+						await client.putResource(resource, jwk);
+					} catch (e) {
+						const err = e as DadiError;
+						throw new DadiError(
+							err.code ?? "NETWORK",
+							`the image is sealed, but registering its key failed: ${err.message}; register it with 'dadi-broker resource put ${keyRef} --image-key KEYFILE --admin ${opts.broker}'`,
+						);
+					} finally {
+						jwk.fill(0);
+						await client.close();
+					}
+					return { broker: opts.broker, resource, kid: key.kid };
+				};
 				const push = async (): Promise<PushReport | undefined> => {
 					if (target.transport !== "docker") return undefined;
 					const r = await copyBetween(
@@ -247,6 +300,7 @@ export function sealCommand(program: Command): void {
 							base,
 						});
 						const pushed = await push();
+						const registered = await register(r.config.key.ref);
 						progress.done();
 						reportDisk(
 							r,
@@ -255,7 +309,7 @@ export function sealCommand(program: Command): void {
 							tagOf(target),
 							elapsed(started),
 							opts.json,
-							pushed,
+							{ pushed, registered },
 						);
 						return;
 					}
@@ -270,15 +324,12 @@ export function sealCommand(program: Command): void {
 						registry,
 					});
 					const pushed = await push();
+					const registered = await register(r.config.key.ref);
 					progress.done();
-					reportImage(
-						r,
-						destText,
-						tagOf(target),
-						elapsed(started),
-						opts.json,
+					reportImage(r, destText, tagOf(target), elapsed(started), opts.json, {
 						pushed,
-					);
+						registered,
+					});
 				} finally {
 					if (staging) await removeStaging(staging);
 				}

@@ -20,7 +20,12 @@ export function verifyCommand(program: Command): void {
 			opts: LazyFlags & { key: string; json?: boolean; quiet?: boolean },
 		) =>
 			runAction("dadi-seal verify", Boolean(opts.json), async () => {
-				const opened = await openForReading(refText, opts.key, opts, true);
+				const opened = await openForReading(
+					refText,
+					{ key: opts.key },
+					opts,
+					true,
+				);
 				const image = opened.image;
 				try {
 					const progress = new Progress(!opts.quiet);

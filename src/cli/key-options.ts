@@ -1,0 +1,77 @@
+/**
+ * Where a guest command gets the image key: a key file (--key), or a key broker (--broker) that
+ * releases it after attestation. The broker path keeps the key in memory only.
+ */
+import type { Command } from "commander";
+import { chooseAttester } from "../attest/attester.js";
+import { DadiError } from "../errors.js";
+import type { KeySource } from "../image/open-image.js";
+import { brokerKeySource } from "../kbs/key-provider.js";
+import { readKeyFile } from "./common.js";
+
+export interface KeyFlags {
+	key?: string;
+	broker?: string;
+	attester?: string;
+	brokerCa?: string;
+	brokerKey?: string;
+}
+
+export function addKeyOptions(c: Command): Command {
+	return c
+		.option("--key <KEYFILE>", "the image key (or use --broker)")
+		.option(
+			"--broker <URL>",
+			"get the image key from a KBS-protocol key broker (dadi-broker, Trustee) by attesting this sandbox",
+		)
+		.option(
+			"--attester <sample|auto>",
+			"with --broker: evidence from the TEE found here (auto, default) or the insecure development 'sample' TEE",
+		)
+		.option(
+			"--broker-ca <PEM>",
+			"with --broker: CA certificates for an https broker",
+		)
+		.option(
+			"--broker-key <ec|rsa>",
+			"with --broker: the ephemeral key type the key is wrapped to (default ec: ECDH-ES+A256KW; rsa: RSA-OAEP-256)",
+		);
+}
+
+/** The image key source the flags name, or a USAGE error. */
+export async function keySourceFrom(
+	f: KeyFlags,
+	log?: (line: string) => void,
+): Promise<KeySource> {
+	if (f.key && f.broker)
+		throw new DadiError("USAGE", "give either --key or --broker, not both");
+	if (f.key) {
+		if (f.attester || f.brokerCa || f.brokerKey)
+			throw new DadiError(
+				"USAGE",
+				"--attester, --broker-ca and --broker-key apply with --broker only",
+			);
+		return readKeyFile(f.key);
+	}
+	if (!f.broker)
+		throw new DadiError(
+			"USAGE",
+			"the image key is needed: --key KEYFILE or --broker URL",
+		);
+	if (
+		f.brokerKey !== undefined &&
+		f.brokerKey !== "ec" &&
+		f.brokerKey !== "rsa"
+	)
+		throw new DadiError(
+			"USAGE",
+			`--broker-key "${f.brokerKey}": expected ec or rsa`,
+		);
+	return brokerKeySource({
+		url: f.broker,
+		attester: await chooseAttester(f.attester ?? "auto"),
+		caFile: f.brokerCa,
+		keyKind: f.brokerKey as "ec" | "rsa" | undefined,
+		log,
+	});
+}
