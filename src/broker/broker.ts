@@ -25,6 +25,7 @@ import { parseTeePubKey } from "../kbs/tee-pubkey.js";
 import type { CompiledPolicy } from "../policy/document.js";
 import { decide } from "../policy/evaluate.js";
 import type { AuditRecord } from "./audit-log.js";
+import type { CryptoOffload } from "./crypto-offload.js";
 import { HttpProblem } from "./http.js";
 import { type Session, SessionTable } from "./sessions.js";
 import type { BrokerState } from "./state-dir.js";
@@ -43,6 +44,8 @@ export interface BrokerOptions {
 	maxSessionsPerClient?: number;
 	now?: () => number;
 	log?: (line: string) => void;
+	/** Worker threads for the JWE and token signature (none: inline). */
+	offload?: CryptoOffload;
 }
 
 export interface AuthResult {
@@ -243,14 +246,19 @@ export class Broker {
 		}
 		session.state = "attested";
 		session.attested = { claims, teePubKey, evidenceDigest };
-		return this.o.signer.issueAsync({
-			claims,
-			teePubKey: teePubKey.jwk,
-			evidenceDigest,
-			nowMs: this.#now(),
-			ttlSeconds: this.#tokenTtl,
-			build: `dadi-broker ${VERSION}`,
-		});
+		return this.o.signer.issueAsync(
+			{
+				claims,
+				teePubKey: teePubKey.jwk,
+				evidenceDigest,
+				nowMs: this.#now(),
+				ttlSeconds: this.#tokenTtl,
+				build: `dadi-broker ${VERSION}`,
+			},
+			this.o.offload
+				? (input) => (this.o.offload as CryptoOffload).sign(input)
+				: undefined,
+		);
 	}
 
 	/** GET /kbs/v0/resource/REPO/TYPE/TAG */
@@ -293,7 +301,9 @@ export class Broker {
 			});
 			throw new DadiError("INPUT_NOT_FOUND", `resource ${path} does not exist`);
 		}
-		const jwe = encryptToTeeKey(value, who.teePubKey);
+		const jwe = this.o.offload
+			? await this.o.offload.jwe(value, who.teePubKey)
+			: encryptToTeeKey(value, who.teePubKey);
 		await this.#audit({
 			...base,
 			event: "release",

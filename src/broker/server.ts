@@ -11,11 +11,13 @@ import {
 } from "node:http";
 import { createServer as createHttps } from "node:https";
 import type { AddressInfo } from "node:net";
+import { availableParallelism } from "node:os";
 import type { Verifier } from "../attest/claims.js";
 import { sampleVerifier } from "../attest/sample.js";
 import { DadiError } from "../errors.js";
 import { adminRoute, adminTokenDigest } from "./admin-routes.js";
 import { Broker } from "./broker.js";
+import { CryptoOffload } from "./crypto-offload.js";
 import {
 	clientOf,
 	HttpProblem,
@@ -47,6 +49,11 @@ export interface BrokerConfig {
 	maxSessionsPerClient?: number;
 	/** Requests per second per client address (0: unlimited) and burst. */
 	rateLimit?: { rate: number; burst: number };
+	/**
+	 * Worker threads doing each release's JWE and token signature while the event loop serves
+	 * HTTP (default: 1 when the machine has 2 or more CPUs, else 0).
+	 */
+	cryptoWorkers?: number;
 	/** Verifiers for real TEEs (the sample one is added by insecureDev). */
 	verifiers?: Verifier[];
 	log?: (line: string) => void;
@@ -70,6 +77,7 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 		);
 	const state = await openStateDir(c.stateDir, c.masterKey);
 	const servers: Server[] = [];
+	const cleanups: (() => Promise<void>)[] = [];
 	try {
 		let signingKey = await state.keystore.getInternal(SIGNING_KEY);
 		if (!signingKey) {
@@ -84,9 +92,17 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 				"WARNING: --insecure-dev: the sample TEE is accepted; its evidence proves nothing. Never use this in production.",
 			);
 		}
+		const signer = tokenSigner(signingKey);
+		const offload = CryptoOffload.start(
+			signingKey,
+			c.cryptoWorkers ?? (availableParallelism() >= 2 ? 1 : 0),
+			(input) => signer.signInput(input),
+		);
+		cleanups.push(() => offload.close());
 		const broker = new Broker({
+			offload,
 			state,
-			signer: tokenSigner(signingKey),
+			signer,
 			verifiers,
 			policies: policies.all(),
 			insecureDev: c.insecureDev,
@@ -210,6 +226,7 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 								}),
 						),
 					);
+					for (const f of cleanups) await f();
 					await state.close();
 				})();
 				return closed;
@@ -217,6 +234,7 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 		};
 	} catch (e) {
 		for (const s of servers) s.close();
+		for (const f of cleanups) await f();
 		await state.close();
 		throw e;
 	}

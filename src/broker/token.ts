@@ -48,8 +48,13 @@ export interface TokenSigner {
 	readonly kid: string;
 	readonly publicKey: KeyObject;
 	issue(o: IssueInput): string;
-	/** As issue, with the signature computed off the event loop. */
-	issueAsync(o: IssueInput): Promise<string>;
+	/** As issue, with the signature made by `signInput` (a crypto worker) or off the event loop. */
+	issueAsync(
+		o: IssueInput,
+		signInput?: (input: string) => Promise<string>,
+	): Promise<string>;
+	/** The base64url ES256 signature of a JWT signing input, computed in libuv's thread pool. */
+	signInput(input: string): Promise<string>;
 	/** The token's claims if it is ours, well-formed and unexpired; SESSION_INVALID otherwise. */
 	check(token: string, nowMs: number): TokenClaims;
 }
@@ -112,18 +117,19 @@ export function tokenSigner(pkcs8: Buffer): TokenSigner {
 			});
 			return `${input}.${sig.toString("base64url")}`;
 		},
-		issueAsync(o) {
-			// The ECDSA signature runs in libuv's thread pool, off the event loop.
+		async issueAsync(o, signInput) {
 			const input = payloadOf(o);
+			return `${input}.${await (signInput ?? this.signInput)(input)}`;
+		},
+		signInput(input) {
+			// The ECDSA signature runs in libuv's thread pool, off the event loop.
 			return new Promise((resolve, reject) =>
 				sign(
 					"sha256",
 					Buffer.from(input),
 					{ key: privateKey, dsaEncoding: "ieee-p1363" },
 					(err, sig) =>
-						err
-							? reject(err)
-							: resolve(`${input}.${sig.toString("base64url")}`),
+						err ? reject(err) : resolve(sig.toString("base64url")),
 				),
 			);
 		},

@@ -24,6 +24,7 @@ interface ServeFlags {
 	tokenTtl?: string;
 	maxSessions?: string;
 	rateLimit?: string;
+	cryptoWorkers?: string;
 	json?: boolean;
 }
 
@@ -41,6 +42,7 @@ const CONFIG_KEYS: (keyof ServeFlags)[] = [
 	"tokenTtl",
 	"maxSessions",
 	"rateLimit",
+	"cryptoWorkers",
 ];
 
 export function serveCommand(program: Command): void {
@@ -93,6 +95,10 @@ export function serveCommand(program: Command): void {
 			"--rate-limit <N[/BURST]>",
 			"requests per second per client address (default 50/100; 0 = off)",
 		)
+		.option(
+			"--crypto-workers <N>",
+			"threads doing each release's JWE and token signature beside the event loop (default 1 with 2+ CPUs; 0 = inline)",
+		)
 		.option("--json", "print the ready line as JSON")
 		.action(async (flags: ServeFlags) =>
 			runAction("dadi-broker serve", Boolean(flags.json), async () => {
@@ -123,6 +129,7 @@ export function serveCommand(program: Command): void {
 					tokenTtlSeconds: seconds(opts.tokenTtl, "--token-ttl"),
 					maxSessions: count(opts.maxSessions, "--max-sessions"),
 					rateLimit: rate(opts.rateLimit),
+					cryptoWorkers: workers(opts.cryptoWorkers),
 					log,
 				};
 				if (opts.adminListen) {
@@ -245,6 +252,17 @@ function count(v: string | undefined, what: string): number | undefined {
 		throw new DadiError(
 			"USAGE",
 			`${what} "${v}": a whole number from 1 to 10000000`,
+		);
+	return n;
+}
+
+function workers(v: string | undefined): number | undefined {
+	if (v === undefined) return undefined;
+	const n = Number(v);
+	if (!Number.isInteger(n) || n < 0 || n > 64)
+		throw new DadiError(
+			"USAGE",
+			`--crypto-workers "${v}": a whole number from 0 to 64`,
 		);
 	return n;
 }
