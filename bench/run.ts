@@ -8,13 +8,16 @@
  * 1 GiB disk from a local docker-registry against curl downloads of the same blobs. Then, unless
  * --no-guest, the guest section (bench/guest-bench.ts): the sealed disk served as a block device
  * over NBD and FUSE (+ loop), read sequentially and at random with nbdcopy and fio, against the
- * plaintext disk and the AES-GCM decrypt limit.
+ * plaintext disk and the AES-GCM decrypt limit. Then, unless --no-broker, the key-broker section
+ * (bench/broker-bench.ts): KBS round trips (auth + attest + resource, sample verifier) per second
+ * from 64 concurrent clients on loopback, against a bare HTTP echo server on the same stack.
  * See docs/benchmarks.md.
  *
  *   node dist/bench/run.js [--quick] [--json] [--json-file FILE] [--reps N]
  *                          [--chunk-sizes 16K,64K,...] [--synthetic] [--images | --no-images]
  *                          [--registry | --no-registry] [--registry-sweep]
  *                          [--guest | --no-guest] [--guest-seconds N] [--guest-profile DIR]
+ *                          [--broker | --no-broker] [--broker-seconds N] [--broker-profile DIR]
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -37,6 +40,8 @@ import {
 	opensslSpeed,
 	type Timing,
 } from "./baseline.js";
+import { runBrokerBench } from "./broker-bench.js";
+import type { BrokerBenchReport } from "./broker-report.js";
 import { guestBenchMissing, runGuestBench } from "./guest-bench.js";
 import type { GuestBenchReport } from "./guest-report.js";
 import { prepareImage, type TestImage } from "./image.js";
@@ -88,6 +93,14 @@ interface Options {
 	guestSeconds: number;
 	/** Profile a few guest jobs and write .cpuprofile files here. */
 	guestProfile: string | undefined;
+	/** Run only the key-broker section (with the other "only" flags: those too). */
+	broker: boolean;
+	/** Skip the key-broker section. */
+	noBroker: boolean;
+	/** Timed seconds of each key-broker run. */
+	brokerSeconds: number;
+	/** Profile each key-broker server once and write .cpuprofile files here. */
+	brokerProfile: string | undefined;
 	/** --reps as given (the image section's default differs). */
 	repsGiven: number | undefined;
 }
@@ -115,6 +128,13 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --no-guest           skip the guest section
   --guest-seconds N    runtime of each random guest job, seconds (default 3)
   --guest-profile DIR  also profile six guest jobs once (main thread) into DIR/*.cpuprofile
+  --broker             run only the key-broker section (auth + attest + resource round trips with the
+                       sample verifier, 64 concurrent clients on loopback, against a bare HTTP echo
+                       server; each server in its own process); median of 3, --quick: one run; --reps N
+                       applies too; with --images/--registry/--guest, those too
+  --no-broker          skip the key-broker section
+  --broker-seconds N   timed seconds of each key-broker run, after 1 s of warm-up (default 5, quick 3)
+  --broker-profile DIR also profile each key-broker server once (main thread) into DIR/*.cpuprofile
 environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
              DADI_BENCH_TMP (scratch directory, default /dev/shm when it has room, else the OS tmpdir)
 `;
@@ -138,6 +158,10 @@ function parseOptions(argv: string[]): Options {
 			"no-guest": { type: "boolean", default: false },
 			"guest-seconds": { type: "string" },
 			"guest-profile": { type: "string" },
+			broker: { type: "boolean", default: false },
+			"no-broker": { type: "boolean", default: false },
+			"broker-seconds": { type: "string" },
+			"broker-profile": { type: "string" },
 			help: { type: "boolean", default: false },
 		},
 	});
@@ -151,6 +175,8 @@ function parseOptions(argv: string[]): Options {
 		throw new Error("--registry and --no-registry exclude each other");
 	if (values.guest && values["no-guest"])
 		throw new Error("--guest and --no-guest exclude each other");
+	if (values.broker && values["no-broker"])
+		throw new Error("--broker and --no-broker exclude each other");
 	const quick = values.quick ?? false;
 	const reps =
 		values.reps === undefined ? (quick ? 1 : 3) : Number(values.reps);
@@ -168,6 +194,16 @@ function parseOptions(argv: string[]): Options {
 		throw new Error(
 			`--guest-seconds must be a positive integer, got ${values["guest-seconds"]}`,
 		);
+	const brokerSeconds =
+		values["broker-seconds"] === undefined
+			? quick
+				? 3
+				: 5
+			: Number(values["broker-seconds"]);
+	if (!Number.isInteger(brokerSeconds) || brokerSeconds < 1)
+		throw new Error(
+			`--broker-seconds must be a positive integer, got ${values["broker-seconds"]}`,
+		);
 	return {
 		quick,
 		json: values.json ?? false,
@@ -184,6 +220,10 @@ function parseOptions(argv: string[]): Options {
 		noGuest: values["no-guest"] ?? false,
 		guestSeconds,
 		guestProfile: values["guest-profile"],
+		broker: values.broker ?? false,
+		noBroker: values["no-broker"] ?? false,
+		brokerSeconds,
+		brokerProfile: values["broker-profile"],
 		repsGiven: values.reps === undefined ? undefined : reps,
 	};
 }
@@ -280,8 +320,9 @@ async function main(): Promise<void> {
 	process.once("exit", cleanup); // also after an uncaught error (e.g. EPIPE on stdout)
 	try {
 		const started = performance.now();
-		// --images, --registry and --guest each select their section alone (together: those).
-		const only = opts.images || opts.registry || opts.guest;
+		// --images, --registry, --guest and --broker each select their section alone (together:
+		// those).
+		const only = opts.images || opts.registry || opts.guest || opts.broker;
 		const disk = only
 			? undefined
 			: await bench(opts, size, workDir, log, print);
@@ -351,19 +392,34 @@ async function main(): Promise<void> {
 				if (opts.guest) process.exitCode = 1;
 			}
 		}
-		const sections = [disk, images, registry, guest].filter(
+		let broker: BrokerBenchReport | undefined;
+		if (!opts.noBroker && (!only || opts.broker))
+			broker = await runBrokerBench({
+				seconds: opts.brokerSeconds,
+				clients: 64,
+				reps: opts.repsGiven ?? (opts.quick ? 1 : 3),
+				quick: opts.quick,
+				workDir,
+				...(opts.brokerProfile === undefined
+					? {}
+					: { profileDir: opts.brokerProfile }),
+				log,
+				print,
+			});
+		const sections = [disk, images, registry, guest, broker].filter(
 			(x) => x !== undefined,
 		);
 		if (sections.length > 1)
 			log(
 				`whole bench took ${((performance.now() - started) / 1000).toFixed(0)} s`,
 			);
-		// One document: the disk report with "images", "registry" and "guest" members; without the
-		// disk section, the one section's report alone, or the sections under their names.
+		// One document: the disk report with "images", "registry", "guest" and "broker" members;
+		// without the disk section, the one section's report alone, or the sections under their names.
 		const named = {
 			...(images === undefined ? {} : { images }),
 			...(registry === undefined ? {} : { registry }),
 			...(guest === undefined ? {} : { guest }),
+			...(broker === undefined ? {} : { broker }),
 		};
 		const report =
 			disk !== undefined
