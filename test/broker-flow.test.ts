@@ -56,6 +56,26 @@ function startBrokerCli(extra: string[] = ["--insecure-dev"]): Promise<Daemon> {
 }
 
 const url = () => String(broker.ready.url);
+/** Every audit record, through `dadi-broker audit`. */
+const auditRecords = async () =>
+	JSON.parse(
+		(
+			await must(
+				runCli(BIN.broker, [
+					"audit",
+					...adminArgs(),
+					"--json",
+					"--limit",
+					"10000",
+				]),
+			)
+		).stdout,
+	).records as {
+		seq: number;
+		event: string;
+		resource?: string;
+		status?: number;
+	}[];
 const adminArgs = () => [
 	"--admin",
 	String(broker.ready.admin),
@@ -260,20 +280,7 @@ describe("seal → register → attest → read", () => {
 	});
 
 	it("the audit log records releases and denials, queried through the admin API", async () => {
-		const r = await must(
-			runCli(BIN.broker, [
-				"audit",
-				...adminArgs(),
-				"--json",
-				"--limit",
-				"1000",
-			]),
-		);
-		const records = JSON.parse(r.stdout).records as {
-			event: string;
-			resource?: string;
-			status?: number;
-		}[];
+		const records = await auditRecords();
 		expect(
 			records.filter(
 				(x) => x.event === "release" && x.resource === "default/image-key/flow",
@@ -315,35 +322,11 @@ describe("restart and production mode", () => {
 			body: await readFile(policy),
 		});
 		expect(put.status).toBe(201);
-		const before = JSON.parse(
-			(
-				await must(
-					runCli(BIN.broker, [
-						"audit",
-						...adminArgs(),
-						"--json",
-						"--limit",
-						"10000",
-					]),
-				)
-			).stdout,
-		).records as { seq: number }[];
+		const before = await auditRecords();
 		expect(await broker.stop()).toBe(0);
 		broker = await startBrokerCli();
 		expect(broker.ready.policies).toContain("extra");
-		const after = JSON.parse(
-			(
-				await must(
-					runCli(BIN.broker, [
-						"audit",
-						...adminArgs(),
-						"--json",
-						"--limit",
-						"10000",
-					]),
-				)
-			).stdout,
-		).records as { seq: number }[];
+		const after = await auditRecords();
 		expect(after.slice(0, before.length)).toEqual(before);
 		const att = await must(
 			runCli(BIN.guest, [

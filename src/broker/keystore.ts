@@ -188,11 +188,14 @@ async function ensureDirs(parent: string, dirs: string[]): Promise<void> {
 	}
 }
 
-/** Atomic, durable replacement of `file` (in directory `dir`) with `data`, mode 0600. */
-export async function writeFileDurable(
+/**
+ * Writes `data` to a new temporary file beside `file` (mode 0600, fsynced), then lets `place`
+ * move it into position; the temporary file never outlives a failure or a signal.
+ */
+export async function writeViaTemp(
 	file: string,
-	dir: string,
 	data: Buffer,
+	place: (tmp: string) => Promise<void>,
 ): Promise<void> {
 	const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
 	let fh: FileHandle | undefined;
@@ -203,15 +206,28 @@ export async function writeFileDurable(
 		await fh.sync();
 		await fh.close();
 		fh = undefined;
-		await rename(tmp, file);
-		await fsyncDir(dir);
+		await place(tmp);
 	} catch (e) {
 		await fh?.close().catch(() => {});
 		await rm(tmp, { force: true }).catch(() => {});
-		throw fromSystemError(e, file, "writing the key store");
+		throw e;
 	} finally {
 		untrackTemp(tmp);
 	}
+}
+
+/** Atomic, durable replacement of `file` (in directory `dir`) with `data`, mode 0600. */
+export function writeFileDurable(
+	file: string,
+	dir: string,
+	data: Buffer,
+): Promise<void> {
+	return writeViaTemp(file, data, async (tmp) => {
+		await rename(tmp, file);
+		await fsyncDir(dir);
+	}).catch((e) => {
+		throw fromSystemError(e, file, "writing the key store");
+	});
 }
 
 /** The bytes of a file, undefined if it does not exist, null if it is too large to be ours. */

@@ -1,16 +1,3 @@
-/**
- * The broker's state directory:
- *
- *   broker.json   {"format":"dadi-broker-state","version":1,"check":{iv,ct,tag}}
- *   broker.lock   the pid of the one process using the directory
- *   audit.log     audit-log.ts
- *   resources/    keystore.ts (image keys and other resource values, encrypted)
- *   internal/     keystore.ts (the broker's own secrets, encrypted)
- *
- * `check` is a constant sealed with AES-256-GCM under HKDF(master key, "dadi-broker check v1"), so a
- * wrong master key is reported as such at open instead of as tampered resources later.
- */
-import { randomBytes } from "node:crypto";
 import {
 	chmod,
 	type FileHandle,
@@ -26,7 +13,6 @@ import {
 } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
-import { trackTemp, untrackTemp } from "../temp-files.js";
 import { AuditLog } from "./audit-log.js";
 import {
 	decodeB64u,
@@ -35,6 +21,7 @@ import {
 	KeyStore,
 	openBox,
 	sealBox,
+	writeViaTemp,
 } from "./keystore.js";
 
 export const STATE_FORMAT = "dadi-broker-state";
@@ -111,16 +98,8 @@ export async function initStateDir(
  * Writes a file that must not exist yet, atomically: a complete temporary file is linked into
  * place (link fails if the name exists, so two concurrent inits cannot overwrite each other).
  */
-async function writeNew(file: string, data: Buffer): Promise<void> {
-	const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
-	let fh: FileHandle | undefined;
-	trackTemp(tmp);
-	try {
-		fh = await open(tmp, "wx", 0o600);
-		await fh.writeFile(data);
-		await fh.sync();
-		await fh.close();
-		fh = undefined;
+function writeNew(file: string, data: Buffer): Promise<void> {
+	return writeViaTemp(file, data, async (tmp) => {
 		try {
 			await link(tmp, file);
 			await unlink(tmp);
@@ -131,13 +110,7 @@ async function writeNew(file: string, data: Buffer): Promise<void> {
 			await rename(tmp, file); // a file system without hard links
 		}
 		await fsyncDir(dirname(file));
-	} catch (e) {
-		await fh?.close().catch(() => {});
-		await rm(tmp, { force: true }).catch(() => {});
-		throw e;
-	} finally {
-		untrackTemp(tmp);
-	}
+	});
 }
 
 /** Reads and checks broker.json: its format, version, and that `masterKey` opens it. */

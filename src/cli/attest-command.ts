@@ -2,9 +2,9 @@
 import type { Command } from "commander";
 import { chooseAttester } from "../attest/attester.js";
 import { parseImageKey } from "../crypto/image-key.js";
-import { DadiError } from "../errors.js";
 import { fetchResource, resourcePathOf } from "../kbs/client.js";
 import { printJson, runAction } from "./common.js";
+import { parseKeyKind } from "./key-options.js";
 
 export function attestCommand(program: Command): void {
 	program
@@ -37,22 +37,14 @@ export function attestCommand(program: Command): void {
 			}) =>
 				runAction("dadi-guest attest", Boolean(f.json), async () => {
 					const path = resourcePathOf(f.resource);
-					if (
-						f.brokerKey !== undefined &&
-						f.brokerKey !== "ec" &&
-						f.brokerKey !== "rsa"
-					)
-						throw new DadiError(
-							"USAGE",
-							`--broker-key "${f.brokerKey}": expected ec or rsa`,
-						);
+					const keyKind = parseKeyKind(f.brokerKey);
 					const attester = await chooseAttester(f.attester ?? "auto");
 					const r = await fetchResource(
 						{
 							url: f.broker,
 							attester,
 							caFile: f.brokerCa,
-							keyKind: f.brokerKey as "ec" | "rsa" | undefined,
+							keyKind,
 						},
 						path,
 						{ image: f.image },

@@ -58,20 +58,18 @@ export async function keySourceFrom(
 			"USAGE",
 			"the image key is needed: --key KEYFILE or --broker URL",
 		);
-	if (
-		f.brokerKey !== undefined &&
-		f.brokerKey !== "ec" &&
-		f.brokerKey !== "rsa"
-	)
-		throw new DadiError(
-			"USAGE",
-			`--broker-key "${f.brokerKey}": expected ec or rsa`,
-		);
 	return brokerKeySource({
 		url: f.broker,
 		attester: await chooseAttester(f.attester ?? "auto"),
 		caFile: f.brokerCa,
-		keyKind: f.brokerKey as "ec" | "rsa" | undefined,
+		keyKind: parseKeyKind(f.brokerKey),
 		log,
 	});
+}
+
+/** --broker-key: the guest's ephemeral key type. */
+export function parseKeyKind(v: string | undefined): "ec" | "rsa" | undefined {
+	if (v !== undefined && v !== "ec" && v !== "rsa")
+		throw new DadiError("USAGE", `--broker-key "${v}": expected ec or rsa`);
+	return v;
 }

@@ -124,7 +124,8 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
 	return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-function celErrorText(e: unknown): string {
+/** The first line of a CEL library error (its summary when it has one). */
+export function celErrorText(e: unknown): string {
 	const err = e as { summary?: unknown; message?: unknown };
 	const text =
 		typeof err?.summary === "string" && err.summary !== ""

@@ -9,6 +9,7 @@
  */
 import type { Claims } from "../attest/claims.js";
 import type { CompiledPolicy, RuleContext } from "./document.js";
+import { celErrorText } from "./document.js";
 import {
 	matchesResource,
 	quoteText,
@@ -88,14 +89,7 @@ function teeOf(claims: unknown): unknown {
 }
 
 function errorText(e: unknown): string {
-	const err = e as { summary?: unknown; message?: unknown };
-	const text =
-		typeof err?.summary === "string" && err.summary !== ""
-			? err.summary
-			: typeof err?.message === "string"
-				? err.message
-				: String(e);
-	return (text.split("\n")[0] ?? "").slice(0, 300);
+	return celErrorText(e).slice(0, 300);
 }
 
 function describeValue(v: unknown): string {
