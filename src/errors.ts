@@ -21,7 +21,13 @@ export type ErrorCode =
 	| "NETWORK" // a remote peer could not be reached, timed out or broke off, after bounded retries
 	| "REMOTE_DENIED" // a registry refused our credentials or has none for us (401/403 after auth)
 	| "REMOTE_PROTOCOL" // a registry answered outside its protocol (wrong status, Content-Range, size)
-	| "EVIDENCE_INVALID" // attestation evidence is malformed, unverified, or not bound to this session and key
+	| "EVIDENCE_INVALID" // attestation evidence is malformed, truncated, or not bound to this session and key
+	| "EVIDENCE_UNSUPPORTED" // evidence of a version, body type or algorithm we do not verify
+	| "SIGNATURE_INVALID" // a signature over evidence, a certificate, a CRL or collateral does not verify
+	| "CHAIN_UNTRUSTED" // a certificate chain does not lead to a pinned root (or to the right product's)
+	| "CERT_EXPIRED" // a certificate, CRL or collateral is outside its validity window at "now"
+	| "CERT_REVOKED" // a certificate is listed in a CRL
+	| "TCB_MISMATCH" // evidence and its endorsement disagree (VCEK TCB or chip id, FMSPC, QE identity)
 	| "POLICY_INVALID" // a policy document does not parse or does not compile
 	| "POLICY_DENIED" // a policy (or the broker's default) refused to release a resource
 	| "SESSION_INVALID" // a broker session or attestation token is missing, unknown, expired or forged

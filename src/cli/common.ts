@@ -45,6 +45,12 @@ export function exitCodeFor(code: ErrorCode): number {
 		case "REMOTE_PROTOCOL":
 			return EXIT.remote;
 		case "EVIDENCE_INVALID":
+		case "EVIDENCE_UNSUPPORTED":
+		case "SIGNATURE_INVALID":
+		case "CHAIN_UNTRUSTED":
+		case "CERT_EXPIRED":
+		case "CERT_REVOKED":
+		case "TCB_MISMATCH":
 		case "POLICY_DENIED":
 		case "SESSION_INVALID":
 			return EXIT.denied;
