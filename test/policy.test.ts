@@ -1117,3 +1117,46 @@ describe("dadi-broker policy (CLI; needs dist built)", () => {
 		expect(bad.stderr).toMatch(/No such key: nope/);
 	});
 });
+
+describe("reference values", () => {
+	const withValues = (values: unknown) =>
+		parsePolicy(
+			doc(
+				"ref",
+				[
+					{
+						name: "measurement",
+						expr: "claims.measurement in values.measurements",
+					},
+					{ name: "snp-minimum", expr: "claims.tcb.snp >= values.min_snp" },
+				],
+				["default/*/*"],
+				{ values },
+			),
+			"ref.json",
+		);
+
+	it("rules read the policy's own values: expected measurements, TCB minimums", () => {
+		const ok = withValues({ measurements: ["00", MEASUREMENT], min_snp: 8 });
+		expect(decide([ok], input(SNP), STRICT)).toMatchObject({
+			allow: true,
+			policy: "ref",
+		});
+		const newer = withValues({ measurements: [MEASUREMENT], min_snp: 9 });
+		const d = decide([newer], input(SNP), STRICT);
+		expect(d.allow).toBe(false);
+		expect(d.reasons.join("\n")).toMatch(/ref\/snp-minimum: failed/);
+		const other = withValues({ measurements: ["00"], min_snp: 1 });
+		expect(decide([other], input(SNP), STRICT).reasons.join("\n")).toMatch(
+			/ref\/measurement: failed/,
+		);
+	});
+
+	it("a missing value is a failed rule with its error, and values must be an object", () => {
+		const d = decide([withValues({ min_snp: 1 })], input(SNP), STRICT);
+		expect(d.allow).toBe(false);
+		expect(d.results[0]?.rules[0]?.error).toBeTruthy();
+		for (const bad of [[], "x", 3, null])
+			expect(thrown(() => withValues(bad)).code).toBe("POLICY_INVALID");
+	});
+});

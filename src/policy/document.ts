@@ -35,6 +35,8 @@ export interface RuleContext {
 	claims: unknown;
 	resource: unknown;
 	request: unknown;
+	/** The policy's own reference values (its "values" member), {} when it has none. */
+	values: unknown;
 }
 
 export interface CompiledRule {
@@ -50,6 +52,8 @@ export interface CompiledPolicy {
 	/** Resource patterns (REPO/TYPE/TAG, each segment a literal or *). */
 	resources: string[];
 	rules: CompiledRule[];
+	/** Reference values (expected measurements, minimum TCBs, …) the rules read as `values`. */
+	values: Record<string, unknown>;
 	/** SHA-256 (hex) of the document text. */
 	digest: string;
 	/** Where the document came from (a file name), for messages. */
@@ -71,7 +75,7 @@ const CLAIMS_SCHEMA: Record<keyof Claims, string> = {
 	tee_specific: "map<string, dyn>",
 };
 
-export const RULE_VARIABLES = "tee, claims, resource, request";
+export const RULE_VARIABLES = "tee, claims, resource, request, values";
 
 const ENV = new Environment({
 	limits: {
@@ -93,7 +97,8 @@ const ENV = new Environment({
 			tag: "string",
 		},
 	})
-	.registerVariable({ name: "request", schema: { image: "string" } });
+	.registerVariable({ name: "request", schema: { image: "string" } })
+	.registerVariable("values", "map<string, dyn>");
 
 /**
  * Functions refused at compile time. `matches` runs JavaScript's backtracking RegExp (CEL
@@ -111,6 +116,7 @@ const TOP_FIELDS = [
 	"name",
 	"description",
 	"resources",
+	"values",
 	"rules",
 ];
 const RULE_FIELDS = ["name", "expr"];
@@ -349,6 +355,15 @@ export function parsePolicy(text: string, source: string): CompiledPolicy {
 			at,
 			`"rules" must be a list of 1 to ${POLICY_LIMITS.maxRules} rules {"name", "expr"}; all must hold for the policy to allow`,
 		);
+	let values: Record<string, unknown> = {};
+	if (doc.values !== undefined) {
+		if (!isPlainObject(doc.values))
+			throw invalid(
+				at,
+				`"values" must be an object of reference values, e.g. {"measurements": ["…"], "min_snp": 8}`,
+			);
+		values = doc.values;
+	}
 	const seen = new Set<string>();
 	const compiled = rules.map((r, i) => compileRule(r, i, at, seen));
 	return {
@@ -356,6 +371,7 @@ export function parsePolicy(text: string, source: string): CompiledPolicy {
 		description,
 		resources: patterns,
 		rules: compiled,
+		values,
 		digest: createHash("sha256").update(text, "utf8").digest("hex"),
 		source,
 	};

@@ -82,6 +82,18 @@ export function toCelValue(v: unknown, depth = 0): unknown {
 	}
 }
 
+const celValues = new WeakMap<CompiledPolicy, unknown>();
+
+/** A policy's reference values as CEL values, converted once per compiled policy. */
+function celValuesOf(p: CompiledPolicy): unknown {
+	let v = celValues.get(p);
+	if (v === undefined) {
+		v = toCelValue(p.values ?? {});
+		celValues.set(p, v);
+	}
+	return v;
+}
+
 function teeOf(claims: unknown): unknown {
 	return typeof claims === "object" && claims !== null
 		? (claims as { tee?: unknown }).tee
@@ -159,13 +171,15 @@ function decideUnsafe(
 		claims: toCelValue(claims),
 		resource: { ...resource },
 		request: { image: image === undefined ? "" : toCelValue(image) },
+		values: {},
 	};
 	const results: PolicyResult[] = [];
 	const failures: string[] = [];
 	let allowedBy: CompiledPolicy | undefined;
 	for (const p of matching) {
+		const withValues = { ...ctx, values: celValuesOf(p) };
 		const rules = p.rules.map((r) => {
-			const res = runRule(r.run, ctx);
+			const res = runRule(r.run, withValues);
 			if (!res.ok)
 				failures.push(
 					`${p.name}/${r.name}: ${res.error === undefined ? "failed" : `error: ${res.error}`} (${shortExpr(r.expr)})`,
