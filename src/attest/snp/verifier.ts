@@ -1,0 +1,168 @@
+/**
+ * The broker's SEV-SNP Verifier.
+ *
+ * Evidence (tee-evidence.primary_evidence), a JSON object or its text:
+ *
+ *   {
+ *     "report": "<standard base64 of the 1184-byte ATTESTATION_REPORT>",
+ *     "certs": {                      // optional, and so is each member
+ *       "vcek": "<base64 DER>",       // the leaf for a report signed by a VCEK (signing_key 0)
+ *       "vlek": "<base64 DER>",       // the leaf for a report signed by a VLEK (signing_key 1)
+ *       "ask":  "<base64 DER>",       // the ASK (for a VCEK) or ASVK (for a VLEK)
+ *       "ark":  "<base64 DER>"        // the ARK (checked against the pinned fingerprints)
+ *     }
+ *   }
+ *
+ * Certificates the guest does not send come from the injected `certSource` (a cache directory or
+ * AMD KDS, at the edge); the default source has none. Verification itself is pure (verify.ts).
+ */
+import { DadiError } from "../../errors.js";
+import type { Claims, Verifier, VerifyInput } from "../claims.js";
+import {
+	parseReport,
+	productFromCpuid,
+	REPORT_SIZE,
+	type SnpProduct,
+} from "./report.js";
+import { AMD_TRUST, type TrustAnchors } from "./trust.js";
+import type { SignerKind } from "./vcek.js";
+import { createSnpContext, type SnpContext } from "./verify.js";
+
+export interface CertRequest {
+	/** Configured, or named by a v3+ report's CPUID; undefined when unknown. */
+	product?: SnpProduct;
+	chipId: Buffer;
+	/** The 8 raw REPORTED_TCB bytes. */
+	reportedTcb: Buffer;
+	signer: SignerKind;
+}
+
+export type CertSource = (
+	o: CertRequest,
+) => Promise<{ leaf?: Buffer; ask?: Buffer; ark?: Buffer }>;
+
+const MAX_EVIDENCE_CHARS = 64 * 1024;
+const MAX_CERT_BYTES = 8 * 1024;
+const REPORT_B64_CHARS = Math.ceil(REPORT_SIZE / 3) * 4;
+
+function invalid(detail: string): DadiError {
+	return new DadiError("EVIDENCE_INVALID", `SEV-SNP evidence: ${detail}`);
+}
+
+function b64(v: unknown, name: string, maxBytes: number): Buffer {
+	const maxChars = Math.ceil(maxBytes / 3) * 4;
+	if (
+		typeof v !== "string" ||
+		v.length === 0 ||
+		v.length > maxChars ||
+		!/^[A-Za-z0-9+/]*={0,2}$/.test(v)
+	)
+		throw invalid(
+			`"${name}" must be standard base64 of at most ${maxBytes} bytes`,
+		);
+	return Buffer.from(v, "base64");
+}
+
+interface Evidence {
+	report: Buffer;
+	certs: { vcek?: Buffer; vlek?: Buffer; ask?: Buffer; ark?: Buffer };
+}
+
+export function parseSnpEvidence(evidence: unknown): Evidence {
+	let e = evidence;
+	if (typeof e === "string") {
+		if (e.length > MAX_EVIDENCE_CHARS)
+			throw invalid(`longer than ${MAX_EVIDENCE_CHARS} characters`);
+		try {
+			e = JSON.parse(e);
+		} catch {
+			throw invalid("not JSON");
+		}
+	}
+	if (typeof e !== "object" || e === null || Array.isArray(e))
+		throw invalid("expected a JSON object");
+	const o = e as Record<string, unknown>;
+	for (const k of Object.keys(o))
+		if (k !== "report" && k !== "certs")
+			throw invalid(`unknown member "${k.slice(0, 64)}"`);
+	if (typeof o.report !== "string" || o.report.length > REPORT_B64_CHARS)
+		throw invalid(`"report" must be base64 of ${REPORT_SIZE} bytes`);
+	const out: Evidence = {
+		report: b64(o.report, "report", REPORT_SIZE),
+		certs: {},
+	};
+	if (o.certs !== undefined) {
+		if (
+			typeof o.certs !== "object" ||
+			o.certs === null ||
+			Array.isArray(o.certs)
+		)
+			throw invalid('"certs" must be an object');
+		for (const [k, v] of Object.entries(o.certs as Record<string, unknown>)) {
+			if (k !== "vcek" && k !== "vlek" && k !== "ask" && k !== "ark")
+				throw invalid(`unknown certificate "${k.slice(0, 64)}"`);
+			out.certs[k] = b64(v, `certs.${k}`, MAX_CERT_BYTES);
+		}
+	}
+	return out;
+}
+
+const noCerts: CertSource = async () => ({});
+
+export interface SnpVerifierOptions {
+	trust?: TrustAnchors;
+	/** Restrict to one product line. */
+	product?: SnpProduct;
+	certSource?: CertSource;
+	/** Share a context (and its chain cache) with other callers; its trust wins over `trust`. */
+	context?: SnpContext;
+}
+
+export function createSnpVerifier(o: SnpVerifierOptions = {}): Verifier {
+	const ctx = o.context ?? createSnpContext(o.trust ?? AMD_TRUST);
+	const source = o.certSource ?? noCerts;
+	return {
+		tee: "snp",
+		async verify(input: VerifyInput): Promise<Claims> {
+			const ev = parseSnpEvidence(input.evidence);
+			const report = parseReport(ev.report);
+			const signer = report.signingKey;
+			let leaf = signer === "vlek" ? ev.certs.vlek : ev.certs.vcek;
+			let ask = ev.certs.ask;
+			let ark = ev.certs.ark;
+			if (!leaf || !ask || !ark) {
+				const got = await source({
+					product: o.product ?? productFromCpuid(report.cpuid),
+					chipId: report.chipId,
+					reportedTcb: report.reportedTcb,
+					signer,
+				});
+				leaf ??= got.leaf;
+				ask ??= got.ask;
+				ark ??= got.ark;
+			}
+			if (!leaf)
+				throw invalid(
+					`no ${signer.toUpperCase()} for this report: send it in certs or configure a cache`,
+				);
+			if (!ask || !ark)
+				throw invalid(
+					`no ${signer === "vlek" ? "ASVK" : "ASK"}/ARK for this report: send them in certs or configure a cache`,
+				);
+			const opts: Parameters<SnpContext["verify"]>[0] = {
+				report: ev.report,
+				leaf,
+				chain: { ask, ark },
+				now: input.now,
+				expectedReportData: input.expectedReportData,
+			};
+			if (o.product !== undefined) opts.product = o.product;
+			if (input.expectedInitData !== undefined)
+				opts.expectedHostData = input.expectedInitData;
+			return ctx.verify(opts).claims;
+		},
+	};
+}
+
+/** The broker's default: AMD's pinned roots, certificates only from the evidence. */
+export const snpVerifier: Verifier = createSnpVerifier();
