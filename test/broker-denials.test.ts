@@ -239,7 +239,7 @@ describe("denials", () => {
 			const r = await g.auth("sample");
 			expect(r.status).toBe(401);
 			expect(problem(r).detail).toMatch(/insecure-dev/);
-			expect((await g.auth("snp")).status).toBe(401); // no real verifier configured here
+			expect((await g.auth("sgx")).status).toBe(401); // a TEE this broker has no verifier for
 		} finally {
 			await prod.close();
 		}

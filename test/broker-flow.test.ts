@@ -107,7 +107,7 @@ beforeAll(async () => {
 	broker = await startBrokerCli();
 	expect(broker.ready).toMatchObject({
 		ok: true,
-		tees: ["sample"],
+		tees: ["snp", "tdx", "sample"],
 		insecureDev: true,
 	});
 	keyFile = join(dir, "image.jwk");
@@ -348,7 +348,7 @@ describe("restart and production mode", () => {
 	it("without --insecure-dev the sample TEE gets nothing (exit 9)", async () => {
 		await broker.stop();
 		broker = await startBrokerCli([]);
-		expect(broker.ready.tees).toEqual([]);
+		expect(broker.ready.tees).toEqual(["snp", "tdx"]);
 		const r = await runCli(BIN.guest, [
 			"attest",
 			"--broker",

@@ -13,7 +13,13 @@ import { createServer as createHttps } from "node:https";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import type { Verifier } from "../attest/claims.js";
+import {
+	loadTdxCollateral,
+	snpCertSourceFromDir,
+} from "../attest/evidence-files.js";
 import { sampleVerifier } from "../attest/sample.js";
+import { createSnpVerifier } from "../attest/snp/verifier.js";
+import { tdxVerifier } from "../attest/tdx/verifier.js";
 import { DadiError } from "../errors.js";
 import { adminRoute, adminTokenDigest } from "./admin-routes.js";
 import { Broker } from "./broker.js";
@@ -54,8 +60,16 @@ export interface BrokerConfig {
 	 * HTTP (default: 1 when the machine has 2 or more CPUs, else 0).
 	 */
 	cryptoWorkers?: number;
-	/** Verifiers for real TEEs (the sample one is added by insecureDev). */
+	/**
+	 * Verifiers for real TEEs (the sample one is added by insecureDev). Default: SEV-SNP under
+	 * AMD's pinned ARKs and TDX under the pinned Intel SGX Root CA, with certificates from
+	 * `snpCertsDir` and collateral from `tdxCollateralDir` when given.
+	 */
 	verifiers?: Verifier[];
+	/** A cache of AMD certificates (ARK, ASK/ASVK, VCEK/VLEK) for reports that arrive without them. */
+	snpCertsDir?: string;
+	/** Intel PCS collateral (TCB info per FMSPC, QE identity, signing chain, CRLs) for TDX quotes. */
+	tdxCollateralDir?: string;
 	log?: (line: string) => void;
 }
 
@@ -85,7 +99,23 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 			await state.keystore.putInternal(SIGNING_KEY, signingKey);
 		}
 		const policies = await PolicyStore.open(c.stateDir, c.policiesDir);
-		const verifiers = [...(c.verifiers ?? [])];
+		const verifiers = c.verifiers
+			? [...c.verifiers]
+			: [
+					createSnpVerifier(
+						c.snpCertsDir
+							? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
+							: {},
+					),
+					tdxVerifier(
+						c.tdxCollateralDir
+							? {
+									collateralSource: (fmspc) =>
+										loadTdxCollateral(c.tdxCollateralDir as string, fmspc),
+								}
+							: {},
+					),
+				];
 		if (c.insecureDev) {
 			verifiers.push(sampleVerifier);
 			log(

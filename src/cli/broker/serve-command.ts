@@ -25,6 +25,8 @@ interface ServeFlags {
 	maxSessions?: string;
 	rateLimit?: string;
 	cryptoWorkers?: string;
+	snpCerts?: string;
+	tdxCollateral?: string;
 	json?: boolean;
 }
 
@@ -43,6 +45,8 @@ const CONFIG_KEYS: (keyof ServeFlags)[] = [
 	"maxSessions",
 	"rateLimit",
 	"cryptoWorkers",
+	"snpCerts",
+	"tdxCollateral",
 ];
 
 export function serveCommand(program: Command): void {
@@ -96,6 +100,14 @@ export function serveCommand(program: Command): void {
 			"requests per second per client address (default 50/100; 0 = off)",
 		)
 		.option(
+			"--snp-certs <DIR>",
+			"AMD certificates (ARK, ASK/ASVK, VCEK/VLEK; PEM or DER) for SEV-SNP reports sent without them",
+		)
+		.option(
+			"--tdx-collateral <DIR>",
+			"Intel PCS collateral for TDX quotes: *tcbinfo*.json per FMSPC, *qe-identity*.json, *tcb-signing-chain*.pem, pck-crl.der, root-crl.der",
+		)
+		.option(
 			"--crypto-workers <N>",
 			"threads doing each release's JWE and token signature beside the event loop (default 1 with 2+ CPUs; 0 = inline)",
 		)
@@ -130,6 +142,8 @@ export function serveCommand(program: Command): void {
 					maxSessions: count(opts.maxSessions, "--max-sessions"),
 					rateLimit: rate(opts.rateLimit),
 					cryptoWorkers: workers(opts.cryptoWorkers),
+					snpCertsDir: opts.snpCerts,
+					tdxCollateralDir: opts.tdxCollateral,
 					log,
 				};
 				if (opts.adminListen) {
