@@ -2,6 +2,7 @@
 /** dadi-broker: the KBS-protocol key broker releasing image keys to attested sandboxes. */
 import { Command } from "commander";
 import { installSignalCleanup } from "../temp-files.js";
+import { evidenceCommand } from "./broker/evidence-command.js";
 import { initCommand } from "./broker/init-command.js";
 import { policyCommand } from "./broker/policy-command.js";
 import { auditCommand, resourceCommand } from "./broker/resource-command.js";
@@ -23,5 +24,6 @@ serveCommand(program);
 resourceCommand(program);
 policyCommand(program);
 auditCommand(program);
+evidenceCommand(program);
 installSignalCleanup();
 await runProgram(program, process.argv);

@@ -1,0 +1,176 @@
+/**
+ * `dadi-broker evidence verify`: offline verification of SEV-SNP or TDX evidence, printing the
+ * normalized claims; exit 0 only when the evidence verified (9 with the specific code otherwise).
+ */
+import { readFile, stat } from "node:fs/promises";
+import type { Command } from "commander";
+import type { Claims } from "../../attest/claims.js";
+import {
+	loadSnpCertFiles,
+	loadTdxCollateral,
+	type SnpCertFiles,
+	snpCertSourceFromDir,
+} from "../../attest/evidence-files.js";
+import { parseReport } from "../../attest/snp/report.js";
+import { parseSnpEvidence } from "../../attest/snp/verifier.js";
+import { verifySnp } from "../../attest/snp/verify.js";
+import { parseTdxEvidence } from "../../attest/tdx/verifier.js";
+import { quoteFmspc, verifyTdx } from "../../attest/tdx/verify.js";
+import { DadiError, fromSystemError } from "../../errors.js";
+import { printJson, runAction } from "../common.js";
+
+interface Flags {
+	tee: string;
+	evidence: string;
+	certs?: string[];
+	collateral?: string;
+	now?: string;
+	reportData?: string;
+	json?: boolean;
+}
+
+export function evidenceCommand(program: Command): void {
+	program
+		.command("evidence")
+		.description("attestation evidence, offline")
+		.command("verify")
+		.description(
+			"verify SEV-SNP or TDX evidence against the pinned roots and print the normalized claims (docs/claims.md); exit 0 only when verified",
+		)
+		.requiredOption("--tee <snp|tdx>", "the TEE")
+		.requiredOption(
+			"--evidence <FILE>",
+			'snp: the 1184-byte ATTESTATION_REPORT or the broker\'s evidence JSON; tdx: the quote or {"quote": base64}',
+		)
+		.option(
+			"--certs <FILE...>",
+			"snp: VCEK/VLEK and ASK/ARK certificates (PEM or DER files, e.g. AMD KDS's vcek and cert_chain) or a directory of them",
+		)
+		.option(
+			"--collateral <DIR>",
+			"tdx: Intel PCS collateral (see docs/broker.md)",
+		)
+		.option("--now <ISO8601>", "the verification time (default: now)")
+		.option(
+			"--report-data <HEX>",
+			"also require REPORT_DATA to start with these bytes (rest zero)",
+		)
+		.option("--json", "print the result as JSON")
+		.action(async (f: Flags) =>
+			runAction("dadi-broker evidence verify", Boolean(f.json), async () => {
+				const now = f.now === undefined ? new Date() : new Date(f.now);
+				if (Number.isNaN(now.getTime()))
+					throw new DadiError(
+						"USAGE",
+						`--now "${f.now}": not an ISO 8601 time`,
+					);
+				const expectedReportData =
+					f.reportData === undefined
+						? undefined
+						: hexArg(f.reportData, "--report-data");
+				const bytes = await readFile(f.evidence).catch((e) => {
+					throw fromSystemError(e, f.evidence, "reading the evidence");
+				});
+				const isJson = bytes.subarray(0, 1).toString() === "{";
+				let out: Record<string, unknown>;
+				let claims: Claims;
+				if (f.tee === "snp") {
+					if (f.collateral)
+						throw new DadiError(
+							"USAGE",
+							"--collateral is for tdx; give snp certificates with --certs",
+						);
+					const ev = isJson
+						? parseSnpEvidence(bytes.toString("utf8"))
+						: { report: bytes, certs: {} };
+					const certs = await snpCerts(f.certs ?? [], ev.report);
+					const leaf = ev.certs.vcek ?? ev.certs.vlek ?? certs.leaf;
+					const ask = ev.certs.ask ?? certs.ask;
+					const ark = ev.certs.ark ?? certs.ark;
+					if (!leaf || !ask || !ark)
+						throw new DadiError(
+							"EVIDENCE_INVALID",
+							`missing certificates: ${[!leaf && "VCEK/VLEK", !ask && "ASK", !ark && "ARK"].filter(Boolean).join(", ")}; give them with --certs (AMD KDS: vcek/v1/<product>/<hwid>?… and cert_chain)`,
+						);
+					const r = verifySnp({
+						report: ev.report,
+						leaf,
+						chain: { ask, ark },
+						now,
+						expectedReportData,
+					});
+					claims = r.claims;
+					out = { tee: "snp", product: r.product, signer: r.signer };
+				} else if (f.tee === "tdx") {
+					if (f.certs)
+						throw new DadiError(
+							"USAGE",
+							"--certs is for snp; TDX quotes carry their PCK chain",
+						);
+					const quote = isJson
+						? parseTdxEvidence(bytes.toString("utf8"))
+						: bytes;
+					const collateral = f.collateral
+						? await loadTdxCollateral(f.collateral, quoteFmspc(quote))
+						: undefined;
+					const r = verifyTdx({ quote, collateral, now, expectedReportData });
+					claims = r.claims;
+					out = {
+						tee: "tdx",
+						fmspc: r.pck.fmspc,
+						tcbStatus: r.tcbStatus ?? null,
+						advisoryIds: r.advisoryIds,
+						collateralChecked: r.collateralChecked,
+					};
+				} else throw new DadiError("USAGE", `--tee "${f.tee}": snp or tdx`);
+				if (f.json)
+					printJson({
+						ok: true,
+						verified: true,
+						...out,
+						now: now.toISOString(),
+						claims,
+					});
+				else
+					process.stdout.write(
+						`verified ${f.tee === "snp" ? `SEV-SNP (${out.product}, signed by the ${String(out.signer).toUpperCase()})` : `TDX (FMSPC ${out.fmspc}, TCB ${out.tcbStatus ?? "not checked: no collateral"})`} at ${now.toISOString()}\n${JSON.stringify(claims, null, 2)}\n`,
+					);
+			}),
+		);
+}
+
+function hexArg(v: string, what: string): Buffer {
+	if (!/^([0-9a-fA-F]{2}){1,64}$/.test(v))
+		throw new DadiError("USAGE", `${what}: 1 to 64 bytes of hex`);
+	return Buffer.from(v, "hex");
+}
+
+async function snpCerts(
+	paths: string[],
+	report: Buffer,
+): Promise<SnpCertFiles> {
+	const files: string[] = [];
+	let fromDir: SnpCertFiles = {};
+	for (const p of paths) {
+		const st = await stat(p).catch((e) => {
+			throw fromSystemError(e, p, "reading certificates");
+		});
+		if (!st.isDirectory()) {
+			files.push(p);
+			continue;
+		}
+		const r = parseReport(report);
+		const source = await snpCertSourceFromDir(p);
+		fromDir = await source({
+			chipId: r.chipId,
+			reportedTcb: r.reportedTcb,
+			signer: r.signingKey,
+		});
+	}
+	const given = await loadSnpCertFiles(files);
+	return {
+		leaf: given.leaf ?? fromDir.leaf,
+		ask: given.ask ?? fromDir.ask,
+		ark: given.ark ?? fromDir.ark,
+	};
+}

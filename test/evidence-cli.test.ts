@@ -1,0 +1,187 @@
+/**
+ * `dadi-broker evidence verify` on the real SEV-SNP and TDX samples, and `policy test` deciding
+ * with the claims they yield under the shipped production policies.
+ */
+import { existsSync } from "node:fs";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { attestationFixtures } from "./fixtures.js";
+import { BIN, cleanupTempDirs, ROOT, runCli, tempDir } from "./helpers.js";
+
+const F = attestationFixtures();
+const present =
+	existsSync(join(F, "snp/milan-report.bin")) &&
+	existsSync(join(F, "tdx/spr-e4-quote-v4.dat"));
+if (!present)
+	console.warn(
+		`\n*** evidence-cli: fixtures not found at ${F} (set DADI_FIXTURES): SKIPPING evidence verify and policy test on real evidence ***\n`,
+	);
+const POLICIES = join(ROOT, "policies");
+
+afterAll(cleanupTempDirs);
+
+const verify = (args: string[]) =>
+	runCli(BIN.broker, ["evidence", "verify", ...args, "--json"]);
+
+async function claimsFile(stdout: string): Promise<string> {
+	const p = join(await tempDir(), "claims.json");
+	await writeFile(p, JSON.stringify(JSON.parse(stdout).claims));
+	return p;
+}
+
+describe.skipIf(!present)("dadi-broker evidence verify (real samples)", () => {
+	it("SEV-SNP Milan, VCEK: verified, claims as the fixtures say; the production policy allows it", async () => {
+		const r = await verify([
+			"--tee",
+			"snp",
+			"--evidence",
+			join(F, "snp/milan-report.bin"),
+			"--certs",
+			join(F, "snp/milan-vcek.der"),
+			join(F, "snp/ask_ark_milan.pem"),
+			"--now",
+			"2024-06-01T00:00:00Z",
+		]);
+		expect(r.code, r.stderr).toBe(0);
+		const out = JSON.parse(r.stdout);
+		expect(out).toMatchObject({
+			verified: true,
+			product: "milan",
+			signer: "vcek",
+		});
+		expect(out.claims).toMatchObject({
+			tee: "snp",
+			debug: false,
+			measurement:
+				"a1f3930413247bb38cfc171579ea3c12d5fe4901f0c792f63fd75d98f1ef827c23500644e0e692e6be917f9050d3d38c",
+			tcb: { bootloader: 3, tee: 0, snp: 8, microcode: 115 },
+		});
+		const claims = await claimsFile(r.stdout);
+		const allow = await runCli(BIN.broker, [
+			"policy",
+			"test",
+			"--policies",
+			POLICIES,
+			"--claims",
+			claims,
+			"--resource",
+			"production/image-key/app",
+			"--json",
+		]);
+		expect(allow.code, allow.stdout + allow.stderr).toBe(0);
+		expect(JSON.parse(allow.stdout)).toMatchObject({
+			allow: true,
+			policy: "snp-production",
+		});
+		// the same claims for a resource no policy covers, and a higher TCB minimum: deny (exit 9)
+		const deny = await runCli(BIN.broker, [
+			"policy",
+			"test",
+			"--policies",
+			POLICIES,
+			"--claims",
+			claims,
+			"--resource",
+			"default/image-key/app",
+		]);
+		expect(deny.code).toBe(9);
+		expect(deny.stdout).toMatch(/DENY/);
+	});
+
+	it("SEV-SNP Milan, VLEK from a certificate directory: verified before the VLEK expired, CERT_EXPIRED after", async () => {
+		const args = [
+			"--tee",
+			"snp",
+			"--evidence",
+			join(F, "snp/milan-vlek-report.bin"),
+			"--certs",
+			join(F, "snp"),
+		];
+		const ok = await verify([...args, "--now", "2025-06-01T00:00:00Z"]);
+		expect(ok.code, ok.stderr).toBe(0);
+		expect(JSON.parse(ok.stdout)).toMatchObject({
+			signer: "vlek",
+			claims: { tee_specific: { vmpl: 1, chip_id: "" } },
+		});
+		const late = await verify([...args, "--now", "2026-01-01T00:00:00Z"]);
+		expect(late.code).toBe(9);
+		expect(JSON.parse(late.stdout).error.code).toBe("CERT_EXPIRED");
+	});
+
+	it("a flipped byte in the signed report: SIGNATURE_INVALID, exit 9", async () => {
+		const bad = Buffer.from(await readFile(join(F, "snp/milan-report.bin")));
+		bad[0x90] = (bad[0x90] as number) ^ 1;
+		const p = join(await tempDir(), "bad.bin");
+		await writeFile(p, bad);
+		const r = await verify([
+			"--tee",
+			"snp",
+			"--evidence",
+			p,
+			"--certs",
+			join(F, "snp/milan-vcek.der"),
+			join(F, "snp/ask_ark_milan.pem"),
+			"--now",
+			"2024-06-01T00:00:00Z",
+		]);
+		expect(r.code).toBe(9);
+		expect(JSON.parse(r.stdout).error.code).toBe("SIGNATURE_INVALID");
+	});
+
+	it("TDX SPR E4 quote with collateral: verified, no TCB level matches; outside the collateral window: CERT_EXPIRED", async () => {
+		const args = [
+			"--tee",
+			"tdx",
+			"--evidence",
+			join(F, "tdx/spr-e4-quote-v4.dat"),
+			"--collateral",
+			join(F, "tdx"),
+		];
+		const ok = await verify([...args, "--now", "2023-06-25T00:00:00Z"]);
+		expect(ok.code, ok.stderr).toBe(0);
+		const out = JSON.parse(ok.stdout);
+		expect(out).toMatchObject({
+			tee: "tdx",
+			fmspc: "50806f000000",
+			tcbStatus: "TcbNotSupported",
+			collateralChecked: true,
+		});
+		expect(out.claims.measurement).toBe(
+			"6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb",
+		);
+		const late = await verify([...args, "--now", "2024-06-01T00:00:00Z"]);
+		expect(late.code).toBe(9);
+		expect(JSON.parse(late.stdout).error.code).toBe("CERT_EXPIRED");
+	});
+
+	it("the debug TD verifies, and the TDX production policy refuses it for debug", async () => {
+		const r = await verify([
+			"--tee",
+			"tdx",
+			"--evidence",
+			join(F, "tdx/debug-td-quote-v4.dat"),
+			"--collateral",
+			join(F, "tdx"),
+			"--now",
+			"2023-06-25T00:00:00Z",
+		]);
+		expect(r.code, r.stderr).toBe(0);
+		expect(JSON.parse(r.stdout).claims.debug).toBe(true);
+		const d = await runCli(BIN.broker, [
+			"policy",
+			"test",
+			"--policies",
+			POLICIES,
+			"--claims",
+			await claimsFile(r.stdout),
+			"--resource",
+			"production/image-key/app",
+			"--json",
+		]);
+		expect(d.code).toBe(9);
+		const decision = JSON.parse(d.stdout);
+		expect(decision.allow).toBe(false);
+		expect(decision.reasons.join("\n")).toMatch(/tdx-production\/no-debug/);
+	});
+});
