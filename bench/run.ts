@@ -18,6 +18,7 @@
  *                          [--registry | --no-registry] [--registry-sweep]
  *                          [--guest | --no-guest] [--guest-seconds N] [--guest-profile DIR]
  *                          [--broker | --no-broker] [--broker-seconds N] [--broker-profile DIR]
+ *                          [--attest | --no-attest]
  */
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -29,6 +30,11 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { generateImageKey } from "../src/crypto/image-key.js";
 import type { CompressionName } from "../src/format/constants.js";
+import {
+	type AttestBenchReport,
+	attestFixtures,
+	runAttestBench,
+} from "./attest-bench.js";
 import {
 	type AesLimit,
 	type GzipResult,
@@ -93,6 +99,10 @@ interface Options {
 	guestSeconds: number;
 	/** Profile a few guest jobs and write .cpuprofile files here. */
 	guestProfile: string | undefined;
+	/** Run only the attestation section (with the other "only" flags: those too). */
+	attest: boolean;
+	/** Skip the attestation section. */
+	noAttest: boolean;
 	/** Run only the key-broker section (with the other "only" flags: those too). */
 	broker: boolean;
 	/** Skip the key-broker section. */
@@ -135,6 +145,10 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --no-broker          skip the key-broker section
   --broker-seconds N   timed seconds of each key-broker run, after 1 s of warm-up (default 5, quick 3)
   --broker-profile DIR also profile each key-broker server once (main thread) into DIR/*.cpuprofile
+  --attest             run only the attestation section (SEV-SNP report and TDX quote verifications per
+                       second on one core against the raw signature checks they contain; needs the
+                       shared fixtures, $DADI_FIXTURES); with the other "only" flags, those too
+  --no-attest          skip the attestation section
 environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
              DADI_BENCH_TMP (scratch directory, default /dev/shm when it has room, else the OS tmpdir)
 `;
@@ -162,6 +176,8 @@ function parseOptions(argv: string[]): Options {
 			"no-broker": { type: "boolean", default: false },
 			"broker-seconds": { type: "string" },
 			"broker-profile": { type: "string" },
+			attest: { type: "boolean", default: false },
+			"no-attest": { type: "boolean", default: false },
 			help: { type: "boolean", default: false },
 		},
 	});
@@ -222,6 +238,8 @@ function parseOptions(argv: string[]): Options {
 		guestProfile: values["guest-profile"],
 		broker: values.broker ?? false,
 		noBroker: values["no-broker"] ?? false,
+		attest: values.attest ?? false,
+		noAttest: values["no-attest"] ?? false,
 		brokerSeconds,
 		brokerProfile: values["broker-profile"],
 		repsGiven: values.reps === undefined ? undefined : reps,
@@ -322,7 +340,8 @@ async function main(): Promise<void> {
 		const started = performance.now();
 		// --images, --registry, --guest and --broker each select their section alone (together:
 		// those).
-		const only = opts.images || opts.registry || opts.guest || opts.broker;
+		const only =
+			opts.images || opts.registry || opts.guest || opts.broker || opts.attest;
 		const disk = only
 			? undefined
 			: await bench(opts, size, workDir, log, print);
@@ -406,7 +425,25 @@ async function main(): Promise<void> {
 				log,
 				print,
 			});
-		const sections = [disk, images, registry, guest, broker].filter(
+		let attest: AttestBenchReport | { skipped: string } | undefined;
+		if (!opts.noAttest && (!only || opts.attest)) {
+			const fixtures = attestFixtures(REPO);
+			if (fixtures)
+				attest = await runAttestBench({
+					fixtures,
+					seconds: opts.quick ? 3 : 6,
+					log,
+					print,
+				});
+			else {
+				const why =
+					"the shared attestation fixtures were not found (set DADI_FIXTURES)";
+				log(`attestation section skipped: ${why}`);
+				attest = { skipped: why };
+				if (opts.attest) process.exitCode = 1;
+			}
+		}
+		const sections = [disk, images, registry, guest, broker, attest].filter(
 			(x) => x !== undefined,
 		);
 		if (sections.length > 1)
@@ -420,6 +457,7 @@ async function main(): Promise<void> {
 			...(registry === undefined ? {} : { registry }),
 			...(guest === undefined ? {} : { guest }),
 			...(broker === undefined ? {} : { broker }),
+			...(attest === undefined ? {} : { attest }),
 		};
 		const report =
 			disk !== undefined
