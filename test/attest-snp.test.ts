@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import { parseCertTable } from "../src/attest/snp/cert-table.js";
 import { decodeTcb, parseReport } from "../src/attest/snp/report.js";
 import {
 	AMD_TRUST,
@@ -28,6 +29,7 @@ import {
 	syntheticTrust,
 } from "./attest/snp-synthetic.js";
 import { attestationFixtures } from "./fixtures.js";
+import { thrown } from "./helpers.js";
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures (real hardware samples; see ../shared/fixtures/attestation/README.md)
@@ -971,6 +973,90 @@ describe("SEV-SNP: broker Verifier", () => {
 				now: MILAN_NOW,
 			});
 			expect(claims.measurement).toBe(MILAN_MEASUREMENT);
+		},
+	);
+});
+
+describe("the extended report's certificate table", () => {
+	const guid = (hex: string) => Buffer.from(hex.replace(/-/g, ""), "hex");
+	const VCEK = guid("63da758d-e664-4564-adc5-f4b93be8accd");
+	const ASK = guid("4ab7b379-bbac-4fe4-a02f-05aef327c782");
+	const ARK = guid("c0b406a4-a803-4952-9743-3fb6014cd0ae");
+	const CRL = guid("92f81bc3-5811-4d3d-97ff-d19f88dc67ea");
+	function table(entries: [Buffer, Buffer][]): Buffer {
+		const head = Buffer.alloc((entries.length + 1) * 24);
+		let off = head.length;
+		entries.forEach(([g, data], i) => {
+			g.copy(head, i * 24);
+			head.writeUInt32LE(off, i * 24 + 16);
+			head.writeUInt32LE(data.length, i * 24 + 20);
+			off += data.length;
+		});
+		return Buffer.concat([head, ...entries.map(([, d]) => d)]);
+	}
+
+	it("finds the VCEK, ASK and ARK by GUID, skipping others", () => {
+		const t = table([
+			[CRL, Buffer.from("crl")],
+			[VCEK, Buffer.from("vcek-der")],
+			[ASK, Buffer.from("ask-der")],
+			[ARK, Buffer.from("ark-der")],
+		]);
+		expect(parseCertTable(t)).toEqual({
+			vcek: Buffer.from("vcek-der"),
+			ask: Buffer.from("ask-der"),
+			ark: Buffer.from("ark-der"),
+		});
+	});
+
+	it("refuses tables that point outside themselves, lack a terminator or repeat a certificate", () => {
+		const good = table([[VCEK, Buffer.from("x")]]);
+		const outside = Buffer.from(good);
+		outside.writeUInt32LE(1000, 20);
+		const twice = table([
+			[VCEK, Buffer.from("x")],
+			[VCEK, Buffer.from("y")],
+		]);
+		for (const t of [outside, good.subarray(0, 30), twice, Buffer.alloc(10)])
+			expect(thrown(() => parseCertTable(t)).code).toBe("EVIDENCE_INVALID");
+	});
+
+	it("never throws anything but EVIDENCE_INVALID on random bytes", () => {
+		fc.assert(
+			fc.property(fc.uint8Array({ maxLength: 300 }), (b) => {
+				try {
+					parseCertTable(Buffer.from(b));
+				} catch (e) {
+					expect((e as DadiError).code).toBe("EVIDENCE_INVALID");
+				}
+			}),
+			{ numRuns: 2000 },
+		);
+	});
+
+	it.skipIf(!present)(
+		"carries the real Milan chain to a verified report through the broker verifier",
+		async () => {
+			const t = table([
+				[VCEK, file("milan-vcek.der")],
+				[ASK, chainOf("ask_ark_milan.pem").ask],
+				[ARK, chainOf("ask_ark_milan.pem").ark],
+			]);
+			const report = file("milan-report.bin");
+			const claims = await createSnpVerifier().verify({
+				evidence: {
+					report: report.toString("base64"),
+					cert_table: t.toString("base64"),
+				},
+				expectedReportData: report.subarray(0x50, 0x70),
+				now: new Date("2024-06-01T00:00:00Z"),
+			});
+			expect(claims.tcb).toEqual({
+				bootloader: 3,
+				tee: 0,
+				snp: 8,
+				microcode: 115,
+			});
 		},
 	);
 });

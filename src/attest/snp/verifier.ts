@@ -10,14 +10,17 @@
  *       "vlek": "<base64 DER>",       // the leaf for a report signed by a VLEK (signing_key 1)
  *       "ask":  "<base64 DER>",       // the ASK (for a VCEK) or ASVK (for a VLEK)
  *       "ark":  "<base64 DER>"        // the ARK (checked against the pinned fingerprints)
- *     }
- *   }
+ *     },
+ *     "cert_table": "<base64>"        // optional: the extended report's certificate table as the
+ *   }                                 // firmware returns it (cert-table.ts); "certs" wins over it
  *
  * Certificates the guest does not send come from the injected `certSource` (a cache directory or
  * AMD KDS, at the edge); the default source has none. Verification itself is pure (verify.ts).
  */
+
 import { DadiError } from "../../errors.js";
 import type { Claims, Verifier, VerifyInput } from "../claims.js";
+import { parseCertTable } from "./cert-table.js";
 import {
 	parseReport,
 	productFromCpuid,
@@ -83,7 +86,7 @@ export function parseSnpEvidence(evidence: unknown): Evidence {
 		throw invalid("expected a JSON object");
 	const o = e as Record<string, unknown>;
 	for (const k of Object.keys(o))
-		if (k !== "report" && k !== "certs")
+		if (k !== "report" && k !== "certs" && k !== "cert_table")
 			throw invalid(`unknown member "${k.slice(0, 64)}"`);
 	if (typeof o.report !== "string" || o.report.length > REPORT_B64_CHARS)
 		throw invalid(`"report" must be base64 of ${REPORT_SIZE} bytes`);
@@ -102,6 +105,24 @@ export function parseSnpEvidence(evidence: unknown): Evidence {
 			if (k !== "vcek" && k !== "vlek" && k !== "ask" && k !== "ark")
 				throw invalid(`unknown certificate "${k.slice(0, 64)}"`);
 			out.certs[k] = b64(v, `certs.${k}`, MAX_CERT_BYTES);
+		}
+	}
+	if (o.cert_table !== undefined) {
+		if (
+			typeof o.cert_table !== "string" ||
+			o.cert_table.length > MAX_EVIDENCE_CHARS
+		)
+			throw invalid(
+				'"cert_table" must be base64 of an extended report\'s certificate table',
+			);
+		const t = parseCertTable(
+			b64(o.cert_table, "cert_table", MAX_EVIDENCE_CHARS),
+		);
+		for (const k of ["vcek", "vlek", "ask", "ark"] as const) {
+			const v = t[k];
+			if (v && v.length > MAX_CERT_BYTES)
+				throw invalid(`the ${k.toUpperCase()} in cert_table is too large`);
+			out.certs[k] ??= v;
 		}
 	}
 	return out;
