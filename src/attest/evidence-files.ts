@@ -23,6 +23,7 @@ import {
 	type SignerKind,
 } from "./snp/vcek.js";
 import type { CertRequest, CertSource } from "./snp/verifier.js";
+import type { TdxCollateral } from "./tdx/verify.js";
 
 export interface SnpCertFiles {
 	leaf?: Buffer;
@@ -104,14 +105,7 @@ export async function loadSnpCertFiles(paths: string[]): Promise<SnpCertFiles> {
 	return sortSnpCertificates(ders);
 }
 
-export interface TdxCollateralFiles {
-	tcbInfo?: string;
-	qeIdentity?: string;
-	tcbSigningChain?: string;
-	pckCrl?: Buffer;
-	rootCrl?: Buffer;
-	pckCrlIssuerChain?: string;
-}
+export type TdxCollateralFiles = TdxCollateral;
 
 /** The collateral in `dir` for a quote of this FMSPC (hex, any case). */
 export async function loadTdxCollateral(

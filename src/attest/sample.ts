@@ -10,6 +10,7 @@
 import { DadiError } from "../errors.js";
 import { reportDataMatches } from "../kbs/report-data.js";
 import type { Claims, Verifier, VerifyInput } from "./claims.js";
+import { evidenceObject } from "./evidence-json.js";
 
 /** The field size sample report_data / init_data stand in for (SNP and TDX report_data are 64 bytes). */
 const FIELD = 64;
@@ -38,21 +39,11 @@ function parseEvidence(evidence: unknown): {
 	reportData: Buffer;
 	initData: Buffer;
 } {
-	let e = evidence;
-	if (typeof e === "string") {
-		if (e.length > 4096) throw invalid("longer than 4096 characters");
-		try {
-			e = JSON.parse(e);
-		} catch {
-			throw invalid("not JSON");
-		}
-	}
-	if (typeof e !== "object" || e === null || Array.isArray(e))
-		throw invalid("expected a JSON object");
-	const o = e as Record<string, unknown>;
-	for (const k of Object.keys(o))
-		if (!["svn", "report_data", "init_data"].includes(k))
-			throw invalid(`unknown member "${k.slice(0, 64)}"`);
+	const o = evidenceObject(evidence, {
+		maxChars: 4096,
+		members: ["svn", "report_data", "init_data"],
+		invalid,
+	});
 	if (typeof o.svn !== "string" || !/^\d{1,9}$/.test(o.svn))
 		throw invalid('"svn" must be a decimal string');
 	return {

@@ -20,6 +20,7 @@
 
 import { DadiError } from "../../errors.js";
 import type { Claims, Verifier, VerifyInput } from "../claims.js";
+import { evidenceObject } from "../evidence-json.js";
 import { parseCertTable } from "./cert-table.js";
 import {
 	parseReport,
@@ -72,22 +73,11 @@ interface Evidence {
 }
 
 export function parseSnpEvidence(evidence: unknown): Evidence {
-	let e = evidence;
-	if (typeof e === "string") {
-		if (e.length > MAX_EVIDENCE_CHARS)
-			throw invalid(`longer than ${MAX_EVIDENCE_CHARS} characters`);
-		try {
-			e = JSON.parse(e);
-		} catch {
-			throw invalid("not JSON");
-		}
-	}
-	if (typeof e !== "object" || e === null || Array.isArray(e))
-		throw invalid("expected a JSON object");
-	const o = e as Record<string, unknown>;
-	for (const k of Object.keys(o))
-		if (k !== "report" && k !== "certs" && k !== "cert_table")
-			throw invalid(`unknown member "${k.slice(0, 64)}"`);
+	const o = evidenceObject(evidence, {
+		maxChars: MAX_EVIDENCE_CHARS,
+		members: ["report", "certs", "cert_table"],
+		invalid,
+	});
 	if (typeof o.report !== "string" || o.report.length > REPORT_B64_CHARS)
 		throw invalid(`"report" must be base64 of ${REPORT_SIZE} bytes`);
 	const out: Evidence = {

@@ -10,8 +10,10 @@
  * edge: a directory or Intel PCS client). Without one, claims carry tcb_status "" and
  * tee_specific.collateral_checked false, and policies decide.
  */
+
 import { DadiError } from "../../errors.js";
 import type { Claims, Verifier, VerifyInput } from "../claims.js";
+import { evidenceObject } from "../evidence-json.js";
 import { DEFAULT_TDX_TRUST, type TdxTrust } from "./trust.js";
 import {
 	createTdxContext,
@@ -34,21 +36,11 @@ function invalid(detail: string): DadiError {
 }
 
 export function parseTdxEvidence(evidence: unknown): Buffer {
-	let e = evidence;
-	if (typeof e === "string") {
-		if (e.length > 4 * 1024 * 1024) throw invalid("longer than 4 MiB");
-		try {
-			e = JSON.parse(e);
-		} catch {
-			throw invalid("not JSON");
-		}
-	}
-	if (typeof e !== "object" || e === null || Array.isArray(e))
-		throw invalid("expected a JSON object");
-	const o = e as Record<string, unknown>;
-	for (const k of Object.keys(o))
-		if (k !== "quote" && k !== "cc_eventlog")
-			throw invalid(`unknown member "${k.slice(0, 64)}"`);
+	const o = evidenceObject(evidence, {
+		maxChars: 4 * 1024 * 1024,
+		members: ["quote", "cc_eventlog"],
+		invalid,
+	});
 	const q = o.quote;
 	if (
 		typeof q !== "string" ||
