@@ -6,12 +6,7 @@
  * TDX. Target: >= 0.5 of the floor. Needs the shared fixtures (../shared/fixtures/attestation or
  * $DADI_FIXTURES).
  */
-import {
-	createPublicKey,
-	type KeyObject,
-	verify,
-	X509Certificate,
-} from "node:crypto";
+import { verify, X509Certificate } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -19,6 +14,7 @@ import {
 	loadTdxCollateral,
 } from "../src/attest/evidence-files.js";
 import { createSnpContext } from "../src/attest/snp/verify.js";
+import { p256Key } from "../src/attest/tdx/collateral.js";
 import { parseQuote } from "../src/attest/tdx/quote.js";
 import { DEFAULT_TDX_TRUST } from "../src/attest/tdx/trust.js";
 import { createTdxContext } from "../src/attest/tdx/verify.js";
@@ -69,19 +65,6 @@ function rate(fn: () => void, seconds: number): number {
 		rates.push(n / ((performance.now() - t0) / 1000));
 	}
 	return rates.sort((a, b) => a - b)[1] as number;
-}
-
-/** An uncompressed P-256 point (x ‖ y, 64 bytes) as a key. */
-function p256(xy: Buffer): KeyObject {
-	return createPublicKey({
-		key: {
-			kty: "EC",
-			crv: "P-256",
-			x: xy.subarray(0, 32).toString("base64url"),
-			y: xy.subarray(32).toString("base64url"),
-		},
-		format: "jwk",
-	});
 }
 
 /** A little-endian 72-byte SNP signature component → 48 big-endian bytes. */
@@ -140,7 +123,7 @@ export async function runAttestBench(o: {
 	if (!tdxOnce().collateralChecked)
 		throw new Error("TDX bench: the collateral was not checked");
 	const q = parseQuote(quote);
-	const ak = p256(q.attestationKey);
+	const ak = p256Key(q.attestationKey);
 	const pck = new X509Certificate(q.pckChain[0] as Buffer).publicKey;
 	const tdxFloor = () => {
 		if (

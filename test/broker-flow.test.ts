@@ -56,6 +56,21 @@ function startBrokerCli(extra: string[] = ["--insecure-dev"]): Promise<Daemon> {
 }
 
 const url = () => String(broker.ready.url);
+/** `dadi-guest attest` for the flow's resource with the sample TEE (must succeed). */
+const attestCli = (extra: string[] = []) =>
+	must(
+		runCli(BIN.guest, [
+			"attest",
+			"--broker",
+			url(),
+			"--resource",
+			RES,
+			"--attester",
+			"sample",
+			"--json",
+			...extra,
+		]),
+	);
 /** Every audit record, through `dadi-broker audit`. */
 const auditRecords = async () =>
 	JSON.parse(
@@ -172,18 +187,7 @@ describe("seal → register → attest → read", () => {
 		expect(exp.code).toBe(0);
 		expect((await readFile(out)).equals(disk)).toBe(true);
 
-		const att = await must(
-			runCli(BIN.guest, [
-				"attest",
-				"--broker",
-				url(),
-				"--resource",
-				RES,
-				"--attester",
-				"sample",
-				"--json",
-			]),
-		);
+		const att = await attestCli();
 		const a = JSON.parse(att.stdout);
 		expect(a).toMatchObject({
 			ok: true,
@@ -328,18 +332,7 @@ describe("restart and production mode", () => {
 		expect(broker.ready.policies).toContain("extra");
 		const after = await auditRecords();
 		expect(after.slice(0, before.length)).toEqual(before);
-		const att = await must(
-			runCli(BIN.guest, [
-				"attest",
-				"--broker",
-				url(),
-				"--resource",
-				RES,
-				"--attester",
-				"sample",
-				"--json",
-			]),
-		);
+		const att = await attestCli();
 		expect(JSON.parse(att.stdout).released.imageKeyId).toBe(
 			JSON.parse(await readFile(keyFile, "utf8")).kid,
 		);
