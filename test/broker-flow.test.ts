@@ -13,6 +13,7 @@ import { type Daemon, killDaemons, startDaemon } from "./daemon.js";
 import {
 	BIN,
 	cleanupTempDirs,
+	must,
 	prng,
 	runCli,
 	tempDir,
@@ -28,12 +29,6 @@ let broker: Daemon;
 let keyFile: string;
 let disk: Buffer;
 const RES = "kbs:///default/image-key/flow";
-
-const must = async (p: ReturnType<typeof runCli>) => {
-	const r = await p;
-	if (r.code !== 0) throw new Error(`exit ${r.code}: ${r.stderr}`);
-	return r;
-};
 
 function startBrokerCli(extra: string[] = ["--insecure-dev"]): Promise<Daemon> {
 	return startDaemon(BIN.broker, [
@@ -56,21 +51,20 @@ function startBrokerCli(extra: string[] = ["--insecure-dev"]): Promise<Daemon> {
 }
 
 const url = () => String(broker.ready.url);
-/** `dadi-guest attest` for the flow's resource with the sample TEE (must succeed). */
+/** `dadi-guest attest` arguments for the flow's resource with the sample TEE. */
+const attestArgs = () => [
+	"attest",
+	"--broker",
+	url(),
+	"--resource",
+	RES,
+	"--attester",
+	"sample",
+	"--json",
+];
+/** The same run, which must succeed. */
 const attestCli = (extra: string[] = []) =>
-	must(
-		runCli(BIN.guest, [
-			"attest",
-			"--broker",
-			url(),
-			"--resource",
-			RES,
-			"--attester",
-			"sample",
-			"--json",
-			...extra,
-		]),
-	);
+	must(runCli(BIN.guest, [...attestArgs(), ...extra]));
 /** Every audit record, through `dadi-broker audit`. */
 const auditRecords = async () =>
 	JSON.parse(
@@ -366,16 +360,7 @@ describe("restart and production mode", () => {
 			tls.key,
 		]);
 		expect(url()).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
-		const args = [
-			"attest",
-			"--broker",
-			url(),
-			"--resource",
-			RES,
-			"--attester",
-			"sample",
-			"--json",
-		];
+		const args = attestArgs();
 		const ok = await must(runCli(BIN.guest, [...args, "--broker-ca", tls.ca]));
 		expect(JSON.parse(ok.stdout).released.imageKeyId).toBe(
 			JSON.parse(await readFile(keyFile, "utf8")).kid,

@@ -147,6 +147,13 @@ export function runCli(
 	});
 }
 
+/** A CLI run that must succeed: its result, or an error carrying its exit code and stderr. */
+export async function must(p: Promise<CliResult>): Promise<CliResult> {
+	const r = await p;
+	if (r.code !== 0) throw new Error(`exit ${r.code}: ${r.stderr}`);
+	return r;
+}
+
 /** Files of a directory tree (relative paths), for "nothing left behind" checks. */
 export async function listFiles(dir: string): Promise<string[]> {
 	const out: string[] = [];

@@ -18,6 +18,7 @@ import {
 	BIN,
 	type CliResult,
 	cleanupTempDirs,
+	must,
 	prng,
 	runCli,
 	tempDir,
@@ -74,12 +75,6 @@ function guestRead(
 		undefined,
 		env,
 	);
-}
-
-async function must(p: Promise<CliResult>): Promise<CliResult> {
-	const r = await p;
-	if (r.code !== 0) throw new Error(`exited ${r.code}: ${r.stderr}`);
-	return r;
 }
 
 beforeAll(async () => {

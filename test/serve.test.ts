@@ -15,6 +15,7 @@ import { type Daemon, killDaemons, startDaemon } from "./daemon.js";
 import {
 	BIN,
 	cleanupTempDirs,
+	must,
 	prng,
 	runCli,
 	tempDir,
@@ -34,12 +35,6 @@ const MiB = 1 << 20;
 let reg: RunningRegistry;
 let dir: string;
 let keyPath: string;
-
-async function must(p: ReturnType<typeof runCli>) {
-	const r = await p;
-	if (r.code !== 0) throw new Error(`exit ${r.code}: ${r.stderr}`);
-	return r;
-}
 
 type Served = Daemon;
 

@@ -15,6 +15,7 @@ import { X509Certificate } from "node:crypto";
 import { readdir, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
+import { pemCertificates } from "./pem.js";
 import { decodeTcb, SNP_PRODUCTS, type SnpProduct } from "./snp/report.js";
 import {
 	amdExtensions,
@@ -49,19 +50,13 @@ async function readSmall(path: string, what: string): Promise<Buffer> {
 /** DER certificates in a file: one DER certificate, or every PEM block of a bundle. */
 export function certificatesIn(bytes: Buffer, source: string): Buffer[] {
 	const text = bytes.toString("latin1");
-	if (text.includes("-----BEGIN CERTIFICATE-----")) {
-		const out: Buffer[] = [];
-		const re =
-			/-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----/g;
-		for (let m = re.exec(text); m; m = re.exec(text))
-			out.push(Buffer.from((m[1] as string).replace(/\s+/g, ""), "base64"));
-		if (out.length === 0)
-			throw new DadiError(
-				"INPUT_INVALID",
-				`${source}: no readable PEM certificate`,
-			);
-		return out;
-	}
+	if (text.includes("-----BEGIN CERTIFICATE-----"))
+		return pemCertificates(
+			text,
+			source,
+			(d) => new DadiError("INPUT_INVALID", d),
+			64,
+		);
 	return [bytes];
 }
 

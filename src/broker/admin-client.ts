@@ -1,7 +1,8 @@
 /** A client for the broker's admin API (used by `dadi-broker resource|audit` and `dadi-seal seal --broker`). */
 import { readFile } from "node:fs/promises";
-import { Agent, request } from "undici";
 import { DadiError, fromSystemError } from "../errors.js";
+import { openBrokerTransport } from "../kbs/broker-transport.js";
+import { type HttpTransport, type Method, readBody } from "../registry/http.js";
 
 export interface AdminClientOptions {
 	/** The admin listener's base URL. */
@@ -35,92 +36,79 @@ export async function readAdminToken(
 	);
 }
 
-export class AdminClient {
-	readonly #agent: Agent;
-	readonly #base: URL;
+/** Audit queries return up to 10,000 records of bounded size. */
+const MAX_ANSWER = 64 << 20;
 
+export class AdminClient {
 	private constructor(
 		private readonly o: AdminClientOptions,
-		ca?: Buffer,
-	) {
+		private readonly base: URL,
+		private readonly transport: HttpTransport,
+	) {}
+
+	static async open(o: AdminClientOptions): Promise<AdminClient> {
+		let base: URL;
 		try {
-			this.#base = new URL(o.url);
+			base = new URL(o.url);
 		} catch {
 			throw new DadiError(
 				"USAGE",
 				`"${o.url}": not a URL; expected http[s]://HOST:PORT of the broker's admin listener`,
 			);
 		}
-		const timeout = o.timeoutMs ?? 30_000;
-		this.#agent = new Agent({
-			connect: ca ? { ca, timeout } : { timeout },
-			headersTimeout: timeout,
-			bodyTimeout: timeout,
+		const transport = await openBrokerTransport({
+			caFile: o.caFile,
+			timeoutMs: o.timeoutMs,
+			hints: { peer: "broker admin API", caFlag: "--ca-file" },
 		});
-	}
-
-	static async open(o: AdminClientOptions): Promise<AdminClient> {
-		const ca = o.caFile
-			? await readFile(o.caFile).catch((e) => {
-					throw fromSystemError(e, o.caFile as string, "reading the CA file");
-				})
-			: undefined;
-		return new AdminClient(o, ca);
+		return new AdminClient(o, base, transport);
 	}
 
 	async call(
-		method: string,
+		method: Method,
 		path: string,
 		body?: Buffer | string,
 		type?: string,
 	): Promise<unknown> {
-		let res: Awaited<ReturnType<typeof request>>;
-		try {
-			res = await request(new URL(path, this.#base).toString(), {
-				method: method as "GET",
-				dispatcher: this.#agent,
-				headers: {
-					authorization: `Bearer ${this.o.token}`,
-					...(type ? { "content-type": type } : {}),
-				},
-				body,
-			});
-		} catch (e) {
-			throw new DadiError(
-				"NETWORK",
-				`broker admin API ${this.#base.origin}: ${(e as Error).message}`,
-				{ cause: e },
-			);
-		}
-		const text = await res.body.text();
+		const res = await this.transport.send({
+			method,
+			url: new URL(path, this.base),
+			headers: {
+				authorization: `Bearer ${this.o.token}`,
+				...(type ? { "content-type": type } : {}),
+			},
+			body: typeof body === "string" ? Buffer.from(body) : body,
+			followRedirects: false,
+		});
+		const what = `broker admin API: ${method} ${path}`;
+		const text = (
+			await readBody(res, MAX_ANSWER, what, this.transport.hints)
+		).toString("utf8");
 		let json: unknown;
 		try {
 			json = JSON.parse(text);
 		} catch {
 			throw new DadiError(
 				"REMOTE_PROTOCOL",
-				`broker admin API: ${method} ${path} answered ${res.statusCode} without JSON`,
+				`${what} answered ${res.status} without JSON`,
 			);
 		}
-		if (res.statusCode >= 200 && res.statusCode < 300) return json;
+		if (res.status >= 200 && res.status < 300) return json;
 		const detail =
 			typeof (json as { detail?: unknown })?.detail === "string"
 				? (json as { detail: string }).detail
 				: "";
 		const code =
-			res.statusCode === 401 || res.statusCode === 403
+			res.status === 401 || res.status === 403
 				? "REMOTE_DENIED"
-				: res.statusCode === 404
+				: res.status === 404
 					? "INPUT_NOT_FOUND"
-					: res.statusCode === 409
+					: res.status === 409
 						? "OUTPUT_EXISTS"
-						: res.statusCode === 400
+						: res.status === 400
 							? "INPUT_INVALID"
 							: "REMOTE_PROTOCOL";
-		throw new DadiError(
-			code,
-			`broker admin API: ${method} ${path}: ${res.statusCode} ${detail.slice(0, 500)}`,
-		);
+		throw new DadiError(code, `${what}: ${res.status} ${detail.slice(0, 500)}`);
 	}
 
 	putResource(path: string, value: Buffer): Promise<unknown> {
@@ -133,6 +121,6 @@ export class AdminClient {
 	}
 
 	async close(): Promise<void> {
-		await this.#agent.close();
+		await this.transport.close();
 	}
 }

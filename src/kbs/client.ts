@@ -4,11 +4,11 @@
  * Broker answers map to stable codes: 401 SESSION_INVALID / EVIDENCE_INVALID, 403 POLICY_DENIED,
  * 404 INPUT_NOT_FOUND, 400/other REMOTE_PROTOCOL, unreachable or overloaded NETWORK.
  */
-import { readFile } from "node:fs/promises";
-import { Agent, request } from "undici";
 import type { Attester } from "../attest/attester.js";
-import { DadiError, type ErrorCode, fromSystemError } from "../errors.js";
+import { DadiError, type ErrorCode } from "../errors.js";
 import { parseResourcePath } from "../policy/resource-pattern.js";
+import { type HttpResponse, readBody } from "../registry/http.js";
+import { BROKER_HINTS, openBrokerTransport } from "./broker-transport.js";
 import { decryptFromBroker, parseFlattenedJwe } from "./jwe.js";
 import {
 	KBS_PROTOCOL_VERSION,
@@ -82,23 +82,12 @@ export async function fetchResource(
 ): Promise<Released> {
 	const base = parseBrokerUrl(o.url);
 	const path = resourcePathOf(resourceRef);
-	const ca = o.caFile
-		? await readFile(o.caFile).catch((e) => {
-				throw fromSystemError(
-					e,
-					o.caFile as string,
-					"reading the broker CA file",
-				);
-			})
-		: undefined;
-	const timeout = o.timeoutMs ?? 30_000;
-	const agent = new Agent({
-		connect: ca ? { ca, timeout } : { timeout },
-		headersTimeout: timeout,
-		bodyTimeout: timeout,
+	const transport = await openBrokerTransport({
+		caFile: o.caFile,
+		timeoutMs: o.timeoutMs,
 	});
 	const endpoint = (p: string) =>
-		new URL(`${base.pathname.replace(/\/$/, "")}${p}`, base).toString();
+		new URL(`${base.pathname.replace(/\/$/, "")}${p}`, base);
 	let cookie = "";
 	const exchange = async (
 		method: "GET" | "POST",
@@ -107,11 +96,11 @@ export async function fetchResource(
 	): Promise<unknown> => {
 		const tries = Math.max(1, (o.retries ?? 3) + 1);
 		for (let attempt = 1; ; attempt++) {
-			let res: Awaited<ReturnType<typeof request>>;
+			let res: HttpResponse;
 			try {
-				res = await request(endpoint(p), {
+				res = await transport.send({
 					method,
-					dispatcher: agent,
+					url: endpoint(p),
 					headers: {
 						accept: "application/json",
 						...(body !== undefined
@@ -119,21 +108,18 @@ export async function fetchResource(
 							: {}),
 						...(cookie ? { cookie } : {}),
 					},
-					body: body !== undefined ? JSON.stringify(body) : undefined,
+					body:
+						body !== undefined ? Buffer.from(JSON.stringify(body)) : undefined,
+					followRedirects: false,
 				});
 			} catch (e) {
-				if (
-					attempt < tries &&
-					(e as { code?: string }).code === "ECONNREFUSED"
-				) {
+				// A broker that is still starting: retry a refused connection, nothing else.
+				const cause = (e as { cause?: { code?: string } }).cause;
+				if (attempt < tries && cause?.code === "ECONNREFUSED") {
 					await sleep(200 * attempt);
 					continue;
 				}
-				throw new DadiError(
-					"NETWORK",
-					`key broker ${base.origin}: ${(e as Error).message}`,
-					{ cause: e },
-				);
+				throw e;
 			}
 			const setCookie = res.headers["set-cookie"];
 			for (const c of Array.isArray(setCookie)
@@ -144,8 +130,15 @@ export async function fetchResource(
 				const m = new RegExp(`^${SESSION_COOKIE}=([^;]*)`).exec(c);
 				if (m) cookie = `${SESSION_COOKIE}=${m[1]}`;
 			}
-			const text = await readLimited(res.body, 2 << 20);
-			if (res.statusCode === 200) {
+			const text = (
+				await readBody(
+					res,
+					2 << 20,
+					`key broker ${base.origin}: ${p}`,
+					BROKER_HINTS,
+				)
+			).toString("utf8");
+			if (res.status === 200) {
 				try {
 					return JSON.parse(text);
 				} catch {
@@ -155,10 +148,7 @@ export async function fetchResource(
 					);
 				}
 			}
-			if (
-				(res.statusCode === 429 || res.statusCode === 503) &&
-				attempt < tries
-			) {
+			if ((res.status === 429 || res.status === 503) && attempt < tries) {
 				const after = Number(res.headers["retry-after"]);
 				await sleep(
 					Math.min(10, Number.isFinite(after) && after > 0 ? after : attempt) *
@@ -166,7 +156,7 @@ export async function fetchResource(
 				);
 				continue;
 			}
-			throw brokerError(base.origin, p, res.statusCode, text);
+			throw brokerError(base.origin, p, res.status, text);
 		}
 	};
 	try {
@@ -224,7 +214,7 @@ export async function fetchResource(
 		const value = await decryptFromBroker(jwe, privateKey);
 		return { value, token: attested.token, tee: o.attester.tee, hash };
 	} finally {
-		await agent.close();
+		await transport.close();
 	}
 }
 
@@ -271,24 +261,6 @@ function brokerError(
 		code,
 		`key broker ${origin} refused ${what} (${status}): ${detail || "no detail"}`,
 	);
-}
-
-async function readLimited(
-	body: AsyncIterable<Buffer>,
-	limit: number,
-): Promise<string> {
-	const parts: Buffer[] = [];
-	let n = 0;
-	for await (const c of body) {
-		n += c.length;
-		if (n > limit)
-			throw new DadiError(
-				"REMOTE_PROTOCOL",
-				`key broker: an answer larger than ${limit} bytes`,
-			);
-		parts.push(c);
-	}
-	return Buffer.concat(parts).toString("utf8");
 }
 
 function sleep(ms: number): Promise<void> {

@@ -31,7 +31,25 @@ export const DEFAULT_TIMEOUTS: Timeouts = {
 	requestMs: 120_000,
 };
 
+/** How failure messages name the peer and the flags that fix common mistakes. */
+export interface ErrorHints {
+	/** "registry", "key broker", … */
+	peer: string;
+	/** The option that adds a CA ("--ca-file"). */
+	caFlag: string;
+	/** The option for plain HTTP, if the peer is chosen by name rather than URL. */
+	insecureFlag?: string;
+}
+
+export const REGISTRY_HINTS: ErrorHints = {
+	peer: "registry",
+	caFlag: "--ca-file",
+	insecureFlag: "--insecure",
+};
+
 export interface TransportOptions {
+	/** Wording of network errors (default: the registry's). */
+	hints?: ErrorHints;
 	/** PEM certificates trusted in addition to the system's (a registry's private CA). */
 	ca?: string[];
 	timeouts?: Partial<Timeouts>;
@@ -64,10 +82,12 @@ const MAX_REDIRECTS = 5;
 
 export class HttpTransport {
 	readonly timeouts: Timeouts;
+	readonly hints: ErrorHints;
 	readonly #dispatcher: Dispatcher;
 
 	constructor(o: TransportOptions = {}) {
 		this.timeouts = { ...DEFAULT_TIMEOUTS, ...o.timeouts };
+		this.hints = o.hints ?? REGISTRY_HINTS;
 		const ca = o.ca?.length ? o.ca : undefined;
 		// A private CA adds to the system roots rather than replacing them.
 		const tls = ca ? { ca: [...rootCertificates, ...ca] } : {};
@@ -149,7 +169,7 @@ export class HttpTransport {
 				bodyTimeout: this.timeouts.bodyMs,
 			});
 		} catch (e) {
-			throw networkError(e, describe(req.method, url));
+			throw networkError(e, describe(req.method, url), this.hints);
 		}
 	}
 
@@ -173,14 +193,18 @@ const TLS_CODES = new Set([
 ]);
 
 /** Maps a failed exchange to a DadiError: transient unless retrying cannot help. */
-export function networkError(e: unknown, what: string): DadiError {
+export function networkError(
+	e: unknown,
+	what: string,
+	hints: ErrorHints = REGISTRY_HINTS,
+): DadiError {
 	if (e instanceof DadiError) return e;
 	const err = e as { code?: string; name?: string; message?: string };
 	const code = err?.code ?? err?.name ?? "";
 	if (TLS_CODES.has(code))
 		return new DadiError(
 			"NETWORK",
-			`${what}: the server's TLS certificate is not trusted (${code}); pass the registry's CA with --ca-file`,
+			`${what}: the server's TLS certificate is not trusted (${code}); pass the ${hints.peer}'s CA with ${hints.caFlag}`,
 			{ cause: e },
 		);
 	if (
@@ -189,13 +213,13 @@ export function networkError(e: unknown, what: string): DadiError {
 	)
 		return new DadiError(
 			"NETWORK",
-			`${what}: TLS handshake failed; if the registry speaks plain HTTP pass --insecure`,
+			`${what}: TLS handshake failed; if the ${hints.peer} speaks plain HTTP ${hints.insecureFlag ? `pass ${hints.insecureFlag}` : "use an http:// URL"}`,
 			{ cause: e },
 		);
 	if (code === "ENOTFOUND" || code === "EAI_AGAIN")
 		return new DadiError(
 			"NETWORK",
-			`${what}: host not found; check the registry name`,
+			`${what}: host not found; check the ${hints.peer} name`,
 			{ cause: e },
 		);
 	if (code === "TimeoutError" || code === "AbortError")
@@ -232,6 +256,7 @@ export async function readBody(
 	res: HttpResponse,
 	limit: number,
 	what: string,
+	hints: ErrorHints = REGISTRY_HINTS,
 ): Promise<Buffer> {
 	const declared = Number(res.headers["content-length"]);
 	if (Number.isFinite(declared) && declared > limit) {
@@ -256,7 +281,7 @@ export async function readBody(
 			parts.push(chunk);
 		}
 	} catch (e) {
-		throw networkError(e, what);
+		throw networkError(e, what, hints);
 	}
 	return Buffer.concat(parts, n);
 }

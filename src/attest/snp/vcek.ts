@@ -14,6 +14,7 @@
  */
 import { createHash, type KeyObject, X509Certificate } from "node:crypto";
 import { DadiError } from "../../errors.js";
+import { pemCertificates } from "../pem.js";
 import type { SnpProduct } from "./report.js";
 import type { TrustAnchors } from "./trust.js";
 
@@ -316,14 +317,13 @@ export function parseCert(input: Uint8Array, what: string): ParsedCert {
 	};
 }
 
-/** Splits a PEM bundle (such as AMD KDS's cert_chain: ASK then ARK) into DER certificates. */
+/** The certificates of an AMD PEM bundle (KDS `cert_chain`: ASK, then ARK), as DER. */
 export function pemToDer(pem: string): Buffer[] {
-	const out: Buffer[] = [];
-	const re =
-		/-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+?)-----END CERTIFICATE-----/g;
-	for (let m = re.exec(pem); m; m = re.exec(pem))
-		out.push(Buffer.from((m[1] as string).replace(/\s+/g, ""), "base64"));
-	return out;
+	return pemCertificates(
+		pem,
+		"SEV-SNP certificate bundle",
+		(d) => new DadiError("EVIDENCE_INVALID", d),
+	);
 }
 
 // ---------------------------------------------------------------------------------------------

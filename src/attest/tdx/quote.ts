@@ -21,6 +21,7 @@
  *           | 128 MRSIGNER (32) | 256 ISVPRODID u16 | 258 ISVSVN u16 | 320 REPORTDATA (64)
  */
 import { DadiError } from "../../errors.js";
+import { pemCertificates as pemChain } from "../pem.js";
 
 export const HEADER_SIZE = 48;
 export const TDX10_BODY_SIZE = 584;
@@ -169,23 +170,7 @@ export function parseQeReport(raw: Buffer): QeReport {
 
 /** Splits PEM text into DER certificates (leaf first); anything but CERTIFICATE blocks is refused. */
 export function pemCertificates(text: string, what: string): Buffer[] {
-	const out: Buffer[] = [];
-	const re =
-		/-----BEGIN ([A-Z0-9 ]+)-----([A-Za-z0-9+/=\s]*?)-----END ([A-Z0-9 ]+)-----/g;
-	let m: RegExpExecArray | null = re.exec(text);
-	while (m !== null) {
-		if (m[1] !== "CERTIFICATE" || m[3] !== "CERTIFICATE")
-			throw invalid(`${what}: unexpected PEM block "${m[1]?.slice(0, 32)}"`);
-		const b64 = (m[2] ?? "").replace(/\s+/g, "");
-		if (!/^[A-Za-z0-9+/]+={0,2}$/.test(b64) || b64.length % 4 !== 0)
-			throw invalid(`${what}: malformed PEM base64`);
-		out.push(Buffer.from(b64, "base64"));
-		if (out.length > MAX_CERTS)
-			throw invalid(`${what}: more than ${MAX_CERTS} certificates`);
-		m = re.exec(text);
-	}
-	if (out.length === 0) throw invalid(`${what}: no PEM certificate`);
-	return out;
+	return pemChain(text, what, invalid, MAX_CERTS);
 }
 
 function isPemText(t: string): boolean {
