@@ -45,10 +45,11 @@ import { basename, join } from "node:path";
 import { generateImageKey } from "../src/crypto/image-key.js";
 import type { BlockSource } from "../src/guest/block-source.js";
 import { detachQuietly } from "../src/guest/fuse/mount.js";
-import { type GuestMetrics, LATENCY_BUCKETS } from "../src/guest/metrics.js";
+import type { GuestMetrics } from "../src/guest/metrics.js";
 import { type Serving, startServing } from "../src/guest/serve.js";
 import { exportDisk } from "../src/image/export.js";
 import { type OpenedImage, openSealedImage } from "../src/image/open-image.js";
+import type { LatencyHistogram } from "../src/latency-histogram.js";
 import { sealDisk } from "../src/seal/seal-disk.js";
 import type { VirtualDisk } from "../src/storage/virtual-disk.js";
 import { opensslSpeed } from "./baseline.js";
@@ -268,30 +269,21 @@ class Resources {
 interface MetricsSnapshot {
 	reads: number;
 	bytes: number;
-	buckets: number[];
+	latency: LatencyHistogram;
 }
 
 function snapshot(m: GuestMetrics): MetricsSnapshot {
-	return { reads: m.reads, bytes: m.readBytes, buckets: [...m.buckets] };
+	return { reads: m.reads, bytes: m.readBytes, latency: m.latency.snapshot() };
 }
 
 function serverDiff(m: GuestMetrics, before: MetricsSnapshot): ServerSide {
-	const buckets = m.buckets.map((b, i) => b - (before.buckets[i] ?? 0));
+	const h = m.latency.since(before.latency);
 	const reads = m.reads - before.reads;
-	const q = (p: number): number => {
-		const want = Math.ceil(p * reads);
-		let seen = 0;
-		for (let i = 0; i < buckets.length; i++) {
-			seen += buckets[i] ?? 0;
-			if (seen >= want) return (LATENCY_BUCKETS[i] as number) * 1000;
-		}
-		return Number.POSITIVE_INFINITY;
-	};
 	return {
 		reads,
 		bytes: m.readBytes - before.bytes,
-		p50Ms: reads ? q(0.5) : 0,
-		p99Ms: reads ? q(0.99) : 0,
+		p50Ms: reads ? h.quantile(0.5) : 0,
+		p99Ms: reads ? h.quantile(0.99) : 0,
 	};
 }
 

@@ -3,6 +3,8 @@
  * plus the lazy reader's fetch statistics; rendered as JSON (`--stats FILE`) and as Prometheus text
  * (`--metrics tcp:HOST:PORT`).
  */
+
+import { LatencyHistogram } from "../latency-histogram.js";
 import type { LazyStats, LazyStatsJson } from "../lazy/stats.js";
 import type { BlockSource } from "./block-source.js";
 
@@ -26,8 +28,10 @@ export class GuestMetrics {
 	readBytes = 0;
 	readErrors = 0;
 	readSeconds = 0;
+	/** Prometheus histogram counts (not cumulative), one per LATENCY_BUCKETS bound. */
 	readonly buckets = new Array<number>(LATENCY_BUCKETS.length).fill(0);
-	#max = 0;
+	/** Fine-grained latencies for the quantiles in --stats. */
+	readonly latency = new LatencyHistogram();
 
 	constructor(readonly lazy?: LazyStats) {}
 
@@ -37,21 +41,14 @@ export class GuestMetrics {
 		else this.readErrors++;
 		const s = ms / 1000;
 		this.readSeconds += s;
-		this.#max = Math.max(this.#max, ms);
+		this.latency.record(ms);
 		const i = LATENCY_BUCKETS.findIndex((b) => s <= b);
 		if (i >= 0) this.buckets[i] = (this.buckets[i] ?? 0) + 1;
 	}
 
-	/** A latency quantile estimated from the histogram (upper bound of its bucket), in ms. */
+	/** A latency quantile in ms (within 0.5% of an observed latency, never above the maximum). */
 	quantileMs(q: number): number {
-		if (this.reads === 0) return 0;
-		const want = Math.ceil(q * this.reads);
-		let seen = 0;
-		for (let i = 0; i < LATENCY_BUCKETS.length; i++) {
-			seen += this.buckets[i] ?? 0;
-			if (seen >= want) return (LATENCY_BUCKETS[i] as number) * 1000;
-		}
-		return this.#max;
+		return this.latency.quantile(q);
 	}
 
 	toJSON(): GuestStatsJson {
@@ -60,9 +57,9 @@ export class GuestMetrics {
 			readBytes: this.readBytes,
 			readErrors: this.readErrors,
 			readLatencyMs: {
-				p50: this.quantileMs(0.5),
-				p99: this.quantileMs(0.99),
-				max: Math.round(this.#max * 100) / 100,
+				p50: round(this.quantileMs(0.5)),
+				p99: round(this.quantileMs(0.99)),
+				max: round(this.latency.maxMs),
 			},
 			...(this.lazy ? { fetched: this.lazy.toJSON() } : {}),
 			updatedAt: new Date().toISOString(),
@@ -160,4 +157,8 @@ export function meteredSource(
 			}
 		},
 	};
+}
+
+function round(ms: number): number {
+	return Math.round(ms * 100) / 100;
 }

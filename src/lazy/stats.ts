@@ -3,6 +3,7 @@
  * (chunks, bytes, requests, their latency), what came from the caches, and what had to be fetched
  * again because it did not authenticate.
  */
+import { LatencyHistogram } from "../latency-histogram.js";
 
 export interface LazyStatsJson {
 	/** Range GETs that returned chunk data. */
@@ -52,23 +53,14 @@ export class LazyStats {
 	readAheadChunks = 0;
 	refetches = 0;
 	retries = 0;
-	readonly #latencies: number[] = [];
+	readonly #latency = new LatencyHistogram();
 
 	/** Records one exchange's latency (ms). */
 	latency(ms: number): void {
-		this.#latencies.push(ms);
+		this.#latency.record(ms);
 	}
 
 	toJSON(): LazyStatsJson {
-		const sorted = [...this.#latencies].sort((a, b) => a - b);
-		const at = (q: number): number =>
-			sorted.length === 0
-				? 0
-				: round(
-						sorted[
-							Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)
-						] ?? 0,
-					);
 		return {
 			rangeRequests: this.rangeRequests,
 			chunksFetched: this.chunksFetched,
@@ -83,17 +75,7 @@ export class LazyStats {
 			readAheadChunks: this.readAheadChunks,
 			refetches: this.refetches,
 			retries: this.retries,
-			latencyMs: {
-				p50: at(0.5),
-				p90: at(0.9),
-				p99: at(0.99),
-				max: round(sorted[sorted.length - 1] ?? 0),
-				count: sorted.length,
-			},
+			latencyMs: this.#latency.quantiles(),
 		};
 	}
-}
-
-function round(ms: number): number {
-	return Math.round(ms * 100) / 100;
 }
