@@ -302,11 +302,11 @@ export class RemoteBlob implements ChunkedSource {
 			this.#track(key, d.promise);
 			ahead.push({ range, key, d });
 		}
-		void Promise.all(ahead.map((a) => this.ctx.memory.get(a.key))).then(
+		void Promise.all(ahead.map((a) => this.#cached(a.key))).then(
 			(hits) => {
 				ahead.forEach((a, i) => {
 					const hit = hits[i];
-					if (hit) a.d.resolve(hit);
+					if (hit && hit.length === a.range.length) a.d.resolve(hit);
 					else
 						this.#enqueue(a.range, a.key, true).then(a.d.resolve, a.d.reject);
 				});
