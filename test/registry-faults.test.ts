@@ -50,6 +50,7 @@ const FAST: RemoteOpenOptions = {
 		maxRetryAfterMs: 5000,
 	},
 	timeouts: { connectMs: 1000, headersMs: 1000, bodyMs: 1000, requestMs: 4000 },
+	tuning: { stallMs: 2500, hedgeMs: 300 },
 };
 
 beforeAll(async () => {
@@ -145,9 +146,20 @@ describe("one fault on a chunk read: retried, right data", () => {
 			(s) => expect(s.retries).toBe(0),
 		],
 		[
-			"stalled answer (headers timeout)",
+			"stalled answer: re-issued (hedged), no retry needed",
 			{ kind: "stall" },
-			(s) => expect(s.retries).toBeGreaterThan(0),
+			(s) => {
+				expect(s.hedges).toBe(1);
+				expect(s.retries).toBe(0);
+			},
+		],
+		[
+			"answer stalled mid-body: re-issued (hedged)",
+			{ kind: "stall-mid-body" },
+			(s) => {
+				expect(s.hedges).toBe(1);
+				expect(s.stallFailures).toBe(0);
+			},
 		],
 	];
 	for (const [name, fault, check] of cases)
@@ -215,7 +227,13 @@ describe("persistent faults: a clear error after bounded retries, never wrong da
 			"stalled forever",
 			{ kind: "stall" },
 			"NETWORK",
-			/timeout.*gave up after 4 attempts/,
+			/no response headers within the timeout.*gave up after 4 attempts/,
+		],
+		[
+			"every answer stalls mid-body",
+			{ kind: "stall-mid-body" },
+			"NETWORK",
+			/the response body stalled.*gave up after 4 attempts/,
 		],
 		[
 			"every body cut short",
@@ -283,6 +301,48 @@ describe("persistent faults: a clear error after bounded retries, never wrong da
 			expect(r.stdout).toBe("");
 		} finally {
 			proxy.setRule(undefined);
+		}
+	});
+});
+
+describe("a hung registry: bounded waits, logged, and serving goes on", () => {
+	it("with the default 30 s timeouts a read still fails after the stall timeout, logs the stall once, and the next read works", async () => {
+		const lines: string[] = [];
+		// Only the lazy reader's own bounds: the HTTP timeouts are the defaults (30 s, 5 attempts).
+		const image = await open(proxy.host, {
+			insecure: true,
+			tuning: { stallMs: 1500, hedgeMs: 250 },
+			log: (l) => lines.push(l),
+		});
+		try {
+			proxy.setRule((req) =>
+				isBlobGet(true)(req) ? { kind: "stall" } : undefined,
+			);
+			const started = Date.now();
+			const err = await image.disk.read(3 * MiB, 64 * 1024).then(
+				() => undefined,
+				(e: unknown) => e,
+			);
+			const waited = Date.now() - started;
+			expect((err as DadiError).code).toBe("NETWORK");
+			expect((err as DadiError).message).toMatch(
+				/no progress for 1\.5 s.*answering EIO/,
+			);
+			expect(waited).toBeGreaterThanOrEqual(1400);
+			expect(waited).toBeLessThan(3500);
+			const stalled = lines.filter((l) => l.startsWith("registry stalled"));
+			expect(stalled).toHaveLength(1);
+			expect(stalled[0]).toMatch(/bytes \d+-\d+ for 0\.3 s; re-issued/);
+			const s = image.stats.toJSON();
+			expect(s.stallFailures).toBe(1);
+			expect(s.hedges).toBeGreaterThanOrEqual(1);
+			// The registry recovers: the same image keeps serving, right bytes.
+			proxy.setRule(undefined);
+			const got = await image.disk.read(3 * MiB, 64 * 1024);
+			expect(got.equals(expected(3 * MiB, 64 * 1024))).toBe(true);
+		} finally {
+			proxy.setRule(undefined);
+			await image.close();
 		}
 	});
 });

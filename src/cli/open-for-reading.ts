@@ -32,7 +32,9 @@ export async function openForReading(
 	const key = await keySourceFrom(keyFlags, log);
 	if (ref.transport === "docker") {
 		const o = await lazyOpenOptions(ref, flags);
-		if (sequential) o.tuning = { readAheadAfter: Number.MAX_SAFE_INTEGER };
+		o.log = log;
+		if (sequential)
+			o.tuning = { ...o.tuning, readAheadAfter: Number.MAX_SAFE_INTEGER };
 		const image = await openRemoteSealedImage(ref, key, o);
 		return {
 			image,

@@ -21,6 +21,8 @@ export interface LazyFlags extends RegistryFlags {
 	cacheDir?: string;
 	cacheSize?: string;
 	concurrency?: string;
+	stallTimeout?: string;
+	hedgeAfter?: string;
 	stats?: string;
 }
 
@@ -64,6 +66,14 @@ export function addLazyOptions(c: Command): Command {
 		)
 		.option("--cache-size <SIZE>", "bound of the chunk cache (default 10G)")
 		.option("--concurrency <N>", "range requests in flight at once (default 8)")
+		.option(
+			"--stall-timeout <SECONDS>",
+			"a read fails (EIO) when the registry makes no progress on it for this long (default 5)",
+		)
+		.option(
+			"--hedge-after <SECONDS>",
+			"re-issue a range request that made no progress for this long (default 1; 0: never)",
+		)
 		.option(
 			"--stats <FILE>",
 			"write fetch statistics as JSON (chunks and bytes fetched, cache hits, requests, latency)",
@@ -152,5 +162,26 @@ export async function lazyOpenOptions(
 				? undefined
 				: parseSize(f.cacheSize, "--cache-size"),
 		concurrency: positiveInt(f.concurrency, "--concurrency"),
+		tuning: {
+			...seconds(f.stallTimeout, "--stall-timeout", "stallMs", 0.1),
+			...seconds(f.hedgeAfter, "--hedge-after", "hedgeMs", 0),
+		},
 	};
+}
+
+/** A duration flag in seconds (decimals allowed) as `{[key]: ms}`, or nothing when absent. */
+function seconds<K extends string>(
+	text: string | undefined,
+	what: string,
+	key: K,
+	min: number,
+): Partial<Record<K, number>> {
+	if (text === undefined) return {};
+	const v = Number(text);
+	if (!/^\d+(\.\d+)?$/.test(text) || v < min || v > 3600)
+		throw new DadiError(
+			"USAGE",
+			`${what} "${text}": seconds, from ${min} to 3600`,
+		);
+	return { [key]: Math.round(v * 1000) } as Partial<Record<K, number>>;
 }

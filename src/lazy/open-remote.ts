@@ -38,6 +38,7 @@ import {
 	type LazyTuning,
 	RemoteBlob,
 } from "./remote-blob.js";
+import { StallLog } from "./stall-log.js";
 import { LazyStats } from "./stats.js";
 
 export interface RemoteOpenOptions extends RegistryClientOptions {
@@ -50,6 +51,8 @@ export interface RemoteOpenOptions extends RegistryClientOptions {
 	concurrency?: number;
 	tuning?: Partial<LazyTuning>;
 	stats?: LazyStats;
+	/** Where stalled registry requests are reported (first at once, then summed up). */
+	log?: (line: string) => void;
 }
 
 export const DEFAULT_CACHE_BYTES = 10 * 2 ** 30;
@@ -134,6 +137,7 @@ export async function openRemoteSealedImage(
 			disk,
 			limiter: new Limiter(o.concurrency ?? DEFAULT_CONCURRENCY),
 			tuning: { ...DEFAULT_TUNING, ...o.tuning },
+			stallLog: new StallLog(o.log),
 		};
 		const opened = await openLayers(
 			image,

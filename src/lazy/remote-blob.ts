@@ -12,7 +12,9 @@ import { readRange } from "../registry/blob-download.js";
 import type { RegistryClient } from "../registry/client.js";
 import type { ChunkedSource, StoredRange } from "../storage/source.js";
 import type { ChunkCache } from "./chunk-cache.js";
+import { hedgedFetch, StallError } from "./hedged-fetch.js";
 import type { Limiter } from "./limiter.js";
+import type { StallLog } from "./stall-log.js";
 import type { LazyStats } from "./stats.js";
 
 export interface LazyTuning {
@@ -22,12 +24,18 @@ export interface LazyTuning {
 	readAheadMaxBytes: number;
 	/** Consecutive sequential reads before read-ahead starts. */
 	readAheadAfter: number;
+	/** A fetch with no progress (headers, body bytes) for this long fails: the read gets EIO. */
+	stallMs: number;
+	/** A request with no progress for this long is re-issued (hedged); 0 = never. */
+	hedgeMs: number;
 }
 
 export const DEFAULT_TUNING: LazyTuning = {
 	maxRequestBytes: 4 << 20,
 	readAheadMaxBytes: 16 << 20,
 	readAheadAfter: 2,
+	stallMs: 5000,
+	hedgeMs: 1000,
 };
 
 /** What the blobs of one image share. */
@@ -39,6 +47,8 @@ export interface LazyContext {
 	disk?: ChunkCache;
 	limiter: Limiter;
 	tuning: LazyTuning;
+	/** Reports stalled requests (first at once, then summed up). */
+	stallLog?: StallLog;
 	/** Set when the image is closed: late fetches are dropped, not stored. */
 	closed?: boolean;
 }
@@ -91,7 +101,7 @@ export class RemoteBlob implements ChunkedSource {
 			const cached = await this.#cached(key);
 			if (cached && cached.length === length) return cached;
 			const bytes = await this.ctx.limiter.run(() =>
-				readRange(this.ctx.client, this.ctx.repo, this.blob, offset, length),
+				this.#hedged(offset, length),
 			);
 			this.ctx.stats.metadataRequests++;
 			this.ctx.stats.metadataBytesFetched += length;
@@ -232,11 +242,7 @@ export class RemoteBlob implements ChunkedSource {
 		const length = last.range.offset + last.range.length - start;
 		const speculative = group.every((w) => w.speculative);
 		this.ctx.limiter
-			.run(
-				() =>
-					readRange(this.ctx.client, this.ctx.repo, this.blob, start, length),
-				speculative,
-			)
+			.run(() => this.#hedged(start, length), speculative)
 			.then(
 				async (bytes) => {
 					const s = this.ctx.stats;
@@ -255,6 +261,35 @@ export class RemoteBlob implements ChunkedSource {
 					for (const w of group) w.reject(e);
 				},
 			);
+	}
+
+	/** One range from the registry, hedged when it stalls and bounded in how long it may wait. */
+	#hedged(offset: number, length: number): Promise<Buffer> {
+		const { client, repo, stats, tuning } = this.ctx;
+		const what = `blob ${this.blob.digest.slice(0, 19)}… bytes ${offset}-${offset + length - 1}`;
+		return hedgedFetch(
+			({ signal, progress }) =>
+				readRange(client, repo, this.blob, offset, length, {
+					signal,
+					progress,
+					once: true,
+				}),
+			{
+				stallMs: tuning.stallMs,
+				hedgeMs: tuning.hedgeMs,
+				retry: client.retry,
+				what,
+				onStall: (hedged) => {
+					stats.stalls++;
+					if (hedged) stats.hedges++;
+					this.ctx.stallLog?.stalled(what, tuning.hedgeMs, hedged);
+				},
+				onRetry: (e, delay) => client.onRetry?.(e, delay),
+			},
+		).catch((e: unknown) => {
+			if (e instanceof StallError) stats.stallFailures++;
+			throw e;
+		});
 	}
 
 	/**

@@ -30,6 +30,11 @@ export interface LazyStatsJson {
 	refetches: number;
 	/** Failed attempts that were retried (429, 5xx, resets, bad Content-Range). */
 	retries: number;
+	/** Range requests that made no progress for --hedge-after, and how many were re-issued. */
+	stalls: number;
+	hedges: number;
+	/** Fetches that failed because nothing progressed for --stall-timeout (reads got EIO). */
+	stallFailures: number;
 	latencyMs: {
 		p50: number;
 		p90: number;
@@ -53,6 +58,9 @@ export class LazyStats {
 	readAheadChunks = 0;
 	refetches = 0;
 	retries = 0;
+	stalls = 0;
+	hedges = 0;
+	stallFailures = 0;
 	readonly #latency = new LatencyHistogram();
 
 	/** Records one exchange's latency (ms). */
@@ -75,6 +83,9 @@ export class LazyStats {
 			readAheadChunks: this.readAheadChunks,
 			refetches: this.refetches,
 			retries: this.retries,
+			stalls: this.stalls,
+			hedges: this.hedges,
+			stallFailures: this.stallFailures,
 			latencyMs: this.#latency.quantiles(),
 		};
 	}

@@ -13,6 +13,15 @@ import { backoffMs, isTransient, TransientError } from "./retry.js";
 /** A registry that ignores Range may send a whole blob this small; we slice it. */
 const WHOLE_BLOB_FALLBACK = 1 << 20;
 
+export interface RangeOptions {
+	/** Aborts the request. */
+	signal?: AbortSignal;
+	/** Called when the answer's headers arrive and for every piece of its body. */
+	progress?: () => void;
+	/** One attempt: transient errors go to the caller (which hedges and retries itself). */
+	once?: boolean;
+}
+
 /** `length` bytes of a blob at `offset`, exactly, or an error after bounded retries. */
 export async function readRange(
 	client: RegistryClient,
@@ -20,6 +29,7 @@ export async function readRange(
 	blob: Descriptor,
 	offset: number,
 	length: number,
+	o: RangeOptions = {},
 ): Promise<Buffer> {
 	if (
 		!Number.isSafeInteger(offset) ||
@@ -36,12 +46,15 @@ export async function readRange(
 	return client.exchange({
 		what: "range",
 		scopes: [pullScope(repo)],
+		once: o.once,
 		build: () => ({
 			method: "GET",
 			url: client.url(`${repo}/blobs/${blob.digest}`),
 			headers: { range: `bytes=${offset}-${last}` },
+			signal: o.signal,
 		}),
 		handle: async (res) => {
+			o.progress?.();
 			const what = `blob ${blob.digest.slice(0, 19)}… bytes ${offset}-${last}`;
 			if (res.status === 200) {
 				// The whole blob: acceptable only when small; otherwise someone strips Range.
@@ -52,7 +65,7 @@ export async function readRange(
 						`${what}: the registry ignored the Range header and sent the whole ${blob.size}-byte blob; lazy reads need range support`,
 					);
 				}
-				const all = await readBody(res, blob.size, what);
+				const all = await readBody(res, blob.size, what, undefined, o.progress);
 				if (all.length !== blob.size)
 					throw new TransientError(
 						"NETWORK",
@@ -74,7 +87,7 @@ export async function readRange(
 					`${what}: the answer's Content-Range (${(header(res, "content-range") ?? "none").slice(0, 80)}) is not the range asked for`,
 				);
 			}
-			const bytes = await readBody(res, length, what);
+			const bytes = await readBody(res, length, what, undefined, o.progress);
 			if (bytes.length !== length)
 				throw new TransientError(
 					"NETWORK",

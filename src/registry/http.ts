@@ -68,6 +68,8 @@ export interface HttpRequest {
 	deadline?: boolean;
 	/** Follow redirects (GET and HEAD only; default true). */
 	followRedirects?: boolean;
+	/** Aborts the exchange (a hedged twin answered first, or the caller gave up). */
+	signal?: AbortSignal;
 }
 
 export interface HttpResponse {
@@ -106,10 +108,14 @@ export class HttpTransport {
 	async send(req: HttpRequest): Promise<HttpResponse> {
 		let url = req.url;
 		let headers = { ...req.headers };
-		const signal =
+		const deadline =
 			req.deadline === false
 				? undefined
 				: AbortSignal.timeout(this.timeouts.requestMs);
+		const signal =
+			req.signal && deadline
+				? AbortSignal.any([req.signal, deadline])
+				: (req.signal ?? deadline);
 		for (let hop = 0; ; hop++) {
 			const res = await this.#once(req, url, headers, signal);
 			const location = res.headers.location;
@@ -257,6 +263,8 @@ export async function readBody(
 	limit: number,
 	what: string,
 	hints: ErrorHints = REGISTRY_HINTS,
+	/** Called with each piece's size as it arrives (progress for stall detection). */
+	onPiece?: (n: number) => void,
 ): Promise<Buffer> {
 	const declared = Number(res.headers["content-length"]);
 	if (Number.isFinite(declared) && declared > limit) {
@@ -279,6 +287,7 @@ export async function readBody(
 				);
 			}
 			parts.push(chunk);
+			onPiece?.(chunk.length);
 		}
 	} catch (e) {
 		throw networkError(e, what, hints);

@@ -22,6 +22,8 @@ export type Fault =
 	| { kind: "stall" }
 	/** forward, but rewrite Content-Range "bytes a-b/t" to "bytes (a+1)-(b+1)/t" (same length) */
 	| { kind: "wrong-content-range" }
+	/** forward the headers and about half the body, then send nothing more (the socket stays open) */
+	| { kind: "stall-mid-body" }
 	/** forward the headers unchanged (upstream Content-Length), then send fewer bytes and end the socket */
 	| { kind: "short-body" }
 	/** forward with one response body byte XOR 0xff (at = index into the body, default the middle) */
@@ -230,6 +232,11 @@ export async function startFaultProxy(upstream: {
 							setTimeout(() => res.socket?.destroy(), 20);
 						});
 						return;
+					}
+					case "stall-mid-body": {
+						res.writeHead(status, ur.statusMessage, out);
+						res.write(body.subarray(0, body.length >> 1));
+						return; // close() destroys the socket
 					}
 					case "short-body": {
 						// Keep Content-Length as upstream said; send 3/4 of the body (at least one byte
