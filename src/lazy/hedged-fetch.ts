@@ -100,14 +100,17 @@ export function hedgedFetch<T>(
 		}
 
 		function failed(e: unknown): void {
-			if (!isTransient(e)) return finish(false, e);
+			if (!isTransient(e)) {
+				finish(false, e);
+				return;
+			}
 			// A twin is still running: it may yet answer.
 			if (running.size > 0) return;
 			const tooLong =
 				e.retryAfterMs !== undefined &&
 				e.retryAfterMs > o.retry.maxRetryAfterMs;
-			if (started >= o.retry.attempts || tooLong)
-				return finish(
+			if (started >= o.retry.attempts || tooLong) {
+				finish(
 					false,
 					new DadiError(
 						e.code,
@@ -117,6 +120,8 @@ export function hedgedFetch<T>(
 						{ cause: e },
 					),
 				);
+				return;
+			}
 			const delay = e.retryAfterMs ?? backoffMs(o.retry, started - 1);
 			o.onRetry?.(e, delay);
 			// Waiting as asked is not a stall.
@@ -127,14 +132,16 @@ export function hedgedFetch<T>(
 		function watch(): void {
 			if (settled) return;
 			const now = performance.now();
-			if (now - lastProgress >= o.stallMs)
-				return finish(
+			if (now - lastProgress >= o.stallMs) {
+				finish(
 					false,
 					new StallError(
 						"NETWORK",
 						`${o.what}: the registry made no progress for ${seconds(o.stallMs)} (${started} request${started === 1 ? "" : "s"} tried); answering EIO (raise --stall-timeout if the registry is just slow)`,
 					),
 				);
+				return;
+			}
 			if (o.hedgeMs <= 0) return;
 			for (const r of running) {
 				if (r.stalled || now - r.last < o.hedgeMs) continue;
