@@ -108,7 +108,14 @@ export async function runProgram(
 	}
 }
 
-export async function readKeyFile(path: string): Promise<ImageKey> {
+/**
+ * Reads an image key file. A missing file gets advice for what the key is for: a new key can seal
+ * a new image, but an existing image opens only with the key it was sealed with.
+ */
+export async function readKeyFile(
+	path: string,
+	purpose: "seal" | "open" = "seal",
+): Promise<ImageKey> {
 	let text: string;
 	try {
 		text = await readFile(path, "utf8");
@@ -117,7 +124,9 @@ export async function readKeyFile(path: string): Promise<ImageKey> {
 		if (err.code === "INPUT_NOT_FOUND")
 			throw new DadiError(
 				"INPUT_NOT_FOUND",
-				`${path}: key file not found; create one with 'dadi-seal keygen --out ${path}'`,
+				purpose === "seal"
+					? `${path}: key file not found; create one with 'dadi-seal keygen --out ${path}'`
+					: `${path}: key file not found; an image opens only with the key it was sealed with: give the file that was passed to 'dadi-seal seal --key', or get the key from a key broker with --broker URL (a new key from 'dadi-seal keygen' cannot open it)`,
 			);
 		throw err;
 	}

@@ -3,6 +3,7 @@
 import { Command } from "commander";
 import { installSignalCleanup } from "../temp-files.js";
 import { attestCommand } from "./attest-command.js";
+import { cleanupCommand } from "./cleanup-command.js";
 import { runProgram } from "./common.js";
 import { exportCommand } from "./export-command.js";
 import { readCommand } from "./read-command.js";
@@ -22,5 +23,6 @@ exportCommand(program, "dadi-guest");
 readCommand(program, "dadi-guest");
 serveCommand(program, "dadi-guest");
 attestCommand(program);
+cleanupCommand(program, "dadi-guest");
 installSignalCleanup();
 await runProgram(program, process.argv);

@@ -51,7 +51,7 @@ export async function keySourceFrom(
 				"USAGE",
 				"--attester, --broker-ca and --broker-key apply with --broker only",
 			);
-		return readKeyFile(f.key);
+		return readKeyFile(f.key, "open");
 	}
 	if (!f.broker)
 		throw new DadiError(

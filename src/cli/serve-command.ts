@@ -1,7 +1,14 @@
 /** `dadi-guest serve`: expose a sealed image's disk as NBD and/or a FUSE file until a signal. */
 import type { Command } from "commander";
 import { DadiError } from "../errors.js";
-import { parseListen, type Serving, startServing } from "../guest/serve.js";
+import { prepareMountPoint } from "../guest/mount-point.js";
+import {
+	checkNbdExposure,
+	isLoopbackHost,
+	parseListen,
+	type Serving,
+	startServing,
+} from "../guest/serve.js";
 import { handleSignals } from "../temp-files.js";
 import { formatBytes, printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
@@ -10,6 +17,7 @@ import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 
 interface ServeFlags extends LazyFlags, KeyFlags {
 	nbd?: string;
+	nbdAllowRemote?: boolean;
 	fuse?: string;
 	mountAt?: string;
 	metrics?: string;
@@ -29,7 +37,11 @@ export function serveCommand(program: Command, prog: string): void {
 		)
 		.option(
 			"--nbd <unix:PATH|tcp:HOST:PORT>",
-			"serve an NBD export (named dadi; the default export too), read-only",
+			"serve an NBD export (named dadi; the default export too), read-only; a bare /path is a unix socket; TCP on loopback only unless --nbd-allow-remote",
+		)
+		.option(
+			"--nbd-allow-remote",
+			"allow --nbd on a non-loopback TCP address: the decrypted disk is readable, unauthenticated and unencrypted, by anyone who reaches it",
 		)
 		.option(
 			"--fuse <DIR>",
@@ -54,6 +66,18 @@ export function serveCommand(program: Command, prog: string): void {
 				const log = (line: string) =>
 					process.stderr.write(`${prog} serve: ${line}\n`);
 				const nbd = opts.nbd ? parseListen(opts.nbd, "--nbd") : undefined;
+				if (nbd)
+					checkNbdExposure(
+						nbd,
+						opts.nbd as string,
+						Boolean(opts.nbdAllowRemote),
+					);
+				else if (opts.nbdAllowRemote)
+					throw new DadiError("USAGE", "--nbd-allow-remote applies with --nbd");
+				if (nbd && "host" in nbd && !isLoopbackHost(nbd.host))
+					log(
+						`warning: the decrypted disk will be readable by anyone who can reach ${nbd.host}:${nbd.port} (--nbd-allow-remote)`,
+					);
 				const metrics = opts.metrics
 					? (parseListen(opts.metrics, "--metrics", false) as {
 							host: string;
@@ -68,6 +92,15 @@ export function serveCommand(program: Command, prog: string): void {
 						"USAGE",
 						`--stats-interval "${opts.statsInterval}": seconds, more than 0 and at most 3600`,
 					);
+				// Mount points are checked (and a killed server's leftovers cleaned) before attesting.
+				if (opts.mountAt)
+					opts.mountAt = await prepareMountPoint(
+						opts.mountAt,
+						"--mount-at",
+						log,
+					);
+				if (opts.fuse)
+					opts.fuse = await prepareMountPoint(opts.fuse, "--fuse", log);
 				let stop: (sig: string) => void = () => {};
 				const stopped = new Promise<string>((r) => {
 					stop = r;

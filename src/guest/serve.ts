@@ -18,10 +18,14 @@ import { NbdServer } from "./nbd/server.js";
 
 export type Listen = { unix: string } | { host: string; port: number };
 
-/** `unix:PATH` or `tcp:HOST:PORT` (IPv6 hosts in brackets; port 0 picks a free one). */
+/**
+ * `unix:PATH` or `tcp:HOST:PORT` (IPv6 hosts in brackets; port 0 picks a free one); where unix
+ * sockets are allowed, a bare path (starting with / or .) is one too.
+ */
 export function parseListen(text: string, what: string, unix = true): Listen {
 	if (unix && text.startsWith("unix:") && text.length > 5)
 		return { unix: text.slice(5) };
+	if (unix && /^\.{0,2}\//.test(text)) return { unix: text };
 	const m = /^tcp:(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(text);
 	const port = Number(m?.[2]);
 	if (!m || port > 65535)
@@ -30,6 +34,34 @@ export function parseListen(text: string, what: string, unix = true): Listen {
 			`${what} "${text}": expected ${unix ? "unix:PATH or " : ""}tcp:HOST:PORT`,
 		);
 	return { host: (m[1] as string).replace(/^\[|\]$/g, ""), port };
+}
+
+/** 127.0.0.0/8, ::1 and "localhost": addresses only this machine (this sandbox) can reach. */
+export function isLoopbackHost(host: string): boolean {
+	const h = host.toLowerCase();
+	return (
+		h === "localhost" ||
+		h === "::1" ||
+		/^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) ||
+		/^::ffff:127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h)
+	);
+}
+
+/**
+ * The NBD export is the decrypted disk, with no authentication or encryption on the wire: on a
+ * TCP address other machines can reach it would hand the plaintext image to anyone there. Refused
+ * unless the operator says the network is private (`--nbd-allow-remote`).
+ */
+export function checkNbdExposure(
+	listen: Listen,
+	text: string,
+	allowRemote: boolean,
+): void {
+	if ("unix" in listen || allowRemote || isLoopbackHost(listen.host)) return;
+	throw new DadiError(
+		"USAGE",
+		`--nbd "${text}": refusing to serve the decrypted disk on a non-loopback address: NBD has no authentication or encryption, so anyone who can reach ${listen.host} would read the plaintext image; use unix:PATH (or a path), a loopback address (127.0.0.1, ::1), or pass --nbd-allow-remote if only trusted peers can reach that network`,
+	);
 }
 
 export interface ServeOptions {

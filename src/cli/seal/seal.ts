@@ -271,7 +271,9 @@ export function sealCommand(program: Command): void {
 					const baseImage = baseImageRef
 						? {
 								ref: baseImageRef,
-								key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
+								key: opts.baseKey
+									? await readKeyFile(opts.baseKey, "open")
+									: key,
 							}
 						: undefined;
 					const progress = new Progress(!opts.quiet);
@@ -291,7 +293,9 @@ export function sealCommand(program: Command): void {
 						const base = baseRef
 							? {
 									ref: baseRef,
-									key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
+									key: opts.baseKey
+										? await readKeyFile(opts.baseKey, "open")
+										: key,
 								}
 							: undefined;
 						const r = await sealDisk({

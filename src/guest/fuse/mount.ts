@@ -13,6 +13,7 @@ import {
 	mount,
 	umount2,
 } from "../../rootfs/native.js";
+import { mountAt, readMounts } from "../mountinfo.js";
 
 export const FUSE_DEVICE = "/dev/fuse";
 /** The file system type as /proc/mounts shows it. */
@@ -95,31 +96,10 @@ export function detachQuietly(dir: string): void {
 	}
 }
 
-/** A path as /proc/self/mountinfo and /proc/self/mounts write it (space, tab, newline, \\ octal). */
-function procEscape(path: string): string {
-	return path.replace(
-		/[ \t\n\\]/g,
-		(c) => `\\${c.charCodeAt(0).toString(8).padStart(3, "0")}`,
-	);
-}
-
 /** The "major:minor" of the file system mounted at `dir` (ours, type fuse.dadi), if any. */
 export function mountedDevice(dir: string): string | undefined {
-	let text: string;
-	try {
-		text = readFileSync("/proc/self/mountinfo", "utf8");
-	} catch {
-		return undefined;
-	}
-	const at = procEscape(dir);
-	let found: string | undefined;
-	for (const line of text.split("\n")) {
-		// id parent major:minor root mount-point options [optional...] - type source super-options
-		const f = line.split(" ");
-		const dash = f.indexOf("-");
-		if (f[4] === at && dash > 0 && f[dash + 1] === FS_TYPE) found = f[2];
-	}
-	return found; // the last one: the top of a stack of mounts on one point
+	const top = mountAt(readMounts(), dir);
+	return top?.fsType === FS_TYPE ? top.device : undefined;
 }
 
 /** Whether `dir` is a mount point of ours in this process's mount name space. */
