@@ -296,7 +296,7 @@ describe("bad input: a one-line error and a non-zero exit", () => {
 				join(dir, "nokey.jwk"),
 			]),
 			3,
-			/key file not found; an image opens only with the key it was sealed with.*--broker URL.*cannot open it \[INPUT_NOT_FOUND\]/,
+			/key file not found; an image opens only with the key it was sealed with.*--broker URL.*cannot open it\) \[INPUT_NOT_FOUND\]/,
 		);
 		expectOneLineError(
 			await runCli(BIN.seal, ["inspect", `oci:${join(dir, "nolayout")}:v1`]),

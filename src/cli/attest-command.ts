@@ -2,9 +2,10 @@
 import type { Command } from "commander";
 import { chooseAttester } from "../attest/attester.js";
 import { parseImageKey } from "../crypto/image-key.js";
+import { DadiError } from "../errors.js";
 import { fetchResource, resourcePathOf } from "../kbs/client.js";
 import { printJson, runAction } from "./common.js";
-import { parseKeyKind } from "./key-options.js";
+import { parseBrokerRetry, parseKeyKind } from "./key-options.js";
 
 export function attestCommand(program: Command): void {
 	program
@@ -21,6 +22,10 @@ export function attestCommand(program: Command): void {
 		.option("--broker-ca <PEM>", "CA certificates for an https broker")
 		.option("--broker-key <ec|rsa>", "the ephemeral key type (default ec)")
 		.option(
+			"--broker-retry <SECONDS>",
+			"keep retrying a broker that is unreachable or answers 429/5xx this long (default 30; 0: once)",
+		)
+		.option(
 			"--image <DIGEST>",
 			"the image digest to name in the request (for policies that check it)",
 		)
@@ -32,6 +37,7 @@ export function attestCommand(program: Command): void {
 				attester?: string;
 				brokerCa?: string;
 				brokerKey?: string;
+				brokerRetry?: string;
 				image?: string;
 				json?: boolean;
 			}) =>
@@ -45,6 +51,11 @@ export function attestCommand(program: Command): void {
 							attester,
 							caFile: f.brokerCa,
 							keyKind,
+							retryForMs: parseBrokerRetry(f.brokerRetry),
+							onRetry: (e, delay) =>
+								process.stderr.write(
+									`dadi-guest attest: ${e.message}; retrying in ${(delay / 1000).toFixed(1)} s\n`,
+								),
 						},
 						path,
 						{ image: f.image },
@@ -57,11 +68,7 @@ export function attestCommand(program: Command): void {
 					}
 					const size = r.value.length;
 					r.value.fill(0);
-					const payload = JSON.parse(
-						Buffer.from(r.token.split(".")[1] ?? "", "base64url").toString(
-							"utf8",
-						),
-					) as Record<string, unknown>;
+					const payload = tokenClaims(r.token);
 					const out = {
 						ok: true,
 						broker: f.broker,
@@ -78,4 +85,21 @@ export function attestCommand(program: Command): void {
 						);
 				}),
 		);
+}
+
+/** The claims of the broker's attestation token (shown, not trusted: the broker signed them). */
+function tokenClaims(token: string): Record<string, unknown> {
+	try {
+		const v = JSON.parse(
+			Buffer.from(token.split(".")[1] ?? "", "base64url").toString("utf8"),
+		) as unknown;
+		if (typeof v === "object" && v !== null && !Array.isArray(v))
+			return v as Record<string, unknown>;
+	} catch {
+		// below
+	}
+	throw new DadiError(
+		"REMOTE_PROTOCOL",
+		"key broker: the attestation token is not a JWT with a JSON claims set",
+	);
 }

@@ -126,7 +126,7 @@ export async function readKeyFile(
 				"INPUT_NOT_FOUND",
 				purpose === "seal"
 					? `${path}: key file not found; create one with 'dadi-seal keygen --out ${path}'`
-					: `${path}: key file not found; an image opens only with the key it was sealed with: give the file that was passed to 'dadi-seal seal --key', or get the key from a key broker with --broker URL (a new key from 'dadi-seal keygen' cannot open it)`,
+					: `${path}: key file not found; an image opens only with the key it was sealed with: give the file that was passed to 'dadi-seal seal --key', or (dadi-guest) have a key broker release it with --broker URL (a new key from 'dadi-seal keygen' cannot open it)`,
 			);
 		throw err;
 	}

@@ -15,6 +15,7 @@ export interface KeyFlags {
 	attester?: string;
 	brokerCa?: string;
 	brokerKey?: string;
+	brokerRetry?: string;
 }
 
 export function addKeyOptions(c: Command): Command {
@@ -35,6 +36,10 @@ export function addKeyOptions(c: Command): Command {
 		.option(
 			"--broker-key <ec|rsa>",
 			"with --broker: the ephemeral key type the key is wrapped to (default ec: ECDH-ES+A256KW; rsa: RSA-OAEP-256)",
+		)
+		.option(
+			"--broker-retry <SECONDS>",
+			"with --broker: keep retrying a broker that is unreachable or answers 429/5xx this long (default 30; 0: once); denials are never retried",
 		);
 }
 
@@ -46,10 +51,10 @@ export async function keySourceFrom(
 	if (f.key && f.broker)
 		throw new DadiError("USAGE", "give either --key or --broker, not both");
 	if (f.key) {
-		if (f.attester || f.brokerCa || f.brokerKey)
+		if (f.attester || f.brokerCa || f.brokerKey || f.brokerRetry)
 			throw new DadiError(
 				"USAGE",
-				"--attester, --broker-ca and --broker-key apply with --broker only",
+				"--attester, --broker-ca, --broker-key and --broker-retry apply with --broker only",
 			);
 		return readKeyFile(f.key, "open");
 	}
@@ -63,8 +68,20 @@ export async function keySourceFrom(
 		attester: await chooseAttester(f.attester ?? "auto"),
 		caFile: f.brokerCa,
 		keyKind: parseKeyKind(f.brokerKey),
+		retryForMs: parseBrokerRetry(f.brokerRetry),
 		log,
 	});
+}
+
+/** --broker-retry SECONDS → ms (0 to 3600). */
+export function parseBrokerRetry(v: string | undefined): number | undefined {
+	if (v === undefined) return undefined;
+	if (!/^\d{1,4}(\.\d+)?$/.test(v) || Number(v) > 3600)
+		throw new DadiError(
+			"USAGE",
+			`--broker-retry "${v}": seconds, from 0 to 3600`,
+		);
+	return Math.round(Number(v) * 1000);
 }
 
 /** --broker-key: the guest's ephemeral key type. */

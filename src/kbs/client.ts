@@ -7,7 +7,14 @@
 import type { Attester } from "../attest/attester.js";
 import { DadiError, type ErrorCode } from "../errors.js";
 import { parseResourcePath } from "../policy/resource-pattern.js";
-import { type HttpResponse, readBody } from "../registry/http.js";
+import { type HttpTransport, header, readBody } from "../registry/http.js";
+import {
+	backoffMs,
+	isTransient,
+	parseRetryAfter,
+	type RetryPolicy,
+	TransientError,
+} from "../registry/retry.js";
 import { BROKER_HINTS, openBrokerTransport } from "./broker-transport.js";
 import { decryptFromBroker, parseFlattenedJwe } from "./jwe.js";
 import {
@@ -32,9 +39,23 @@ export interface KbsClientOptions {
 	/** "ec" (ECDH-ES+A256KW, default) or "rsa" (RSA-OAEP-256). */
 	keyKind?: "ec" | "rsa";
 	timeoutMs?: number;
-	/** Tries for 429/503 answers and refused connections. */
-	retries?: number;
+	/**
+	 * How long to keep retrying a broker that cannot be reached or answers 429/5xx (default 30 s;
+	 * 0: one attempt). A denial (400, 401, 403, 404) is never retried.
+	 */
+	retryForMs?: number;
+	/** Told before each retry: what failed and how long until the next attempt. */
+	onRetry?: (e: DadiError, delayMs: number) => void;
 }
+
+/** Backoff between attempts at the whole auth → attest → resource exchange. */
+const BROKER_BACKOFF: RetryPolicy = {
+	attempts: Number.MAX_SAFE_INTEGER,
+	baseDelayMs: 250,
+	maxDelayMs: 4000,
+	maxRetryAfterMs: 10_000,
+};
+export const DEFAULT_BROKER_RETRY_MS = 30_000;
 
 export interface Released {
 	value: Buffer;
@@ -75,6 +96,11 @@ export function resourcePathOf(ref: string): string {
 	).path;
 }
 
+/**
+ * auth → attest → resource, retried as a whole (a new session, nonce and ephemeral key each time:
+ * a nonce is spent even when its attestation fails) while the broker is unreachable or answers
+ * 429/5xx, with backoff, within `retryForMs`. Denials are final at once.
+ */
 export async function fetchResource(
 	o: KbsClientOptions,
 	resourceRef: string,
@@ -86,6 +112,41 @@ export async function fetchResource(
 		caFile: o.caFile,
 		timeoutMs: o.timeoutMs,
 	});
+	const started = performance.now();
+	const budget = o.retryForMs ?? DEFAULT_BROKER_RETRY_MS;
+	try {
+		for (let attempt = 0; ; attempt++) {
+			try {
+				return await exchangeOnce(o, base, path, wanted, transport);
+			} catch (e) {
+				if (!isTransient(e)) throw e;
+				const delay = Math.min(
+					e.retryAfterMs ?? backoffMs(BROKER_BACKOFF, attempt),
+					BROKER_BACKOFF.maxRetryAfterMs,
+				);
+				const spent = performance.now() - started;
+				if (spent + delay > budget)
+					throw new DadiError(
+						e.code,
+						`${e.message} (gave up after ${attempt + 1} attempt${attempt === 0 ? "" : "s"} in ${(spent / 1000).toFixed(1)} s)`,
+						{ cause: e },
+					);
+				o.onRetry?.(e, delay);
+				await sleep(delay);
+			}
+		}
+	} finally {
+		await transport.close();
+	}
+}
+
+async function exchangeOnce(
+	o: KbsClientOptions,
+	base: URL,
+	path: string,
+	wanted: { image?: string },
+	transport: HttpTransport,
+): Promise<Released> {
 	const endpoint = (p: string) =>
 		new URL(`${base.pathname.replace(/\/$/, "")}${p}`, base);
 	let cookie = "";
@@ -94,128 +155,105 @@ export async function fetchResource(
 		p: string,
 		body?: unknown,
 	): Promise<unknown> => {
-		const tries = Math.max(1, (o.retries ?? 3) + 1);
-		for (let attempt = 1; ; attempt++) {
-			let res: HttpResponse;
-			try {
-				res = await transport.send({
-					method,
-					url: endpoint(p),
-					headers: {
-						accept: "application/json",
-						...(body !== undefined
-							? { "content-type": "application/json" }
-							: {}),
-						...(cookie ? { cookie } : {}),
-					},
-					body:
-						body !== undefined ? Buffer.from(JSON.stringify(body)) : undefined,
-					followRedirects: false,
-				});
-			} catch (e) {
-				// A broker that is still starting: retry a refused connection, nothing else.
-				const cause = (e as { cause?: { code?: string } }).cause;
-				if (attempt < tries && cause?.code === "ECONNREFUSED") {
-					await sleep(200 * attempt);
-					continue;
-				}
-				throw e;
-			}
-			const setCookie = res.headers["set-cookie"];
-			for (const c of Array.isArray(setCookie)
-				? setCookie
-				: setCookie
-					? [setCookie]
-					: []) {
-				const m = new RegExp(`^${SESSION_COOKIE}=([^;]*)`).exec(c);
-				if (m) cookie = `${SESSION_COOKIE}=${m[1]}`;
-			}
-			const text = (
-				await readBody(
-					res,
-					2 << 20,
-					`key broker ${base.origin}: ${p}`,
-					BROKER_HINTS,
-				)
-			).toString("utf8");
-			if (res.status === 200) {
-				try {
-					return JSON.parse(text);
-				} catch {
-					throw new DadiError(
-						"REMOTE_PROTOCOL",
-						`key broker ${base.origin}: ${p} answered 200 with a body that is not JSON`,
-					);
-				}
-			}
-			if ((res.status === 429 || res.status === 503) && attempt < tries) {
-				const after = Number(res.headers["retry-after"]);
-				await sleep(
-					Math.min(10, Number.isFinite(after) && after > 0 ? after : attempt) *
-						1000,
-				);
-				continue;
-			}
-			throw brokerError(base.origin, p, res.status, text);
-		}
-	};
-	try {
-		const { privateKey, jwk } = generateEphemeralKey(o.keyKind ?? "ec");
-		const challenge = asObject(
-			await exchange("POST", "/kbs/v0/auth", {
-				version: KBS_PROTOCOL_VERSION,
-				tee: o.attester.tee,
-				"extra-params": {
-					[SUPPORTED_HASHES_KEY]: ["sha384", "sha512", "sha256"],
-				},
-			}),
-			"the challenge",
-		);
-		if (typeof challenge.nonce !== "string" || challenge.nonce.length > 512)
-			throw new DadiError(
-				"REMOTE_PROTOCOL",
-				"key broker: the challenge has no nonce",
-			);
-		const extra = challenge["extra-params"];
-		const selected =
-			typeof extra === "object" && extra !== null
-				? (extra as Record<string, unknown>)[SELECTED_HASH_KEY]
-				: undefined;
-		const hash: HashAlgorithm =
-			typeof selected === "string"
-				? parseHashAlgorithm(selected, "the broker's selected hash algorithm")
-				: "sha384";
-		const reportData = reportDataDigest({
-			nonce: challenge.nonce,
-			teePubKey: jwk,
-			hash,
+		const res = await transport.send({
+			method,
+			url: endpoint(p),
+			headers: {
+				accept: "application/json",
+				...(body !== undefined ? { "content-type": "application/json" } : {}),
+				...(cookie ? { cookie } : {}),
+			},
+			body: body !== undefined ? Buffer.from(JSON.stringify(body)) : undefined,
+			followRedirects: false,
 		});
-		const evidence = await o.attester.evidence(reportData);
-		const attested = asObject(
-			await exchange("POST", "/kbs/v0/attest", {
-				"init-data": null,
-				"runtime-data": { nonce: challenge.nonce, "tee-pubkey": jwk },
-				"tee-evidence": { primary_evidence: evidence, additional_evidence: "" },
-			}),
-			"the attestation response",
+		const setCookie = res.headers["set-cookie"];
+		for (const c of Array.isArray(setCookie)
+			? setCookie
+			: setCookie
+				? [setCookie]
+				: []) {
+			const m = new RegExp(`^${SESSION_COOKIE}=([^;]*)`).exec(c);
+			if (m) cookie = `${SESSION_COOKIE}=${m[1]}`;
+		}
+		const text = (
+			await readBody(
+				res,
+				2 << 20,
+				`key broker ${base.origin}: ${p}`,
+				BROKER_HINTS,
+			)
+		).toString("utf8");
+		if (res.status === 200) {
+			try {
+				return JSON.parse(text);
+			} catch {
+				throw new DadiError(
+					"REMOTE_PROTOCOL",
+					`key broker ${base.origin}: ${p} answered 200 with a body that is not JSON`,
+				);
+			}
+		}
+		throw brokerError(
+			base.origin,
+			p,
+			res.status,
+			text,
+			parseRetryAfter(header(res, "retry-after")),
 		);
-		if (typeof attested.token !== "string")
-			throw new DadiError(
-				"REMOTE_PROTOCOL",
-				"key broker: the attestation response has no token",
-			);
-		const query = wanted.image
-			? `?image=${encodeURIComponent(wanted.image)}`
-			: "";
-		const jwe = parseFlattenedJwe(
-			await exchange("GET", `/kbs/v0/resource/${path}${query}`),
-			"the key broker's response",
+	};
+	const { privateKey, jwk } = generateEphemeralKey(o.keyKind ?? "ec");
+	const challenge = asObject(
+		await exchange("POST", "/kbs/v0/auth", {
+			version: KBS_PROTOCOL_VERSION,
+			tee: o.attester.tee,
+			"extra-params": {
+				[SUPPORTED_HASHES_KEY]: ["sha384", "sha512", "sha256"],
+			},
+		}),
+		"the challenge",
+	);
+	if (typeof challenge.nonce !== "string" || challenge.nonce.length > 512)
+		throw new DadiError(
+			"REMOTE_PROTOCOL",
+			"key broker: the challenge has no nonce",
 		);
-		const value = await decryptFromBroker(jwe, privateKey);
-		return { value, token: attested.token, tee: o.attester.tee, hash };
-	} finally {
-		await transport.close();
-	}
+	const extra = challenge["extra-params"];
+	const selected =
+		typeof extra === "object" && extra !== null
+			? (extra as Record<string, unknown>)[SELECTED_HASH_KEY]
+			: undefined;
+	const hash: HashAlgorithm =
+		typeof selected === "string"
+			? parseHashAlgorithm(selected, "the broker's selected hash algorithm")
+			: "sha384";
+	const reportData = reportDataDigest({
+		nonce: challenge.nonce,
+		teePubKey: jwk,
+		hash,
+	});
+	const evidence = await o.attester.evidence(reportData);
+	const attested = asObject(
+		await exchange("POST", "/kbs/v0/attest", {
+			"init-data": null,
+			"runtime-data": { nonce: challenge.nonce, "tee-pubkey": jwk },
+			"tee-evidence": { primary_evidence: evidence, additional_evidence: "" },
+		}),
+		"the attestation response",
+	);
+	if (typeof attested.token !== "string")
+		throw new DadiError(
+			"REMOTE_PROTOCOL",
+			"key broker: the attestation response has no token",
+		);
+	const query = wanted.image
+		? `?image=${encodeURIComponent(wanted.image)}`
+		: "";
+	const jwe = parseFlattenedJwe(
+		await exchange("GET", `/kbs/v0/resource/${path}${query}`),
+		"the key broker's response",
+	);
+	const value = await decryptFromBroker(jwe, privateKey);
+	return { value, token: attested.token, tee: o.attester.tee, hash };
 }
 
 function asObject(v: unknown, what: string): Record<string, unknown> {
@@ -232,6 +270,7 @@ function brokerError(
 	p: string,
 	status: number,
 	text: string,
+	retryAfterMs?: number,
 ): DadiError {
 	let detail = "";
 	let type = "";
@@ -242,6 +281,13 @@ function brokerError(
 	} catch {
 		// not a problem document
 	}
+	const what = p.startsWith("/kbs/v0/resource/")
+		? `resource ${p.slice(17).split("?")[0]}`
+		: p;
+	const message = `key broker ${origin} refused ${what} (${status}): ${detail || "no detail"}`;
+	// Overloaded or failing: worth another attempt. Denials and bad requests are final.
+	if (status === 429 || status >= 500)
+		return new TransientError("NETWORK", message, retryAfterMs);
 	const code: ErrorCode =
 		status === 401
 			? type.endsWith("/AttestationFailed")
@@ -251,16 +297,8 @@ function brokerError(
 				? "POLICY_DENIED"
 				: status === 404
 					? "INPUT_NOT_FOUND"
-					: status === 429 || status === 503
-						? "NETWORK"
-						: "REMOTE_PROTOCOL";
-	const what = p.startsWith("/kbs/v0/resource/")
-		? `resource ${p.slice(17).split("?")[0]}`
-		: p;
-	return new DadiError(
-		code,
-		`key broker ${origin} refused ${what} (${status}): ${detail || "no detail"}`,
-	);
+					: "REMOTE_PROTOCOL";
+	return new DadiError(code, message);
 }
 
 function sleep(ms: number): Promise<void> {

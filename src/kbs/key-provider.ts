@@ -9,6 +9,8 @@ export interface BrokerKeyOptions {
 	attester: Attester;
 	caFile?: string;
 	keyKind?: "ec" | "rsa";
+	/** Keep retrying an unreachable or failing broker this long (ms; default 30 s). */
+	retryForMs?: number;
 	log?: (line: string) => void;
 }
 
@@ -22,6 +24,9 @@ export function brokerKeySource(o: BrokerKeyOptions): KeySource {
 				attester: o.attester,
 				caFile: o.caFile,
 				keyKind: o.keyKind,
+				retryForMs: o.retryForMs,
+				onRetry: (e, delay) =>
+					o.log?.(`${e.message}; retrying in ${(delay / 1000).toFixed(1)} s`),
 			},
 			ref,
 			{ image: image.manifestDesc.digest },
