@@ -39,10 +39,16 @@ export function adminTokenDigest(token: string): Buffer {
 	return createHash("sha256").update(token.trim()).digest();
 }
 
-function authorized(req: IncomingMessage, digest: Buffer): boolean {
+/** "missing" when no bearer token was sent, "wrong" when one was and it does not match. */
+function authorization(
+	req: IncomingMessage,
+	digest: Buffer,
+): "ok" | "missing" | "wrong" {
 	const m = /^Bearer (\S{1,512})$/.exec(req.headers.authorization ?? "");
-	if (!m) return false;
-	return timingSafeEqual(adminTokenDigest(m[1] as string), digest);
+	if (!m) return "missing";
+	return timingSafeEqual(adminTokenDigest(m[1] as string), digest)
+		? "ok"
+		: "wrong";
 }
 
 export async function adminRoute(
@@ -50,16 +56,26 @@ export async function adminRoute(
 	req: IncomingMessage,
 	res: ServerResponse,
 ): Promise<void> {
-	if (!authorized(req, ctx.tokenDigest))
+	const url = requestUrl(req);
+	// A guest pointed at the admin port: say so (no secret in this, and no token needed to see it).
+	if (url.pathname.startsWith("/kbs/"))
+		throw new HttpProblem(
+			404,
+			"NotFound",
+			"this is the dadi-broker admin API, not its KBS endpoint: point guests (--broker) at the broker's KBS listener (dadi-broker serve --listen)",
+		);
+	const auth = authorization(req, ctx.tokenDigest);
+	if (auth !== "ok")
 		throw new HttpProblem(
 			401,
 			"UnAuthenticated",
-			"the admin API needs 'Authorization: Bearer ADMIN-TOKEN'",
+			auth === "missing"
+				? "no admin token was sent: the admin API needs 'Authorization: Bearer ADMIN-TOKEN' (dadi-seal and dadi-broker: --admin-token-file / --broker-token-file, or $DADI_BROKER_ADMIN_TOKEN)"
+				: "the admin token is wrong: it is not the one this broker was started with (dadi-broker serve --admin-token-file)",
 			{
 				"www-authenticate": 'Bearer realm="dadi-broker admin"',
 			},
 		);
-	const url = requestUrl(req);
 	const method = req.method ?? "GET";
 	const p = url.pathname;
 	const client = clientOf(req);

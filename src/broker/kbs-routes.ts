@@ -72,6 +72,12 @@ export async function kbsRoute(
 		sendJson(res, 200, jwe);
 		return;
 	}
+	if (url.pathname.startsWith("/admin/"))
+		throw new HttpProblem(
+			404,
+			"NotFound",
+			"this is the broker's KBS endpoint, not its admin API: the admin API listens where 'dadi-broker serve --admin-listen' says",
+		);
 	throw new HttpProblem(
 		404,
 		"NotFound",

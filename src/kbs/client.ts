@@ -193,6 +193,15 @@ async function exchangeOnce(
 				);
 			}
 		}
+		if (
+			res.status === 404 &&
+			p === "/kbs/v0/auth" &&
+			header(res, "docker-distribution-api-version") !== undefined
+		)
+			throw new DadiError(
+				"USAGE",
+				`--broker ${base.origin}: this is an OCI registry, not a key broker; give the key broker's KBS URL (dadi-broker serve --listen)`,
+			);
 		throw brokerError(
 			base.origin,
 			p,
@@ -284,7 +293,12 @@ function brokerError(
 	const what = p.startsWith("/kbs/v0/resource/")
 		? `resource ${p.slice(17).split("?")[0]}`
 		: p;
-	const message = `key broker ${origin} refused ${what} (${status}): ${detail || "no detail"}`;
+	const message = `key broker ${origin} refused ${what} (${status}): ${
+		detail ||
+		(status === 404 && p === "/kbs/v0/auth"
+			? "no KBS endpoint here; is --broker the key broker's KBS listener (not its admin API, a registry or another service)?"
+			: "no detail")
+	}`;
 	// Overloaded or failing: worth another attempt. Denials and bad requests are final.
 	if (status === 429 || status >= 500)
 		return new TransientError("NETWORK", message, retryAfterMs);

@@ -19,12 +19,28 @@ export type Reference =
 
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
 
+/** "registry.example.com/app:v1", "localhost:5000/app": a registry reference missing docker://. */
+function looksLikeRegistry(text: string): boolean {
+	const slash = text.indexOf("/");
+	if (slash < 1) return false;
+	const host = text.slice(0, slash);
+	return (
+		host === "localhost" ||
+		/^[A-Za-z0-9.-]+\.[A-Za-z0-9-]+(:\d{1,5})?$/.test(host) ||
+		/^[A-Za-z0-9.-]+:\d{1,5}$/.test(host) ||
+		/^\[[0-9a-fA-F:]+\](:\d{1,5})?$/.test(host)
+	);
+}
+
 export function parseReference(text: string): Reference {
 	const colon = text.indexOf(":");
+	const registryHint = looksLikeRegistry(text)
+		? `; for an image in a registry write docker://${text}`
+		: "";
 	if (colon < 1)
 		throw new DadiError(
 			"USAGE",
-			`"${text}": expected a transport prefix, e.g. oci:DIR:TAG or raw:FILE`,
+			`"${text}": expected a transport prefix, e.g. oci:DIR:TAG, docker://HOST/REPO:TAG or raw:FILE${registryHint}`,
 		);
 	const transport = text.slice(0, colon);
 	const rest = text.slice(colon + 1);
@@ -45,7 +61,7 @@ export function parseReference(text: string): Reference {
 	if (transport !== "oci")
 		throw new DadiError(
 			"USAGE",
-			`"${text}": unknown transport "${transport}" (this build knows oci:, docker://, docker-archive: and raw:)`,
+			`"${text}": unknown transport "${transport}" (this build knows oci:, docker://, docker-archive: and raw:)${registryHint}`,
 		);
 	const at = rest.lastIndexOf("@");
 	if (at > 0 && rest.slice(at + 1).startsWith("sha256:")) {
