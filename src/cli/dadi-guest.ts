@@ -17,7 +17,7 @@ const program = new Command("dadi-guest")
 	.version(VERSION)
 	.addHelpText(
 		"after",
-		"\nExit codes: as dadi-seal, plus 8 remote error, 9 denied by the key broker (attestation or policy). See docs/cli.md.",
+		"\nExit codes: 0 ok, 1 internal error, 2 usage, 3 input missing/invalid, 4 malformed format, 5 integrity failure, 6 key error, 7 I/O error, 8 remote error (registry or broker unreachable, refused or misbehaving), 9 denied by the key broker (attestation or policy).\nSee docs/cli.md and docs/guest.md.",
 	);
 exportCommand(program, "dadi-guest");
 readCommand(program, "dadi-guest");

@@ -18,7 +18,7 @@ const program = new Command("dadi-seal")
 	.version(VERSION)
 	.addHelpText(
 		"after",
-		"\nExit codes: 0 ok, 1 internal error, 2 usage, 3 input missing/invalid, 4 malformed format, 5 integrity failure, 6 key error, 7 I/O error.\nSee docs/cli.md.",
+		"\nExit codes: 0 ok, 1 internal error, 2 usage, 3 input missing/invalid, 4 malformed format, 5 integrity failure, 6 key error, 7 I/O error, 8 remote error (registry or broker unreachable, refused or misbehaving), 9 denied by the key broker.\nSee docs/cli.md.",
 	);
 keygenCommand(program);
 sealCommand(program);

@@ -75,6 +75,7 @@ async function main(): Promise<number> {
 			`5. inspect (no key): ${info.layers.length} layers, ${formatBytes(info.storedBytes)} stored, chunk size ${formatBytes(info.chunkSize)}, key ref ${info.keyRef}`,
 		);
 
+		say("6. verify and export each tag with the key:");
 		for (const [tag, plain] of [
 			["v1", v1],
 			["v2", v2],
@@ -93,13 +94,13 @@ async function main(): Promise<number> {
 				const back = await readFile(out);
 				const same = back.equals(plain);
 				say(
-					`6. ${tag}: verified ${v.chunks} chunks in ${tv}; exported in ${ms(t0)}: sha256 ${sha(back)}… ${same ? "identical to the source" : "DIFFERS FROM THE SOURCE"}`,
+					`   ${tag}: verified ${v.chunks} chunks in ${tv}; exported in ${ms(t0)}: sha256 ${sha(back)}… ${same ? "identical to the source" : "DIFFERS FROM THE SOURCE"}`,
 				);
 				if (!same) return 1;
 				const off = 3 * 1024 * 1024 + 123;
 				const bytes = await img.disk.read(off, 4096);
 				say(
-					`   random read of 4 KiB at ${off}: ${bytes.equals(plain.subarray(off, off + 4096)) ? "correct" : "WRONG"}`,
+					`   ${tag}: random read of 4 KiB at ${off}: ${bytes.equals(plain.subarray(off, off + 4096)) ? "correct" : "WRONG"}`,
 				);
 			} finally {
 				await img.close();

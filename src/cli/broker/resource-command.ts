@@ -165,11 +165,42 @@ export function auditCommand(program: Command): void {
 						records: Record<string, unknown>[];
 					};
 					if (f.json) printJson({ ok: true, records: r.records });
-					else
-						for (const x of r.records)
-							process.stdout.write(
-								`${x.seq}\t${x.time}\t${x.event}\t${x.resource ?? "-"}\t${x.client}\t${x.tee ?? "-"}\t${x.status ?? ""}\t${x.policy ?? ""}${Array.isArray(x.reasons) ? `\t${x.reasons.join("; ")}` : ""}${x.detail ? `\t${x.detail}` : ""}\n`,
-							);
+					else process.stdout.write(auditTable(r.records));
 				}),
 		);
+}
+
+const AUDIT_COLUMNS = [
+	"SEQ",
+	"TIME",
+	"EVENT",
+	"RESOURCE",
+	"CLIENT",
+	"TEE",
+	"STATUS",
+	"POLICY",
+	"REASONS / DETAIL",
+] as const;
+
+/** Audit records as a table with headings, one record a line, tab-separated. */
+export function auditTable(records: Record<string, unknown>[]): string {
+	if (records.length === 0) return "no audit records match\n";
+	const cell = (v: unknown) =>
+		v === undefined || v === null || v === "" ? "-" : String(v);
+	const rows = records.map((x) => [
+		cell(x.seq),
+		cell(x.time),
+		cell(x.event),
+		cell(x.resource),
+		cell(x.client),
+		cell(x.tee),
+		cell(x.status),
+		cell(x.policy),
+		cell(
+			[Array.isArray(x.reasons) ? x.reasons.join("; ") : "", x.detail ?? ""]
+				.filter(Boolean)
+				.join("; "),
+		),
+	]);
+	return `${[[...AUDIT_COLUMNS], ...rows].map((r) => r.join("\t")).join("\n")}\n`;
 }
