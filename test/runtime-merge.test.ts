@@ -61,9 +61,10 @@ describe("mergeProcess", () => {
 	});
 
 	it("args given (Kubernetes args): the image's Entrypoint with them; a command replaces everything", () => {
-		expect(mergeProcess(proc([SEALED_ENTRYPOINT, "-v"]), RUN, {}).args).toEqual(
-			["/docker-entrypoint.sh", "-v"],
-		);
+		expect(
+			mergeProcess(proc([SEALED_ENTRYPOINT, "-v"]), RUN, { passwd: PASSWD })
+				.args,
+		).toEqual(["/docker-entrypoint.sh", "-v"]);
 		expect(
 			mergeProcess(proc(["/bin/sh", "-c", "id"]), RUN, { passwd: PASSWD }).args,
 		).toEqual(["/bin/sh", "-c", "id"]);
@@ -225,8 +226,20 @@ describe("patchBundle", () => {
 	it("leaves an ordinary bundle untouched, byte for byte", async () => {
 		const b = await bundle(["/bin/sh"]);
 		const before = await readFile(join(b, "config.json"));
-		expect((await patchBundle(b, async () => RUN)).patched).toBe(false);
+		expect((await patchBundle(b, async () => undefined)).patched).toBe(false);
 		expect((await readFile(join(b, "config.json"))).equals(before)).toBe(true);
+	});
+
+	it("a sealed image run with a command of its own still gets the image's env, workdir and user", async () => {
+		const b = await bundle(["/bin/sh", "-c", "env"]);
+		expect(await patchBundle(b, async () => RUN)).toEqual({
+			patched: true,
+			args: ["/bin/sh", "-c", "env"],
+		});
+		const spec = JSON.parse(await readFile(join(b, "config.json"), "utf8"));
+		expect(spec.process.env).toContain("APP_MODE=production");
+		expect(spec.process.cwd).toBe("/srv/app");
+		expect(spec.process.user.uid).toBe(1000);
 	});
 
 	it("a sealed process with no dadi config is an error, not a container that runs the sentinel", async () => {

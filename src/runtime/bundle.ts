@@ -83,13 +83,15 @@ export async function patchBundle(
 	const process = spec.process as OciProcess | undefined;
 	if (!process || typeof process !== "object" || !process.user)
 		return { patched: false, why: "the spec has no process" };
-	if (!isSealedProcess(process))
-		return { patched: false, why: "not a sealed image's process" };
 	const root = spec.root as { path?: unknown } | undefined;
 	if (typeof root?.path !== "string")
 		throw new DadiError("INPUT_INVALID", `${file}: no root.path`);
 	const rootfs = resolve(bundle, root.path);
+	// A sealed image's rootfs is recognised by where it is mounted from, so its env, workdir and
+	// user apply even when the container was given a command of its own.
 	const run = await findRunConfig(rootfs);
+	if (!run && !isSealedProcess(process))
+		return { patched: false, why: "not a sealed image's root file system" };
 	if (!run)
 		throw new DadiError(
 			"INPUT_INVALID",
