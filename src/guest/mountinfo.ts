@@ -14,6 +14,8 @@ export interface MountEntry {
 	fsType: string;
 	/** What was mounted ("/dev/loop3", "dadi", "overlay", ...). */
 	source: string;
+	/** The file system's own options (overlay: lowerdir=…,upperdir=…), as written: \ooo escapes kept. */
+	superOptions: string;
 }
 
 /** A path as mountinfo writes it. */
@@ -47,6 +49,7 @@ export function parseMountInfo(text: string): MountEntry[] {
 			mountPoint: procUnescape(f[4] as string),
 			fsType: f[dash + 1] as string,
 			source: procUnescape(f[dash + 2] as string),
+			superOptions: f.slice(dash + 3).join(" "),
 		});
 	}
 	return out;
