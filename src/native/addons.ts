@@ -1,6 +1,8 @@
 /**
  * Where the two native addons come from: koffi (libc calls: mknod, xattrs, mount(2), poll(2) in the
- * FUSE reader thread) and zstd-napi (chunk compression). Every use goes through here.
+ * FUSE reader thread) and zstd-napi's low-level binding (chunk compression). Every load goes
+ * through here, except zstd-napi's streaming API for zstd-compressed image layers
+ * (src/source/layer-stream.ts), which only sealing uses, never the guest.
  *
  * Normally both are packages in node_modules. In the single-file dadi-guest build
  * (scripts/guest-bundle.ts) their binaries are embedded instead (src/native/embedded-binaries.ts):
