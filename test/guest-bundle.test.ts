@@ -1,5 +1,5 @@
 /**
- * The single-file dadi-guest (scripts/guest-bundle.ts) needs nothing but `node`: built into a
+ * The single-file dadi-guest (src/build/guest-bundle.ts) needs nothing but `node`: built into a
  * directory outside the repository with no node_modules anywhere above it and run there with a
  * minimal environment, it reads, exports and serves — FUSE (koffi for mount(2) and, in the reader's
  * worker thread, poll(2)) and NBD — a zstd-compressed sealed image byte for byte, after extracting
@@ -12,7 +12,10 @@ import { mkdir, readdir, readFile, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildGuestBundle, type GuestBundle } from "../scripts/guest-bundle.js";
+import {
+	buildGuestBundle,
+	type GuestBundle,
+} from "../src/build/guest-bundle.js";
 import { killDaemons, startDaemon } from "./daemon.js";
 import {
 	cleanupTempDirs,

@@ -5,7 +5,7 @@
  * (src/source/layer-stream.ts), which only sealing uses, never the guest.
  *
  * Normally both are packages in node_modules. In the single-file dadi-guest build
- * (scripts/guest-bundle.ts) their binaries are embedded instead (src/native/embedded-binaries.ts):
+ * (src/build/guest-bundle.ts) their binaries are embedded instead (src/native/embedded-binaries.ts):
  * each is extracted on first use into a private content-addressed cache (src/native/extract.ts)
  * and loaded from there. Nothing is loaded before it is needed, so importing this costs nothing.
  */

@@ -1,5 +1,5 @@
 /**
- * The native addons carried inside the single-file dadi-guest build. scripts/guest-bundle.ts
+ * The native addons carried inside the single-file dadi-guest build. src/build/guest-bundle.ts
  * replaces this module's contents while bundling with the binaries of the build machine's
  * node_modules; in the ordinary build (tsc → dist) the list is empty and the addons are loaded
  * from node_modules (src/native/addons.ts).

@@ -153,7 +153,7 @@ export async function buildGuestBundle(
 	if (!out) throw new Error("esbuild produced no output");
 	const packages = bundledPackages(root, Object.keys(result.metafile.inputs));
 	const notice = [
-		"// dadi-guest, single-file build (scripts/guest-bundle.ts; docs/operations.md).",
+		"// dadi-guest, single-file build (src/build/guest-bundle.ts; docs/operations.md).",
 		`// Native modules embedded for ${GUEST_TARGET} (glibc): ${natives.map((n) => `${n.name}@${n.version} sha256:${n.sha256}`).join(", ")}.`,
 		`// Bundled packages: ${packages.join(", ")}.`,
 	].join("\n");

@@ -1,12 +1,12 @@
 /**
- * `npm run build:guest`: writes the single-file dadi-guest (scripts/guest-bundle.ts) to
+ * `npm run build:guest`: writes the single-file dadi-guest (src/build/guest-bundle.ts) to
  * dist/guest/dadi-guest.mjs, or to the path given as the only argument.
  */
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildGuestBundle } from "./guest-bundle.js";
 
-const root = fileURLToPath(new URL("../../", import.meta.url));
+const root = fileURLToPath(new URL("../../../", import.meta.url));
 const outfile = resolve(process.argv[2] ?? `${root}/dist/guest/dadi-guest.mjs`);
 try {
 	const b = await buildGuestBundle(root, outfile);
