@@ -18,7 +18,8 @@ import { sealDisk } from "../../seal/seal-disk.js";
 import { sealImage } from "../../seal/seal-image.js";
 import { hostPlatform, parsePlatform } from "../../source/platform.js";
 import { trackTemp, untrackTemp } from "../../temp-files.js";
-import { Progress, parseSize, readKeyFile, runAction } from "../common.js";
+import { parseSize, readKeyFile, runAction } from "../common.js";
+import { Progress } from "../progress.js";
 import {
 	addRegistryOptions,
 	type RegistryFlags,
@@ -125,7 +126,10 @@ export function sealCommand(program: Command): void {
 			"--seal-id <HEX>",
 			"32 hex digits: reproducible output (same input, key and seal id give identical blobs)",
 		)
-		.option("--json", "print the result as JSON")
+		.option(
+			"--json",
+			"print the result as JSON (and progress on stderr as JSON lines)",
+		)
 		.option("--quiet", "no progress on stderr");
 	addRegistryOptions(c).action(
 		async (srcText: string, destText: string, opts: SealOpts) =>
@@ -274,7 +278,7 @@ export function sealCommand(program: Command): void {
 								key: opts.baseKey ? await readKeyFile(opts.baseKey) : key,
 							}
 						: undefined;
-					const progress = new Progress(!opts.quiet);
+					const progress = new Progress(!opts.quiet, Boolean(opts.json));
 					const onProgress = (phase: string, d: number, t: number) =>
 						progress.update(phase, d, t);
 					const started = performance.now();
