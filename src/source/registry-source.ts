@@ -56,7 +56,8 @@ export async function openRegistryImage(
 			{
 				platform,
 				tag: "source",
-				onProgress: (d, t) => o.onProgress?.("pulling", d, t),
+				phase: "pulling",
+				onProgress: (e) => o.onProgress?.(e.phase, e.done, e.total),
 			},
 		);
 		const image = await openOciLayoutImage(

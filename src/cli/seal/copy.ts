@@ -63,19 +63,20 @@ export async function copyBetween(
 	dest: Reference,
 	flags: RegistryFlags & { platform?: string; quiet?: boolean; json?: boolean },
 	texts: [string, string],
-	phase = "copying",
 ): Promise<CopyResult> {
 	const from = await openEndpoint(src, "source", flags, texts[0]);
 	try {
 		const to = await openEndpoint(dest, "destination", flags, texts[1]);
 		try {
 			const progress = new Progress(!flags.quiet, Boolean(flags.json));
-			const r = await copyImage(from.endpoint, to.endpoint, {
-				platform: flags.platform ? parsePlatform(flags.platform) : undefined,
-				onProgress: (d, t) => progress.update(phase, d, t),
-			});
-			progress.done();
-			return r;
+			try {
+				return await copyImage(from.endpoint, to.endpoint, {
+					platform: flags.platform ? parsePlatform(flags.platform) : undefined,
+					onProgress: (e) => progress.report(e),
+				});
+			} finally {
+				progress.done();
+			}
 		} finally {
 			await to.close();
 		}
