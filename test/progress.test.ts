@@ -1,9 +1,12 @@
 /**
- * The progress reporter (src/cli/progress.ts), on a fake clock: which lines a log gets,
- * heartbeats for quiet phases, JSON events.
+ * The progress reporter (src/cli/progress.ts) and the debugfs echo counter, on a fake clock:
+ * which lines a log gets, heartbeats for quiet phases, JSON events, and counting commands in
+ * output cut anywhere.
  */
+import fc from "fast-check";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { describeProgress, Progress } from "../src/cli/progress.js";
+import { echoCounter } from "../src/rootfs/debugfs.js";
 
 let out: string[];
 const make = (json = false, tty = false) =>
@@ -132,5 +135,41 @@ describe("progress lines", () => {
 				total: 0,
 			}),
 		).toBe("layers 1–3/3: sealing…");
+	});
+});
+
+describe("debugfs echo counter", () => {
+	it("counts the 'debugfs: ' command echoes however the output is cut", () => {
+		fc.assert(
+			fc.property(
+				fc.array(
+					fc.oneof(
+						fc.constantFrom('sif "/a" ctime @1', 'ls -p "/"'),
+						fc.string(),
+					),
+					{ maxLength: 30 },
+				),
+				fc.array(fc.nat(40), { maxLength: 20 }),
+				(commands, cuts) => {
+					const text = commands
+						.map((c, i) =>
+							i % 2 === 0
+								? `debugfs: ${c.replace(/\n/g, "")}\n`
+								: `/12/100644/0/0/x${c.replace(/\n/g, "")}/5/\n`,
+						)
+						.join("");
+					const want = commands.filter((_, i) => i % 2 === 0).length;
+					const count = echoCounter();
+					let at = 0;
+					let got = 0;
+					for (const n of cuts) {
+						got = count(text.slice(at, at + n));
+						at += n;
+					}
+					got = count(text.slice(at));
+					expect(got).toBe(want);
+				},
+			),
+		);
 	});
 });
