@@ -2,20 +2,24 @@
  * Issue 12, "show progress": what a user sees while `dadi-seal seal` works. Push progress counts
  * only bytes the registry acknowledged (checked against a counting proxy at the moment each
  * progress event is printed) and reports blobs the registry already has as not sent; a quiet
- * phase — the registry holding an upload — gets heartbeats. Real registry; nothing is timed (the
- * held upload is released once the test has seen what it waits for).
+ * phase — the registry holding an upload, mke2fs working — gets heartbeats; layers are numbered
+ * the same way (from 1, of n) in progress, report and errors. Real registry, real images (umoci),
+ * real mke2fs (held back by a wrapper until the test has seen the heartbeat, so nothing is timed).
  */
 import { spawn } from "node:child_process";
+import { chmod, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
 	BIN,
 	cleanupTempDirs,
 	prng,
+	runCli,
 	tempDir,
 	writeDisk,
 	writeKey,
 } from "./helpers.js";
+import { buildTestImage, run, tarEntry, tarOf } from "./image-fixtures.js";
 import {
 	type FaultProxy,
 	type ProxiedRequest,
@@ -29,8 +33,10 @@ let dir: string;
 let keyPath: string;
 let reg: RunningRegistry;
 let proxy: FaultProxy;
+let img: string;
 
 beforeAll(async () => {
+	expect(process.getuid?.()).toBe(0); // sealing container images needs root
 	dir = await tempDir();
 	keyPath = (await writeKey(dir)).path;
 	// Random data: stored as it is, so the layer blob is about 24 MiB.
@@ -39,6 +45,7 @@ beforeAll(async () => {
 	]);
 	reg = await startRegistry();
 	proxy = await startFaultProxy(reg);
+	img = await buildTestImage(dir);
 });
 
 afterAll(async () => {
@@ -190,5 +197,134 @@ describe("push progress", () => {
 		const sent = Number(/\((\d+) B \//.exec(final.line)?.[1]);
 		expect(sent).toBeLessThanOrEqual(final.bytesIn - start);
 		for (const s of lines) expect(s.line).not.toMatch(/MiB \/|KiB \//);
+	});
+});
+
+describe("building the file system", () => {
+	it("a long mke2fs gets heartbeats naming the layer and phase, then the debugfs time fixing counts its commands", async () => {
+		// A wrapper mke2fs that waits for the test's go-ahead (at most 30 s), then runs the real one.
+		const bin = join(dir, "slow-bin");
+		const go = join(dir, "mke2fs.go");
+		await run("mkdir", ["-p", bin]);
+		const real = (await run("sh", ["-c", "command -v mke2fs"])).trim();
+		await writeFile(
+			join(bin, "mke2fs"),
+			`#!/bin/sh\ni=0\nwhile [ ! -e "${go}" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\nexec ${real} "$@"\n`,
+		);
+		await chmod(join(bin, "mke2fs"), 0o755);
+		let heldHeartbeat: string | undefined;
+		const r = await sealWatching(
+			[`oci:${img}:v1`, `oci:${join(dir, "hb")}:v1`, "--key", keyPath],
+			(s) => {
+				if (
+					heldHeartbeat === undefined &&
+					/^layer 1\/1: building ext4… \[\d+ s\]$/.test(s.line)
+				) {
+					heldHeartbeat = s.line;
+					void writeFile(go, "");
+				}
+			},
+			{ ...process.env, PATH: `${bin}:${process.env.PATH}` },
+		);
+		const text = r.seen.map((s) => s.line).join("\n");
+		expect(r.code, text).toBe(0);
+		expect(heldHeartbeat, text).toBeDefined();
+		await expect(stat(go)).resolves.toBeTruthy();
+		expect(text).toMatch(/^layer 1\/1: applying: 100% \(/m);
+		expect(text).toMatch(
+			/^layer 1\/1: fixing inode times: 100% \((\d+) \/ \1 commands\)$/m,
+		);
+		expect(text).toMatch(/^layer 1\/1: sealing: 100% /m);
+	});
+});
+
+describe("layer numbering", () => {
+	it("progress, the report and --json number layers from 1 of n, the same way", async () => {
+		const text = await runCli(BIN.seal, [
+			"seal",
+			`oci:${img}:v3`,
+			`oci:${join(dir, "num")}:t`,
+			"--key",
+			keyPath,
+		]);
+		expect(text.code, text.stderr).toBe(0);
+		const progressed = new Set(
+			[...text.stderr.matchAll(/^layer (\d)\/(\d): sealing/gm)].map(
+				(m) => `${m[1]}/${m[2]}`,
+			),
+		);
+		const reported = [
+			...text.stdout.matchAll(/^ {2}layer (\d)\/(\d): stored/gm),
+		].map((m) => `${m[1]}/${m[2]}`);
+		expect([...progressed]).toEqual(["1/3", "2/3", "3/3"]);
+		expect(reported).toEqual(["1/3", "2/3", "3/3"]);
+		const json = await runCli(BIN.seal, [
+			"seal",
+			`oci:${img}:v3`,
+			`oci:${join(dir, "num-json")}:t`,
+			"--key",
+			keyPath,
+			"--json",
+		]);
+		expect(json.code, json.stderr).toBe(0);
+		const out = JSON.parse(json.stdout);
+		expect(out.layerIndexBase).toBe(1);
+		expect(out.sourceLayers).toBe(3);
+		expect(
+			out.layers.map((l: { position: number; sourceLayers: number[] }) => [
+				l.position,
+				l.sourceLayers,
+			]),
+		).toEqual([
+			[1, [1]],
+			[2, [2]],
+			[3, [3]],
+		]);
+		const events = json.stderr
+			.split("\n")
+			.filter((l) => l.startsWith('{"progress"'))
+			.map((l) => JSON.parse(l).progress);
+		const sealing = new Set(
+			events
+				.filter((e) => e.phase === "sealing")
+				.map((e) => `${e.layer}/${e.layers}`),
+		);
+		expect([...sealing]).toEqual(["1/3", "2/3", "3/3"]);
+	});
+
+	it("an error in a layer names it as progress did", async () => {
+		const layout = join(dir, "bad-layer");
+		await run("cp", ["-a", img, layout]);
+		await writeFile(
+			join(dir, "bad.tar"),
+			tarOf([tarEntry({ name: "../escaped", body: Buffer.from("x") })]),
+		);
+		await run("umoci", [
+			"raw",
+			"add-layer",
+			"--image",
+			`${layout}:v1`,
+			"--tag",
+			"bad",
+			join(dir, "bad.tar"),
+		]);
+		const r = await runCli(BIN.seal, [
+			"seal",
+			`oci:${layout}:bad`,
+			`oci:${join(dir, "bad-out")}:t`,
+			"--key",
+			keyPath,
+		]);
+		expect(r.code).toBe(3);
+		const lines = r.stderr.trimEnd().split("\n");
+		const error = lines[lines.length - 1] as string;
+		expect(error).toMatch(
+			/^dadi-seal seal: error: layer 2\/2: tar entry "\.\.\/escaped": .*\[INPUT_INVALID\]$/,
+		);
+		const labels = lines
+			.slice(0, -1)
+			.map((l) => /^(layer \d\/\d):/.exec(l)?.[1])
+			.filter(Boolean);
+		expect(labels[labels.length - 1]).toBe("layer 2/2");
 	});
 });

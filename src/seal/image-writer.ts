@@ -37,6 +37,7 @@ import {
 	serializeSealedConfig,
 	WRAP_ALG,
 } from "../oci/sealed-config.js";
+import type { OnProgress } from "../progress.js";
 import { SealedLayer } from "../storage/sealed-layer.js";
 import { FileSource, type RangeSource } from "../storage/source.js";
 import { readChunksOrZero, VirtualDisk } from "../storage/virtual-disk.js";
@@ -145,7 +146,7 @@ export class ImageWriter {
 	/** Seals `diskPath` as the next layer; returns its config entry. */
 	async addDisk(
 		diskPath: string,
-		onProgress?: (phase: string, done: number, total: number) => void,
+		onProgress?: OnProgress,
 		sourceDiffIds?: string[],
 	): Promise<SealedLayerEntry> {
 		const disk = await FileSource.open(diskPath);
@@ -162,7 +163,7 @@ export class ImageWriter {
 			if (this.o.sealId) {
 				const total = disk.size;
 				const diskDigest = await digestSource(disk, (d) =>
-					onProgress?.("hashing", d, total),
+					onProgress?.({ phase: "hashing", done: d, total }),
 				);
 				const material = layerMaterial({
 					position,
@@ -194,7 +195,8 @@ export class ImageWriter {
 					layerKey,
 					layerId,
 					sink: writer,
-					onProgress: (d, t) => onProgress?.("sealing", d, t),
+					onProgress: (d, t) =>
+						onProgress?.({ phase: "sealing", done: d, total: t }),
 				});
 				desc = await writer.commit(MT_SEALED_LAYER);
 			} catch (e) {
@@ -214,7 +216,10 @@ export class ImageWriter {
 				zeroChunks: sealed.zeroChunks,
 				...(sourceDiffIds ? { sourceDiffIds } : {}),
 			};
-			const src = await this.layout.openBlob(desc, `layer ${position}`);
+			const src = await this.layout.openBlob(
+				desc,
+				`sealed layer ${position + 1} (${desc.digest.slice(0, 19)})`,
+			);
 			this.#sources.push(src);
 			this.#opened.push(
 				await SealedLayer.open(src, layerKey, {

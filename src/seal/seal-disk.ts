@@ -18,6 +18,7 @@ import type {
 	SealedConfig,
 	SealedLayerEntry,
 } from "../oci/sealed-config.js";
+import type { OnProgress } from "../progress.js";
 import { FileSource } from "../storage/source.js";
 import { ImageWriter } from "./image-writer.js";
 
@@ -36,7 +37,7 @@ export interface SealDiskOptions {
 	base?: { ref: Reference; key: ImageKey };
 	/** A fixed seal id makes the output reproducible (see seal/keys.ts). */
 	sealId?: Buffer;
-	onProgress?: (phase: string, done: number, total: number) => void;
+	onProgress?: OnProgress;
 }
 
 export interface SealDiskResult {

@@ -266,8 +266,7 @@ export function sealCommand(program: Command): void {
 						chunkSize,
 						compression: opts.compress as CompressionName,
 						sealId,
-						onProgress: (phase: string, d: number, t: number) =>
-							progress.update(phase, d, t),
+						onProgress,
 					};
 					if (isDisk) {
 						const r = await sealDisk({
