@@ -149,21 +149,23 @@ export async function openSealedImage(
 }
 
 /**
- * Authenticates the config under the key, unwraps the layer keys and opens every layer from the
- * sources `openSource` gives (files, or lazy registry blobs).
+ * Authenticates the config under the key, unwraps the layer keys and opens the layers from the
+ * sources `openSource` gives (files, or lazy registry blobs): all of them, or the first `count`
+ * (the disk is then the disk of those layers: a base that an image reuses part of).
  */
 export async function openLayers(
 	image: SealedImageRef,
 	key: ImageKey,
 	openSource: (desc: Descriptor, index: number) => Promise<RangeSource>,
 	checkBlobDigest: OpenedImage["checkBlobDigest"],
+	count = image.config.layers.length,
 ): Promise<OpenedImage> {
 	authenticateConfig(image, key);
 	const layerKeys = unwrapLayerKeys(image, key);
 	const sources: RangeSource[] = [];
 	try {
 		const layers: SealedLayer[] = [];
-		for (const [i, l] of image.config.layers.entries()) {
+		for (const [i, l] of image.config.layers.slice(0, count).entries()) {
 			const src = await openSource(image.manifest.layers[i] as Descriptor, i);
 			sources.push(src);
 			layers.push(

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import type { ImageKey } from "../crypto/image-key.js";
 import { DadiError } from "../errors.js";
 import type { CompressionName } from "../format/constants.js";
-import { type OpenedImage, openSealedImage } from "../image/open-image.js";
+import type { OpenedImage } from "../image/open-image.js";
 import { type LayerNumber, layerLabel } from "../layer-label.js";
 import type { Descriptor } from "../oci/digest.js";
 import type { Reference } from "../oci/reference.js";
@@ -23,6 +23,7 @@ import type {
 } from "../oci/sealed-config.js";
 import { announce, inLayer, type OnProgress } from "../progress.js";
 import type { RegistryClientOptions } from "../registry/client.js";
+import type { BlobOrigin } from "../registry/endpoints.js";
 import { applyLayer } from "../rootfs/apply.js";
 import {
 	snapshotTree,
@@ -34,6 +35,7 @@ import { readTar } from "../rootfs/tar.js";
 import type { Platform, SourceImage } from "../source/image-source.js";
 import { openSourceImage } from "../source/open-source.js";
 import { trackTemp, untrackTemp } from "../temp-files.js";
+import { BaseImage } from "./base-image.js";
 import { ImageWriter } from "./image-writer.js";
 
 export interface SealImageOptions {
@@ -47,8 +49,15 @@ export interface SealImageOptions {
 	fsType?: FsKind;
 	flatten?: boolean;
 	sealId?: Buffer;
-	/** A sealed image (sealed from an image this one starts with) whose layers are reused. */
-	baseImage?: { ref: Reference; key: ImageKey };
+	/**
+	 * A sealed image (sealed from an image this one starts with) whose layers are reused: an OCI
+	 * layout or a registry image (`registry` says how to reach it).
+	 */
+	baseImage?: {
+		ref: Reference;
+		key: ImageKey;
+		registry?: RegistryClientOptions;
+	};
 	/** Where the staging directory and file-system images go (default: the OS temp dir). */
 	workDir?: string;
 	/** How to reach the registry of a docker:// source. */
@@ -91,6 +100,8 @@ export interface SealImageResult {
 	/** Sealed layers taken over from --base-image. */
 	reusedLayers: number;
 	reused: ReusedLayerReport[];
+	/** Blobs of the destination layout that came from a registry repository (a registry base's). */
+	blobOrigins: ReadonlyMap<string, BlobOrigin>;
 }
 
 /** What the layers hold, from a pass over their tar headers (which also verifies their digests). */
@@ -230,10 +241,11 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			"--flatten and --base-image do not go together: a flattened image shares no layers",
 		);
 	// The base first: its key and kind are checked before the source is read.
-	const base = o.baseImage
+	const baseImage = o.baseImage
 		? await openBase(o.baseImage, fsType, o.onProgress)
 		: undefined;
 	let image: SourceImage | undefined;
+	let base: OpenedImage | undefined;
 	let work: string | undefined;
 	let writer: ImageWriter | undefined;
 	try {
@@ -251,10 +263,11 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 		const c = await census(image, o.onProgress);
 		let fs: FsParams = { ...ext4SizeFor(c), ...fsIdentity(image.config) };
 		let reuse = { layers: 0, sourceLayers: 0 };
-		if (base) {
-			reuse = checkBase(base, image, c, fsType);
+		if (baseImage) {
+			reuse = checkBase(baseImage, image, c, fsType);
 			// Build the new layers exactly like the base's, so they stack on its disks chunk for chunk.
-			fs = base.config.fs as FsParams;
+			fs = baseImage.image.config.fs as FsParams;
+			base = await baseImage.open(reuse.layers, o.dest.dir, o.onProgress);
 		}
 		work = await mkdtemp(join(o.workDir ?? tmpdir(), "dadi-seal-"));
 		trackTemp(work);
@@ -268,10 +281,11 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			compression: o.compression,
 			sealId: o.sealId,
 			base:
-				base && o.baseImage
-					? { image: base, key: o.baseImage.key, layers: reuse.layers }
+				base && baseImage
+					? { image: base, key: baseImage.key, layers: reuse.layers }
 					: undefined,
 		});
+		await baseImage?.place(reuse.layers, writer.layout);
 		const reports: SealedImageLayerReport[] = [];
 		let sourceBytes = 0;
 		let pending: string[] = [];
@@ -333,6 +347,7 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			imageConfig: image.config,
 			fs,
 		});
+		const origin = baseImage?.origin;
 		return {
 			manifest,
 			config,
@@ -343,11 +358,19 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			layers: reports,
 			reusedLayers: reuse.layers,
 			reused: reusedReport(config, reuse.layers),
+			blobOrigins: new Map(
+				origin
+					? config.layers
+							.slice(0, reuse.layers)
+							.map((l) => [l.digest, origin] as const)
+					: [],
+			),
 		};
 	} finally {
 		if (work || image) announce(o.onProgress, "removing temporary files");
 		await writer?.close();
 		await base?.close();
+		await baseImage?.close();
 		await image?.close();
 		if (work) {
 			await rm(work, { recursive: true, force: true });
@@ -361,10 +384,10 @@ async function openBase(
 	o: NonNullable<SealImageOptions["baseImage"]>,
 	fsType: FsKind,
 	onProgress?: OnProgress,
-): Promise<OpenedImage> {
+): Promise<BaseImage> {
 	announce(onProgress, "reading the base image");
-	const b = await openSealedImage(o.ref, o.key);
-	const bc = b.config;
+	const b = await BaseImage.open({ ...o, option: "--base-image" });
+	const bc = b.image.config;
 	if (!bc.fs || bc.fsType !== fsType) {
 		await b.close();
 		throw new DadiError(
@@ -377,12 +400,12 @@ async function openBase(
 
 /** How many of the base's layers this image reuses; INPUT_INVALID when none or its file system is too small. */
 function checkBase(
-	b: OpenedImage,
+	b: BaseImage,
 	image: SourceImage,
 	c: Census,
 	fsType: FsKind,
 ): { layers: number; sourceLayers: number } {
-	const bc = b.config;
+	const bc = b.image.config;
 	const reuse = sharedPrefix(
 		bc,
 		image.layers.map((l) => l.diffId),

@@ -13,6 +13,7 @@ import { resourcePathOf } from "../../kbs/client.js";
 import { parseReference, type Reference } from "../../oci/reference.js";
 import { KEY_REF_RE } from "../../oci/sealed-config.js";
 import { announce, type ProgressEvent } from "../../progress.js";
+import type { BlobOrigin } from "../../registry/endpoints.js";
 import type { FsKind } from "../../rootfs/mkfs.js";
 import { parseSealId } from "../../seal/keys.js";
 import { sealDisk } from "../../seal/seal-disk.js";
@@ -101,7 +102,7 @@ export function sealCommand(program: Command): void {
 		)
 		.option(
 			"--base-image <REF>",
-			"container images: oci:DIR[:TAG] of a sealed image whose source this image starts with; its sealed layers are reused",
+			"container images: oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST] of a sealed image whose source this image starts with; its sealed layers are reused (mounted, not uploaded again, when pushing to its registry)",
 		)
 		.option(
 			"--base-key <KEYFILE>",
@@ -204,10 +205,14 @@ export function sealCommand(program: Command): void {
 				const baseImageRef = opts.baseImage
 					? parseReference(opts.baseImage)
 					: undefined;
-				if (baseImageRef && baseImageRef.transport !== "oci")
+				if (
+					baseImageRef &&
+					baseImageRef.transport !== "oci" &&
+					baseImageRef.transport !== "docker"
+				)
 					throw new DadiError(
 						"USAGE",
-						`--base-image "${opts.baseImage}": must be oci:DIR[:TAG]`,
+						`--base-image "${opts.baseImage}": must be oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]`,
 					);
 				if ((opts.brokerTokenFile || opts.brokerCa) && !opts.broker)
 					throw new DadiError(
@@ -225,7 +230,14 @@ export function sealCommand(program: Command): void {
 						? await registryClientOptions(src, opts)
 						: undefined;
 				const baseImage = baseImageRef
-					? { ref: baseImageRef, key: baseKey }
+					? {
+							ref: baseImageRef,
+							key: baseKey,
+							registry:
+								baseImageRef.transport === "docker"
+									? await registryClientOptions(baseImageRef, opts)
+									: undefined,
+						}
 					: undefined;
 				const progress = new Progress(!opts.quiet, Boolean(opts.json));
 				const onProgress = (e: ProgressEvent) => progress.report(e);
@@ -243,11 +255,14 @@ export function sealCommand(program: Command): void {
 							? target
 							: { transport: "oci", dir: staging as string, tag: "sealed" };
 					const started = performance.now();
-					const publish = async (keyRef: string): Promise<Published> => {
+					const publish = async (
+						keyRef: string,
+						origins: ReadonlyMap<string, BlobOrigin> = new Map(),
+					): Promise<Published> => {
 						const pushed = await pushTarget?.push(
 							dest.dir,
 							"sealed",
-							new Map(),
+							origins,
 							onProgress,
 						);
 						const registered = await register(
@@ -297,7 +312,7 @@ export function sealCommand(program: Command): void {
 						baseImage,
 						registry,
 					});
-					const published = await publish(r.config.key.ref);
+					const published = await publish(r.config.key.ref, r.blobOrigins);
 					progress.done();
 					reportImage(
 						r,
