@@ -16,6 +16,8 @@ export type Fault =
 	| { kind: "drop-before-headers" }
 	/** wait before forwarding (slow response) */
 	| { kind: "delay"; ms: number }
+	/** hold the request (body unread) until `until` settles, then forward it */
+	| { kind: "hold"; until: Promise<unknown> }
 	/** forward the response body slowly */
 	| { kind: "trickle"; bytesPerSecond: number }
 	/** never answer (client timeouts) */
@@ -52,6 +54,8 @@ export interface FaultProxy {
 	setRule(rule: FaultRule | undefined): void;
 	/** every request the proxy received, in order */
 	requests: ProxiedRequest[];
+	/** Request body bytes received from clients and forwarded so far (uploads), all requests together. */
+	readonly bodyBytesIn: number;
 	/** Closes the server and destroys open sockets (stalled ones too). */
 	close(): Promise<void>;
 }
@@ -110,6 +114,7 @@ export async function startFaultProxy(upstream: {
 	const timers = new Set<NodeJS.Timeout>();
 	let rule: FaultRule | undefined;
 	let closed = false;
+	let bodyBytesIn = 0;
 	const requests: ProxiedRequest[] = [];
 
 	const later = (ms: number): Promise<void> =>
@@ -158,6 +163,10 @@ export async function startFaultProxy(upstream: {
 				await later(fault.ms);
 				if (closed || req.socket.destroyed) return;
 				break;
+			case "hold":
+				await fault.until;
+				if (closed || req.socket.destroyed) return;
+				break;
 		}
 
 		const headers = stripHopByHop(req.headers);
@@ -182,6 +191,10 @@ export async function startFaultProxy(upstream: {
 				res.writeHead(502, { "Content-Type": "text/plain" }).end("bad gateway");
 			else res.destroy();
 		});
+		// Counted as the body is forwarded (a 'data' listener added with the pipe loses nothing).
+		req.on("data", (c: Buffer) => {
+			bodyBytesIn += c.length;
+		});
 		req.pipe(up);
 
 		up.on("response", (ur) => {
@@ -204,6 +217,7 @@ export async function startFaultProxy(upstream: {
 				noBody ||
 				fault === undefined ||
 				fault.kind === "delay" ||
+				fault.kind === "hold" ||
 				fault.kind === "ignore-range" ||
 				fault.kind === "wrong-content-range"
 			) {
@@ -284,6 +298,9 @@ export async function startFaultProxy(upstream: {
 			rule = r;
 		},
 		requests,
+		get bodyBytesIn() {
+			return bodyBytesIn;
+		},
 		close() {
 			closing ??= new Promise<void>((resolve) => {
 				closed = true;
