@@ -7,7 +7,13 @@
 import { DadiError } from "../errors.js";
 import type { Descriptor } from "../oci/digest.js";
 import { pullScope, type RegistryClient, unexpected } from "./client.js";
-import { type HttpResponse, header, networkError, readBody } from "./http.js";
+import {
+	discardBody,
+	type HttpResponse,
+	header,
+	networkError,
+	readBody,
+} from "./http.js";
 import { backoffMs, isTransient, TransientError } from "./retry.js";
 
 /** A registry that ignores Range may send a whole blob this small; we slice it. */
@@ -59,7 +65,7 @@ export async function readRange(
 			if (res.status === 200) {
 				// The whole blob: acceptable only when small; otherwise someone strips Range.
 				if (blob.size > WHOLE_BLOB_FALLBACK) {
-					res.body.destroy();
+					discardBody(res);
 					throw new TransientError(
 						"REMOTE_PROTOCOL",
 						`${what}: the registry ignored the Range header and sent the whole ${blob.size}-byte blob; lazy reads need range support`,
@@ -81,7 +87,7 @@ export async function readRange(
 				cr.end !== last ||
 				(cr.total !== undefined && cr.total !== blob.size)
 			) {
-				res.body.destroy();
+				discardBody(res);
 				throw new TransientError(
 					"REMOTE_PROTOCOL",
 					`${what}: the answer's Content-Range (${(header(res, "content-range") ?? "none").slice(0, 80)}) is not the range asked for`,
@@ -149,7 +155,7 @@ export async function* blobStream(
 		if (res.status === 206) {
 			const cr = parseContentRange(header(res, "content-range"));
 			if (!cr || cr.start !== from) {
-				res.body.destroy();
+				discardBody(res);
 				throw new DadiError(
 					"REMOTE_PROTOCOL",
 					`${what}: resumed at the wrong offset`,
@@ -166,7 +172,7 @@ export async function* blobStream(
 					if (c.length === 0) continue;
 				}
 				if (got + c.length > blob.size) {
-					res.body.destroy();
+					discardBody(res);
 					throw new DadiError(
 						"DIGEST_MISMATCH",
 						`${what}: more bytes than the ${blob.size} its descriptor says`,

@@ -19,6 +19,7 @@ import { RegistryAuth } from "./auth.js";
 import type { Credentials } from "./credentials.js";
 import {
 	describe,
+	discardBody,
 	type HttpRequest,
 	type HttpResponse,
 	HttpTransport,
@@ -419,7 +420,7 @@ export async function unexpected(
 				.slice(0, 300);
 		}
 	} catch {
-		res.body.destroy();
+		discardBody(res);
 	}
 	const suffix = detail ? ` (${detail})` : "";
 	if (res.status === 404 || codes.some((c) => c.endsWith("_UNKNOWN")))

@@ -268,7 +268,7 @@ export async function readBody(
 ): Promise<Buffer> {
 	const declared = Number(res.headers["content-length"]);
 	if (Number.isFinite(declared) && declared > limit) {
-		res.body.destroy();
+		discardBody(res);
 		throw new DadiError(
 			"REMOTE_PROTOCOL",
 			`${what}: the answer is ${declared} bytes, more than the ${limit} allowed`,
@@ -280,7 +280,7 @@ export async function readBody(
 		for await (const chunk of res.body as AsyncIterable<Buffer>) {
 			n += chunk.length;
 			if (n > limit) {
-				res.body.destroy();
+				discardBody(res);
 				throw new DadiError(
 					"REMOTE_PROTOCOL",
 					`${what}: the answer is more than the ${limit} bytes allowed`,
@@ -293,6 +293,18 @@ export async function readBody(
 		throw networkError(e, what, hints);
 	}
 	return Buffer.concat(parts, n);
+}
+
+/**
+ * Drops a response body we will not read. undici's body stream emits an 'error' (request
+ * aborted) when destroyed; with no listener that would crash the process, so one is attached
+ * first. Every early exit from a response goes through here.
+ */
+export function discardBody(res: {
+	body: { on: (e: "error", f: () => void) => unknown; destroy: () => unknown };
+}): void {
+	res.body.on("error", () => {});
+	res.body.destroy();
 }
 
 /** A header's single value (the first, when repeated). */

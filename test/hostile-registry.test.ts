@@ -1,0 +1,123 @@
+/**
+ * A hostile registry, seen from a real process: answers that break the protocol must end in a
+ * coded error (or EIO while serving) — never a crash, a hang or wrong bytes.
+ */
+import { execFile } from "node:child_process";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { killDaemons, startDaemon } from "./daemon.js";
+import {
+	BIN,
+	cleanupTempDirs,
+	prng,
+	runCli,
+	tempDir,
+	writeDisk,
+	writeKey,
+} from "./helpers.js";
+import {
+	type FaultProxy,
+	isBlobGet,
+	startFaultProxy,
+} from "./registry/fault-proxy.js";
+import { type RunningRegistry, startRegistry } from "./registry/harness.js";
+
+const MiB = 1 << 20;
+const sh = promisify(execFile);
+let reg: RunningRegistry;
+let proxy: FaultProxy;
+let keyPath: string;
+
+beforeAll(async () => {
+	reg = await startRegistry();
+	proxy = await startFaultProxy({ host: reg.host });
+	const dir = await tempDir();
+	keyPath = (await writeKey(dir)).path;
+	await writeDisk(join(dir, "d.img"), 8 * MiB, [
+		{ at: 0, bytes: prng("h", 4 * MiB) },
+	]);
+	const r = await runCli(BIN.seal, [
+		"seal",
+		`raw:${join(dir, "d.img")}`,
+		`docker://${reg.host}/hostile/disk:v1`,
+		"--key",
+		keyPath,
+		"--insecure",
+		"--quiet",
+	]);
+	if (r.code !== 0) throw new Error(r.stderr);
+});
+
+afterAll(async () => {
+	killDaemons();
+	await proxy?.close();
+	await reg?.stop();
+	await cleanupTempDirs();
+});
+
+describe("a 206 whose Content-Range is not the range asked for", () => {
+	it("dadi-guest read exits 8 with REMOTE_PROTOCOL, no crash", async () => {
+		proxy.setRule((req) =>
+			isBlobGet(true)(req) ? { kind: "wrong-content-range" } : undefined,
+		);
+		try {
+			const r = await runCli(BIN.guest, [
+				"read",
+				`docker://${proxy.host}/hostile/disk:v1`,
+				"--key",
+				keyPath,
+				"--offset",
+				"0",
+				"--length",
+				"4k",
+				"--insecure",
+				"--retries",
+				"2",
+			]);
+			expect(r.stderr).not.toMatch(/Unhandled|uncaught|at .*\.js:\d+/i);
+			expect(r.code, r.stderr).toBe(8);
+			expect(r.stderr).toMatch(/Content-Range.*\[REMOTE_PROTOCOL\]/);
+		} finally {
+			proxy.setRule(undefined);
+		}
+	});
+});
+
+describe("serving through a hostile registry", () => {
+	it("dadi-guest serve answers EIO for a bad Content-Range and keeps serving", async () => {
+		const sock = join(await tempDir(), "nbd.sock");
+		const s = await startDaemon(BIN.guest, [
+			"serve",
+			`docker://${proxy.host}/hostile/disk:v1`,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--retries",
+			"2",
+			"--nbd",
+			`unix:${sock}`,
+			"--json",
+		]);
+		const uri = `nbd+unix:///dadi?socket=${sock}`;
+		const read = (off: number) =>
+			sh("qemu-io", ["-r", "-f", "raw", "-c", `read ${off} 4k`, uri]).then(
+				(r) => r.stdout + r.stderr,
+				(e: { stdout?: string; stderr?: string }) => `${e.stdout}${e.stderr}`,
+			);
+		try {
+			proxy.setRule((req) =>
+				isBlobGet(true)(req) ? { kind: "wrong-content-range" } : undefined,
+			);
+			expect(await read(2 * MiB)).toMatch(/Input\/output error|failed/i);
+			expect(await read(3 * MiB)).toMatch(/Input\/output error|failed/i);
+			proxy.setRule(undefined);
+			expect(await read(2 * MiB)).toMatch(/read 4096\/4096 bytes/);
+			expect(s.child.exitCode).toBeNull();
+			expect(s.stderr()).not.toMatch(/Unhandled|RequestAbortedError/);
+		} finally {
+			proxy.setRule(undefined);
+			expect(await s.stop(), s.stderr()).toBe(0);
+		}
+	});
+});
