@@ -6,11 +6,16 @@ import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fetchSealedImage } from "../src/lazy/open-remote.js";
+import { parseReference } from "../src/oci/reference.js";
+import { blobStream } from "../src/registry/blob-download.js";
+import { RegistryClient } from "../src/registry/client.js";
 import { killDaemons, startDaemon } from "./daemon.js";
 import {
 	BIN,
 	cleanupTempDirs,
 	prng,
+	rejection,
 	runCli,
 	tempDir,
 	writeDisk,
@@ -118,6 +123,76 @@ describe("serving through a hostile registry", () => {
 		} finally {
 			proxy.setRule(undefined);
 			expect(await s.stop(), s.stderr()).toBe(0);
+		}
+	});
+});
+
+describe("a registry that drips", () => {
+	const slowFloor = {
+		insecure: true,
+		retry: {
+			attempts: 2,
+			baseDelayMs: 10,
+			maxDelayMs: 50,
+			maxRetryAfterMs: 1000,
+		},
+		timeouts: { rateFloor: { windowMs: 1000, minBytes: 1024 } },
+	};
+
+	it("a whole blob dripped at one byte every 50 ms fails by the rate floor, not after minutes", async () => {
+		const ref = parseReference(`docker://${proxy.host}/hostile/disk:v1`);
+		if (ref.transport !== "docker") throw new Error("ref");
+		const client = new RegistryClient(ref.registry, slowFloor);
+		try {
+			const image = await fetchSealedImage(client, ref);
+			const layer = image.manifest.layers[0];
+			if (!layer) throw new Error("no layer");
+			proxy.setRule((req) =>
+				req.method === "GET" && req.url.includes(layer.digest)
+					? { kind: "drip", everyMs: 50 }
+					: undefined,
+			);
+			const started = Date.now();
+			const e = await rejection(
+				(async () => {
+					for await (const _ of blobStream(client, ref.repository, layer));
+				})(),
+			);
+			expect(e.code).toBe("NETWORK");
+			expect(e.message).toMatch(/arrives too slowly.*gave up after 2 attempts/);
+			expect(Date.now() - started).toBeLessThan(6000);
+		} finally {
+			proxy.setRule(undefined);
+			await client.close();
+		}
+	});
+
+	it("a dripped manifest fails within the request deadline for all its attempts", async () => {
+		const ref = parseReference(`docker://${proxy.host}/hostile/disk:v1`);
+		if (ref.transport !== "docker") throw new Error("ref");
+		const client = new RegistryClient(ref.registry, {
+			...slowFloor,
+			retry: {
+				attempts: 5,
+				baseDelayMs: 10,
+				maxDelayMs: 50,
+				maxRetryAfterMs: 1000,
+			},
+			timeouts: { ...slowFloor.timeouts, requestMs: 2500 },
+		});
+		proxy.setRule((req) =>
+			req.url.includes("/manifests/")
+				? { kind: "drip", everyMs: 100 }
+				: undefined,
+		);
+		try {
+			const started = Date.now();
+			const e = await rejection(fetchSealedImage(client, ref));
+			expect(e.code).toBe("NETWORK");
+			expect(Date.now() - started).toBeLessThan(6000);
+		} finally {
+			proxy.setRule(undefined);
+			await client.close();
 		}
 	});
 });

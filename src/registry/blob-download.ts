@@ -9,12 +9,16 @@ import type { Descriptor } from "../oci/digest.js";
 import { pullScope, type RegistryClient, unexpected } from "./client.js";
 import {
 	discardBody,
+	enforceRateFloor,
 	type HttpResponse,
 	header,
 	networkError,
 	readBody,
 } from "./http.js";
 import { backoffMs, isTransient, TransientError } from "./retry.js";
+
+/** Bytes one attempt must deliver before its failures stop counting against the resume limit. */
+const PROGRESS_BYTES = 1 << 20;
 
 /** A registry that ignores Range may send a whole blob this small; we slice it. */
 const WHOLE_BLOB_FALLBACK = 1 << 20;
@@ -162,8 +166,10 @@ export async function* blobStream(
 				);
 			}
 		} else skip = from; // the registry restarted from 0: drop what we already have
+		const floor = enforceRateFloor(res, what, blob.size - from);
 		try {
 			for await (const chunk of res.body as AsyncIterable<Buffer>) {
+				floor.add(chunk.length);
 				let c = chunk;
 				if (skip > 0) {
 					const n = Math.min(skip, c.length);
@@ -179,7 +185,8 @@ export async function* blobStream(
 					);
 				}
 				got += c.length;
-				failures = 0;
+				// An attempt that moved a real amount is progress; a drip is not.
+				if (got - from >= PROGRESS_BYTES) failures = 0;
 				yield c;
 			}
 			if (blob.size === 0) return;
@@ -201,6 +208,8 @@ export async function* blobStream(
 			await new Promise((r) =>
 				setTimeout(r, backoffMs(client.retry, failures)),
 			);
+		} finally {
+			floor.stop();
 		}
 	}
 }

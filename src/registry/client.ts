@@ -160,8 +160,17 @@ export class RegistryClient {
 		};
 		return spec.once
 			? attemptOnce(0)
-			: withRetries(this.retry, attemptOnce, (_a, e, delay) =>
-					this.onRetry?.(e, delay),
+			: withRetries(
+					this.retry,
+					attemptOnce,
+					(_a, e, delay) => this.onRetry?.(e, delay),
+					// Small bounded exchanges (manifests, tag lists, pings) get one overall deadline
+					// for all their attempts; blob transfers are bounded by progress instead.
+					spec.what === "manifest" ||
+						spec.what === "tags" ||
+						spec.what === "ping"
+						? this.transport.timeouts.requestMs
+						: Number.POSITIVE_INFINITY,
 				);
 	}
 

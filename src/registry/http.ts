@@ -11,6 +11,7 @@ import type { Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 import { type Dispatcher, EnvHttpProxyAgent, request } from "undici";
 import { DadiError } from "../errors.js";
+import { DEFAULT_RATE_FLOOR, type RateFloor, RateWatch } from "./rate-watch.js";
 import { TransientError } from "./retry.js";
 
 export interface Timeouts {
@@ -22,6 +23,8 @@ export interface Timeouts {
 	bodyMs: number;
 	/** Whole exchange, headers and body, for bounded requests (not whole-blob streams). */
 	requestMs: number;
+	/** The slowest a body may arrive (a drip is not progress). */
+	rateFloor?: RateFloor;
 }
 
 export const DEFAULT_TIMEOUTS: Timeouts = {
@@ -78,6 +81,8 @@ export interface HttpResponse {
 	/** Where the answer finally came from (after redirects). */
 	url: URL;
 	body: Dispatcher.ResponseData["body"];
+	/** The transport's floor on body arrival rate (readers enforce it). */
+	rateFloor?: RateFloor;
 }
 
 const MAX_REDIRECTS = 5;
@@ -124,7 +129,13 @@ export class HttpTransport {
 				(req.method === "GET" || req.method === "HEAD") &&
 				req.followRedirects !== false &&
 				typeof location === "string";
-			if (!redirect) return { ...res, status: res.statusCode, url };
+			if (!redirect)
+				return {
+					...res,
+					status: res.statusCode,
+					url,
+					rateFloor: this.timeouts.rateFloor ?? DEFAULT_RATE_FLOOR,
+				};
 			await res.body.dump().catch(() => {});
 			if (hop >= MAX_REDIRECTS)
 				throw new DadiError(
@@ -276,6 +287,11 @@ export async function readBody(
 	}
 	const parts: Buffer[] = [];
 	let n = 0;
+	const floor = enforceRateFloor(
+		res,
+		what,
+		Number.isFinite(declared) ? declared : undefined,
+	);
 	try {
 		for await (const chunk of res.body as AsyncIterable<Buffer>) {
 			n += chunk.length;
@@ -287,12 +303,44 @@ export async function readBody(
 				);
 			}
 			parts.push(chunk);
+			floor.add(chunk.length);
 			onPiece?.(chunk.length);
 		}
 	} catch (e) {
 		throw networkError(e, what, hints);
+	} finally {
+		floor.stop();
 	}
 	return Buffer.concat(parts, n);
+}
+
+/**
+ * Ends a body that arrives slower than the response's rate floor with a transient NETWORK error
+ * (the reader's loop sees it as the stream's error). The reader reports each piece it takes with
+ * `add` and calls `stop` when done.
+ */
+export function enforceRateFloor(
+	res: HttpResponse,
+	what: string,
+	expected?: number,
+): { add: (n: number) => void; stop: () => void } {
+	const floor = res.rateFloor ?? DEFAULT_RATE_FLOOR;
+	const watch = new RateWatch(floor, performance.now(), expected);
+	const timer = setInterval(
+		() => {
+			if (!watch.tooSlow(performance.now())) return;
+			clearInterval(timer);
+			res.body.destroy(
+				new TransientError(
+					"NETWORK",
+					`${what}: the body arrives too slowly (less than ${floor.minBytes} bytes in ${floor.windowMs / 1000} s)`,
+				),
+			);
+		},
+		Math.max(50, floor.windowMs / 4),
+	);
+	timer.unref();
+	return { add: (n) => watch.add(n), stop: () => clearInterval(timer) };
 }
 
 /**
