@@ -5,8 +5,15 @@
 import { execFile } from "node:child_process";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fetchSealedImage } from "../src/lazy/open-remote.js";
+import { readKeyFile } from "../src/cli/common.js";
+import type { ImageKey } from "../src/crypto/image-key.js";
+import { DadiError } from "../src/errors.js";
+import {
+	fetchSealedImage,
+	openRemoteSealedImage,
+} from "../src/lazy/open-remote.js";
 import { parseReference } from "../src/oci/reference.js";
 import { blobStream } from "../src/registry/blob-download.js";
 import { RegistryClient } from "../src/registry/client.js";
@@ -22,6 +29,7 @@ import {
 	writeKey,
 } from "./helpers.js";
 import {
+	type Fault,
 	type FaultProxy,
 	isBlobGet,
 	startFaultProxy,
@@ -33,12 +41,14 @@ const sh = promisify(execFile);
 let reg: RunningRegistry;
 let proxy: FaultProxy;
 let keyPath: string;
+let keyOf: ImageKey;
 
 beforeAll(async () => {
 	reg = await startRegistry();
 	proxy = await startFaultProxy({ host: reg.host });
 	const dir = await tempDir();
 	keyPath = (await writeKey(dir)).path;
+	keyOf = await readKeyFile(keyPath);
 	await writeDisk(join(dir, "d.img"), 8 * MiB, [
 		{ at: 0, bytes: prng("h", 4 * MiB) },
 	]);
@@ -194,5 +204,108 @@ describe("a registry that drips", () => {
 			proxy.setRule(undefined);
 			await client.close();
 		}
+	});
+});
+
+describe("random hostile answers (property)", () => {
+	it("never crash the process, never give wrong bytes, keep memory bounded", async () => {
+		const ref = parseReference(`docker://${proxy.host}/hostile/disk:v1`);
+		if (ref.transport !== "docker") throw new Error("ref");
+		const disk = prng("h", 4 * MiB);
+		const faults: Fault[] = [
+			{ kind: "wrong-content-range" },
+			{ kind: "short-body" },
+			{ kind: "drop-mid-body" },
+			{ kind: "drop-before-headers" },
+			{ kind: "flip-byte" },
+			{ kind: "ignore-range" },
+			{ kind: "status", status: 500 },
+			{ kind: "status", status: 206 },
+			{ kind: "stall" },
+			{ kind: "stall-mid-body" },
+			{ kind: "delay", ms: 30 },
+		];
+		const uncaught: unknown[] = [];
+		const onUncaught = (e: unknown) => uncaught.push(e);
+		process.on("uncaughtException", onUncaught);
+		process.on("unhandledRejection", onUncaught);
+		const rssBefore = process.memoryUsage().rss;
+		try {
+			await fc.assert(
+				fc.asyncProperty(
+					fc.array(fc.option(fc.constantFrom(...faults), { freq: 3 }), {
+						minLength: 1,
+						maxLength: 24,
+					}),
+					fc.array(
+						fc.tuple(
+							fc.nat(4 * MiB - 1),
+							fc.integer({ min: 1, max: 256 << 10 }),
+						),
+						{
+							minLength: 1,
+							maxLength: 4,
+						},
+					),
+					async (plan, reads) => {
+						let i = 0;
+						proxy.setRule((req) =>
+							isBlobGet(true)(req)
+								? (plan[i++ % plan.length] ?? undefined)
+								: undefined,
+						);
+						let image: Awaited<ReturnType<typeof openRemoteSealedImage>>;
+						try {
+							image = await openRemoteSealedImage(ref, keyOf, {
+								insecure: true,
+								retry: {
+									attempts: 3,
+									baseDelayMs: 5,
+									maxDelayMs: 20,
+									maxRetryAfterMs: 100,
+								},
+								timeouts: {
+									connectMs: 500,
+									headersMs: 500,
+									bodyMs: 500,
+									requestMs: 3000,
+								},
+								tuning: { stallMs: 700, hedgeMs: 150 },
+							});
+						} catch (e) {
+							expect(e).toBeInstanceOf(DadiError);
+							return;
+						}
+						try {
+							for (const [at, n] of reads) {
+								const len = Math.min(n, 4 * MiB - at);
+								const got = await image.disk
+									.read(at, len)
+									.catch((e: unknown) => e);
+								if (got instanceof Buffer)
+									expect(got.equals(disk.subarray(at, at + len))).toBe(true);
+								else {
+									expect(got).toBeInstanceOf(DadiError);
+									expect([
+										"NETWORK",
+										"REMOTE_PROTOCOL",
+										"AUTH_FAILED",
+									]).toContain((got as DadiError).code);
+								}
+							}
+						} finally {
+							await image.close();
+						}
+					},
+				),
+				{ numRuns: 25 },
+			);
+		} finally {
+			proxy.setRule(undefined);
+			process.off("uncaughtException", onUncaught);
+			process.off("unhandledRejection", onUncaught);
+		}
+		expect(uncaught).toEqual([]);
+		expect(process.memoryUsage().rss - rssBefore).toBeLessThan(300 * MiB);
 	});
 });
