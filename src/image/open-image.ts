@@ -174,6 +174,7 @@ export async function openLayers(
 					chunkSize: image.config.chunkSize,
 					virtualSize: l.virtualSize,
 					compression: l.compression,
+					maxExtents: l.storedChunks + l.zeroChunks,
 				}),
 			);
 			const opened = layers[i] as SealedLayer;

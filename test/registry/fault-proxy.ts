@@ -20,6 +20,8 @@ export type Fault =
 	| { kind: "hold"; until: Promise<unknown> }
 	/** forward the response body slowly */
 	| { kind: "trickle"; bytesPerSecond: number }
+	/** forward the headers, then one body byte every `everyMs` (a drip that defeats idle timeouts) */
+	| { kind: "drip"; everyMs: number }
 	/** never answer (client timeouts) */
 	| { kind: "stall" }
 	/** forward, but rewrite Content-Range "bytes a-b/t" to "bytes (a+1)-(b+1)/t" (same length) */
@@ -262,6 +264,16 @@ export async function startFaultProxy(upstream: {
 							Math.ceil((body.length * 3) / 4),
 						);
 						res.write(body.subarray(0, n), () => res.socket?.end());
+						return;
+					}
+					case "drip": {
+						res.writeHead(status, ur.statusMessage, out);
+						for (let o = 0; o < body.length; o++) {
+							if (closed || res.destroyed) return;
+							res.write(body.subarray(o, o + 1));
+							await later(fault.everyMs);
+						}
+						res.end();
 						return;
 					}
 					case "trickle": {
