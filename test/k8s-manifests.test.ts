@@ -30,11 +30,35 @@ function docs(yamlText: string): Record<string, unknown>[] {
 	});
 }
 
-/** Throws kubernetes-models' ValidationError when the object does not match the schema. */
+/**
+ * Throws kubernetes-models' ValidationError when the object does not match the schema. The schemas
+ * accept unknown fields (as the API server's non-strict decoding does), so the fields the objects
+ * may have are checked here too: a misspelt field would otherwise be dropped silently.
+ */
 function validate(o: Record<string, unknown>): void {
-	if (o.kind === "RuntimeClass") new RuntimeClass(o as never).validate();
-	else if (o.kind === "Pod") new Pod(o as never).validate();
-	else throw new Error(`unexpected kind ${String(o.kind)}`);
+	const only = (obj: unknown, keys: string[], at: string): void => {
+		for (const k of Object.keys(obj as object))
+			if (!keys.includes(k)) throw new Error(`${at}: unexpected field ${k}`);
+	};
+	if (o.kind === "RuntimeClass") {
+		new RuntimeClass(o as never).validate();
+		only(
+			o,
+			["apiVersion", "kind", "metadata", "handler", "overhead", "scheduling"],
+			"RuntimeClass",
+		);
+		if (o.scheduling)
+			only(o.scheduling, ["nodeSelector", "tolerations"], "scheduling");
+	} else if (o.kind === "Pod") {
+		new Pod(o as never).validate();
+		only(o, ["apiVersion", "kind", "metadata", "spec"], "Pod");
+		only(
+			o.spec,
+			["runtimeClassName", "restartPolicy", "containers"],
+			"Pod spec",
+		);
+	} else throw new Error(`unexpected kind ${String(o.kind)}`);
+	only(o.metadata, ["name", "namespace", "labels", "annotations"], "metadata");
 }
 
 const classArb = fc.subarray([...CLASS_NAMES], { minLength: 1 });
@@ -109,6 +133,10 @@ describe("RuntimeClass manifests", () => {
 		});
 		bad((o) => {
 			o.scheduling.tolerations = { key: "x" };
+		});
+		bad((o) => {
+			o.overHead = o.overhead;
+			delete o.overhead;
 		});
 	});
 

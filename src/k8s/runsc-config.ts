@@ -33,7 +33,7 @@ export function runscConfig(o: RunscConfigOptions): string {
 						key: "platform",
 						value: o.platform,
 						comment:
-							"systrap needs no KVM and works in VMs (runsc releases from mid-2023 on; older ones: ptrace);\nkvm needs /dev/kvm on the node",
+							"systrap needs no KVM and works in VMs (runsc from 2023 on; Debian 12's 2022-12 runsc has only ptrace and kvm);\nkvm needs /dev/kvm on the node",
 					},
 				],
 			},

@@ -29,7 +29,7 @@ export function runscConfigCommand(program: Command): void {
 		)
 		.option(
 			"--platform <systrap|ptrace|kvm>",
-			"gVisor's platform (kvm needs /dev/kvm; runsc older than mid-2023 has no systrap: use ptrace)",
+			"gVisor's platform (kvm needs /dev/kvm; a runsc from before 2023, such as Debian 12's, has no systrap: use ptrace)",
 			"systrap",
 		)
 		.option("--out <FILE>", "write to FILE (atomically) instead of stdout")
