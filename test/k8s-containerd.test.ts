@@ -7,7 +7,7 @@
  * here (no containerd 2 is packaged): its structure is checked against the documented v3 keys.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { stat, writeFile } from "node:fs/promises";
+import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import fc from "fast-check";
 import { parse as parseToml } from "smol-toml";
@@ -393,6 +393,27 @@ describe("the real containerd 1.6", () => {
 		);
 		// ...so 1.6 would pull and run every pod with overlayfs: the reason for the 1.6 file.
 		expect(have.plugins[CRI_V2].containerd.snapshotter).toBe("overlayfs");
+	});
+
+	it("why the 1.x file is a whole CRI section: an imported file replaces the main file's CRI settings", async () => {
+		const dir = await tempDir();
+		const cfg = await containerdConfigFile(
+			dir,
+			containerdConfig(opts("1.7")).toml,
+		);
+		// The operator's own CRI setting in the main file…
+		await writeFile(
+			cfg,
+			`${await readFile(cfg, "utf8")}[plugins."${CRI_V2}"]\n  sandbox_image = "registry.example.com/pause:9"\n`,
+		);
+		const r = await run("containerd", ["--config", cfg, "config", "dump"]);
+		expect(r.code, r.stderr).toBe(0);
+		const have = parseToml(r.stdout) as Tree;
+		// …is gone: the import's CRI section replaced it whole (containerd 1.x mergeConfig).
+		expect(have.plugins[CRI_V2].sandbox_image).not.toBe(
+			"registry.example.com/pause:9",
+		);
+		expect(have.plugins[CRI_V2].containerd.runtimes["runc-lazy"]).toBeDefined();
 	});
 
 	it("started: the dadi proxy plugin and CRI load; containerd dials the configured socket only when a snapshot is asked for", async () => {
