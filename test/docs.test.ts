@@ -28,6 +28,7 @@ describe("docs", () => {
 		["dadi-seal", BIN.seal],
 		["dadi-guest", BIN.guest],
 		["dadi-broker", BIN.broker],
+		["dadi-k8s", BIN.k8s],
 	] as const)
 		it(`${prog}: --help lists every exit code, and docs/cli.md documents every command`, async () => {
 			const r = await runCli(bin, ["--help"]);
