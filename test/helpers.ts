@@ -19,6 +19,7 @@ export const BIN = {
 	seal: join(ROOT, "dist/src/cli/dadi-seal.js"),
 	guest: join(ROOT, "dist/src/cli/dadi-guest.js"),
 	broker: join(ROOT, "dist/src/cli/dadi-broker.js"),
+	snapshotter: join(ROOT, "dist/src/cli/dadi-snapshotter.js"),
 };
 
 const dirs: string[] = [];
