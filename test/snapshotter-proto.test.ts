@@ -58,7 +58,9 @@ const WANTED = /^(containerd\.|google\.protobuf\.(Empty|Timestamp|FieldMask)$)/;
 describe("snapshots API definitions", () => {
 	it("Debian's containerd API files are installed (apt-get install golang-github-containerd-containerd-dev)", () => {
 		expect(existsSync(`${GOCODE}/${CONTAINERD_PROTO}`)).toBe(true);
-		expect(existsSync("/usr/include/google/protobuf/timestamp.proto")).toBe(true);
+		expect(existsSync("/usr/include/google/protobuf/timestamp.proto")).toBe(
+			true,
+		);
 	});
 
 	it("define the same messages, enums and services", () => {

@@ -19,7 +19,11 @@ import {
 import { detectOverlayOptions } from "../src/snapshotter/overlay-support.js";
 import { Snapshotter } from "../src/snapshotter/snapshotter.js";
 import { cleanupTempDirs, tempDir } from "./helpers.js";
-import { type SnapshotsClient, snapshotsClient } from "./snapshotter/client.js";
+import {
+	type Msg,
+	type SnapshotsClient,
+	snapshotsClient,
+} from "./snapshotter/client.js";
 import { DIR_LABEL, DirectoryLayers } from "./snapshotter/directory-layers.js";
 
 const sh = promisify(execFile);
@@ -86,14 +90,14 @@ describe("remote layers", () => {
 		]);
 		expect(found.code).toBe(0);
 		expect(
-			(found as any).value.map((i: any) => [i.name, i.kind, i.labels]),
+			(found as Msg).value.map((i: Msg) => [i.name, i.kind, i.labels]),
 		).toEqual([["sha256:chain1", "COMMITTED", labels]]);
 		expect(
 			(await client.call("Stat", { key: "default/1/extract-1 sha256:chain1" }))
 				.code,
 		).toBe(status.NOT_FOUND);
 		expect(
-			((await client.call("Usage", { key: "sha256:chain1" })) as any).value,
+			((await client.call("Usage", { key: "sha256:chain1" })) as Msg).value,
 		).toEqual({ size: "4096", inodes: "7" });
 		const meta = JSON.parse(
 			await readFile(join(root, "metadata.json"), "utf8"),
@@ -125,7 +129,7 @@ describe("remote layers", () => {
 			"claim sha256:chain2",
 			"mount extract-2 over sha256:chain1",
 		]);
-		const id2 = (sn as any).store.state.snapshots.get("extract-2").id as string;
+		const id2 = sn.records().get("extract-2")?.id as string;
 		await writeFile(
 			join(root, "snapshots", id2, "fs", "layer2"),
 			"from layer 2\n",
@@ -139,7 +143,7 @@ describe("remote layers", () => {
 			parent: "sha256:chain2",
 		});
 		expect(c.code).toBe(0);
-		const m = (c as any).value.mounts[0];
+		const m = (c as Msg).value.mounts[0];
 		const chain2 = join(root, "snapshots", id2, "fs");
 		expect(m.options.at(-1)).toBe(`lowerdir=${chain2}:${layerDir}`);
 		const target = join(dir, "rootfs");
@@ -168,10 +172,10 @@ describe("remote layers", () => {
 		); // lower untouched
 		// Mounts asks again; a view of the claimed layer alone is a read-only bind of its directory.
 		expect(
-			((await client.call("Mounts", { key: "ctr" })) as any).value.mounts,
-		).toEqual((c as any).value.mounts);
+			((await client.call("Mounts", { key: "ctr" })) as Msg).value.mounts,
+		).toEqual((c as Msg).value.mounts);
 		const v = await client.call("View", { key: "v", parent: "sha256:chain1" });
-		expect((v as any).value.mounts).toEqual([
+		expect((v as Msg).value.mounts).toEqual([
 			{ type: "bind", source: layerDir, target: "", options: ["ro", "rbind"] },
 		]);
 
@@ -196,7 +200,7 @@ describe("remote layers", () => {
 		const labels = { [REF]: "sha256:f1", [DIR_LABEL]: layerDir };
 		const p = await client.call("Prepare", { key: "x1", parent: "", labels });
 		expect(p.code).toBe(status.UNAVAILABLE);
-		expect((await client.list()) as any).toMatchObject({ code: 0, value: [] });
+		expect((await client.list()) as Msg).toMatchObject({ code: 0, value: [] });
 		expect(await dirs()).toEqual([]);
 
 		hook.fail = {};
@@ -223,7 +227,7 @@ describe("remote layers", () => {
 			key: "ctr2",
 			parent: "sha256:f1",
 		});
-		expect((r as any).value.mounts).toEqual([
+		expect((r as Msg).value.mounts).toEqual([
 			{
 				type: "bind",
 				source: "/replaced",

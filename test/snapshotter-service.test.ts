@@ -20,7 +20,11 @@ import {
 import { detectOverlayOptions } from "../src/snapshotter/overlay-support.js";
 import { Snapshotter } from "../src/snapshotter/snapshotter.js";
 import { cleanupTempDirs, tempDir } from "./helpers.js";
-import { type SnapshotsClient, snapshotsClient } from "./snapshotter/client.js";
+import {
+	type Msg,
+	type SnapshotsClient,
+	snapshotsClient,
+} from "./snapshotter/client.js";
 
 const sh = promisify(execFile);
 let dir: string;
@@ -62,9 +66,7 @@ const ok = <T>(r: { code: number; value?: T; message?: string }): T => {
 	return r.value as T;
 };
 const upper = (id: string) => join(root, "snapshots", id, "fs");
-const idOf = (key: string) =>
-	sn.list([]).length >= 0 &&
-	((sn as any).store.state.snapshots.get(key)?.id as string);
+const idOf = (key: string) => sn.records().get(key)?.id as string;
 
 async function mountAt(
 	mounts: { type: string; source: string; options: string[] }[],
@@ -88,7 +90,7 @@ async function mountAt(
 
 describe("snapshots service", () => {
 	it("a layer lifecycle as containerd drives it: prepare, apply, commit, prepare on it, mount, write, view, usage, remove", async () => {
-		const base = ok<any>(
+		const base = ok<Msg>(
 			await client.call("Prepare", {
 				key: "extract-1",
 				parent: "",
@@ -107,7 +109,7 @@ describe("snapshots service", () => {
 			join(upper(idOf("extract-1")), "hello"),
 			"hello from layer 1\n",
 		);
-		const stat = ok<any>(await client.call("Stat", { key: "extract-1" }));
+		const stat = ok<Msg>(await client.call("Stat", { key: "extract-1" }));
 		expect(stat.info).toMatchObject({
 			name: "extract-1",
 			parent: "",
@@ -115,7 +117,7 @@ describe("snapshots service", () => {
 			labels: { "containerd.io/snapshot.ref": "sha256:l1" },
 		});
 		expect(Number(stat.info.createdAt.seconds)).toBeGreaterThan(1.7e9);
-		const active = ok<any>(await client.call("Usage", { key: "extract-1" }));
+		const active = ok<Msg>(await client.call("Usage", { key: "extract-1" }));
 		expect(Number(active.inodes)).toBe(2);
 		expect(Number(active.size)).toBeGreaterThan(0);
 		ok(
@@ -128,19 +130,19 @@ describe("snapshots service", () => {
 		expect((await client.call("Stat", { key: "extract-1" })).code).toBe(
 			status.NOT_FOUND,
 		);
-		const committed = ok<any>(await client.call("Stat", { key: "layer-1" }));
+		const committed = ok<Msg>(await client.call("Stat", { key: "layer-1" }));
 		expect(committed.info).toMatchObject({
 			kind: "COMMITTED",
 			labels: { a: "1" },
 		});
-		expect(ok<any>(await client.call("Usage", { key: "layer-1" }))).toEqual(
+		expect(ok<Msg>(await client.call("Usage", { key: "layer-1" }))).toEqual(
 			active,
 		);
 		expect((await client.call("Mounts", { key: "layer-1" })).code).toBe(
 			status.FAILED_PRECONDITION,
 		);
 
-		const ctr = ok<any>(
+		const ctr = ok<Msg>(
 			await client.call("Prepare", { key: "ctr", parent: "layer-1" }),
 		);
 		const id = idOf("ctr");
@@ -151,7 +153,7 @@ describe("snapshots service", () => {
 			`upperdir=${upper(id)}`,
 			`lowerdir=${upper(idOf("layer-1"))}`,
 		]);
-		expect(ok<any>(await client.call("Mounts", { key: "ctr" })).mounts).toEqual(
+		expect(ok<Msg>(await client.call("Mounts", { key: "ctr" })).mounts).toEqual(
 			ctr.mounts,
 		);
 		const target = join(dir, "rootfs");
@@ -168,10 +170,10 @@ describe("snapshots service", () => {
 			"by the container\n",
 		);
 		expect(
-			Number(ok<any>(await client.call("Usage", { key: "ctr" })).inodes),
+			Number(ok<Msg>(await client.call("Usage", { key: "ctr" })).inodes),
 		).toBe(2);
 
-		const view = ok<any>(
+		const view = ok<Msg>(
 			await client.call("View", { key: "view-1", parent: "layer-1" }),
 		);
 		expect(view.mounts).toEqual([
@@ -259,7 +261,7 @@ describe("snapshots service", () => {
 				labels: { "containerd.io/snapshot.ref": "sha256:u", keep: "1" },
 			}),
 		);
-		const u = ok<any>(
+		const u = ok<Msg>(
 			await client.call("Update", {
 				info: { name: "sha256:u", labels: { x: "1", keep: "" } },
 				updateMask: { paths: ["labels.x", "labels.keep"] },
@@ -277,7 +279,7 @@ describe("snapshots service", () => {
 				},
 			}),
 		);
-		expect((all as any).info.labels).toEqual({
+		expect((all as Msg).info.labels).toEqual({
 			"containerd.io/snapshot.ref": "sha256:u",
 		});
 		const found = ok(
@@ -507,17 +509,18 @@ describe("snapshots service", () => {
 			status.NOT_FOUND,
 		);
 		// Random bytes may well be valid requests that made snapshots: every directory has its record.
-		const state = (sn as any).store.state.snapshots as Map<
-			string,
-			{ id: string; parent: string }
-		>;
+		const state = sn.records();
 		expect((await readdir(join(root, "snapshots"))).sort()).toEqual(
 			[...state.values()].map((r) => r.id).sort(),
 		);
-		while (state.size > 0)
-			for (const k of [...state.keys()])
-				if (![...state.values()].some((r) => r.parent === k))
-					ok(await client.call("Remove", { key: k }));
+		// The records map is replaced by each change: look again every time.
+		while (sn.records().size > 0) {
+			const now = sn.records();
+			const leaf = [...now.keys()].find(
+				(k) => ![...now.values()].some((r) => r.parent === k),
+			);
+			ok(await client.call("Remove", { key: leaf as string }));
+		}
 		expect(await readdir(join(root, "snapshots"))).toEqual([]);
 	});
 

@@ -82,6 +82,11 @@ export class Snapshotter {
 		};
 	}
 
+	/** The committed records by key or name (what metadata.json holds), read-only. */
+	records(): ReadonlyMap<string, Readonly<model.SnapshotRecord>> {
+		return this.store.state.snapshots;
+	}
+
 	stat(key: string): Info {
 		return model.infoOf(key, model.get(this.store.state, key));
 	}

@@ -8,22 +8,28 @@ import {
 	credentials,
 	loadPackageDefinition,
 	type ServiceError,
-	type status,
 } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 
 const GOCODE = "/usr/share/gocode/src";
 
-export type Reply<T = Record<string, any>> =
-	| { code: 0; value: T }
-	| { code: status; message: string };
+/** A decoded protobuf message: dynamic JSON-like data, checked by the tests' assertions. */
+// biome-ignore lint/suspicious/noExplicitAny: decoded messages are untyped by nature
+export type Msg = any;
+
+/** `code` 0 with `value`, or a gRPC status code with `message` (and no value). */
+export interface Reply<T = Msg> {
+	code: number;
+	value: T;
+	message: string;
+}
 
 export interface SnapshotsClient {
-	call<T = Record<string, any>>(
+	call<T = Msg>(
 		method: string,
 		req: Record<string, unknown>,
 	): Promise<Reply<T>>;
-	list(filters?: string[]): Promise<Reply<Record<string, any>[]>>;
+	list(filters?: string[]): Promise<Reply<Msg[]>>;
 	close(): void;
 }
 
@@ -42,9 +48,9 @@ export function snapshotsClient(socket: string): SnapshotsClient {
 			defaults: true,
 		},
 	);
-	const pkg = loadPackageDefinition(def) as any;
+	const pkg = loadPackageDefinition(def) as Msg;
 	const Ctor = pkg.containerd.services.snapshots.v1.Snapshots;
-	const c: Client & Record<string, any> = new Ctor(
+	const c: Client & Record<string, Msg> = new Ctor(
 		`unix:${socket}`,
 		credentials.createInsecure(),
 	);
@@ -55,27 +61,27 @@ export function snapshotsClient(socket: string): SnapshotsClient {
 				c[method](
 					{ snapshotter: "dadi", ...req },
 					{ deadline: deadline() },
-					(err: ServiceError | null, v: any) =>
+					(err: ServiceError | null, v: Msg) =>
 						resolve(
 							err
-								? { code: err.code, message: err.details }
-								: { code: 0, value: v },
+								? { code: err.code, message: err.details, value: undefined }
+								: { code: 0, value: v, message: "" },
 						),
 				),
 			);
 		},
 		list(filters = []) {
 			return new Promise((resolve) => {
-				const out: Record<string, any>[] = [];
+				const out: Msg[] = [];
 				const s = c.List(
 					{ snapshotter: "dadi", filters },
 					{ deadline: deadline() },
 				);
-				s.on("data", (m: any) => out.push(...m.info));
+				s.on("data", (m: Msg) => out.push(...m.info));
 				s.on("error", (e: ServiceError) =>
-					resolve({ code: e.code, message: e.details }),
+					resolve({ code: e.code, message: e.details, value: [] }),
 				);
-				s.on("end", () => resolve({ code: 0, value: out }));
+				s.on("end", () => resolve({ code: 0, value: out, message: "" }));
 			});
 		},
 		close: () => c.close(),
