@@ -21,6 +21,7 @@ import {
 	mkdtemp,
 	readdir,
 	readFile,
+	realpath,
 	rename,
 	rm,
 	stat,
@@ -65,7 +66,7 @@ export class Store {
 		rootDir: string,
 		log: (line: string) => void,
 	): Promise<Store> {
-		const root = resolve(rootDir);
+		let root = resolve(rootDir);
 		// Overlay options separate directories with ":" and options with ",".
 		if (/[:,\n]/.test(root))
 			throw new DadiError(
@@ -74,9 +75,16 @@ export class Store {
 			);
 		try {
 			await mkdir(root, { recursive: true, mode: 0o700 });
+			// The real path: mount points below it are recognised in /proc/self/mountinfo.
+			root = await realpath(root);
 		} catch (e) {
 			throw fromSystemError(e, root, "creating the snapshotter root");
 		}
+		if (/[:,\n]/.test(root))
+			throw new DadiError(
+				"USAGE",
+				`--root ${rootDir}: its real path ${root} contains ":", "," or a newline (they separate overlay mount options)`,
+			);
 		const lock = await acquirePidLock(
 			join(root, "lock"),
 			`snapshotter root ${root}`,
