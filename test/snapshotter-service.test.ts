@@ -305,6 +305,30 @@ describe("snapshots service", () => {
 		ok(await client.call("Remove", { key: "sha256:u" }));
 	});
 
+	it("Remove and Cleanup never reach into a file system mounted inside a snapshot directory", async () => {
+		const precious = join(dir, "precious");
+		await mkdir(precious, { recursive: true });
+		await writeFile(join(precious, "keep"), "keep me\n");
+		ok(await client.call("Prepare", { key: "m-a", parent: "" }));
+		const inside = join(upper(idOf("m-a")), "mnt");
+		await mkdir(inside);
+		await sh("mount", ["--bind", precious, inside]);
+		ok(await client.call("Remove", { key: "m-a" }));
+		expect(await readFile(join(precious, "keep"), "utf8")).toBe("keep me\n");
+		expect(await readFile("/proc/self/mountinfo", "utf8")).not.toContain(
+			inside,
+		);
+		await mkdir(join(root, "snapshots", "777", "fs"), { recursive: true });
+		await sh("mount", [
+			"--bind",
+			precious,
+			join(root, "snapshots", "777", "fs"),
+		]);
+		ok(await client.call("Cleanup", {}));
+		expect(await readFile(join(precious, "keep"), "utf8")).toBe("keep me\n");
+		expect(await readdir(join(root, "snapshots"))).toEqual([]);
+	});
+
 	it("Cleanup removes directories no snapshot owns, and nothing else", async () => {
 		ok(await client.call("Prepare", { key: "c-a", parent: "" }));
 		await mkdir(join(root, "snapshots", "9999", "fs"), { recursive: true });
