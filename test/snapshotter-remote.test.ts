@@ -25,6 +25,7 @@ import {
 	snapshotsClient,
 } from "./snapshotter/client.js";
 import { DIR_LABEL, DirectoryLayers } from "./snapshotter/directory-layers.js";
+import { unmountUnder } from "./snapshotter/unmount.js";
 
 const sh = promisify(execFile);
 const REF = "containerd.io/snapshot.ref";
@@ -65,6 +66,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
 	await stop();
+	await unmountUnder(dir);
 	await cleanupTempDirs();
 });
 

@@ -25,6 +25,7 @@ import {
 	type SnapshotsClient,
 	snapshotsClient,
 } from "./snapshotter/client.js";
+import { unmountUnder } from "./snapshotter/unmount.js";
 
 const sh = promisify(execFile);
 let dir: string;
@@ -58,6 +59,7 @@ beforeAll(async () => {
 });
 afterAll(async () => {
 	await stop();
+	await unmountUnder(dir);
 	await cleanupTempDirs();
 });
 

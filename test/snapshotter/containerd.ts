@@ -9,6 +9,7 @@ import { openSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { unmountUnder } from "./unmount.js";
 
 const sh = promisify(execFile);
 export const PATH =
@@ -146,12 +147,7 @@ export async function startContainerd(
 				} catch {
 					// gone
 				}
-			const mounts = readFileSync("/proc/self/mountinfo", "utf8")
-				.split("\n")
-				.map((l) => l.split(" ")[4])
-				.filter((m): m is string => Boolean(m?.startsWith(`${dir}/`)))
-				.reverse();
-			for (const m of mounts) await sh("umount", ["-l", m]).catch(() => {});
+			await unmountUnder(dir);
 		},
 	};
 }
