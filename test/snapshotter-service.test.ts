@@ -331,6 +331,33 @@ describe("snapshots service", () => {
 		expect(await readdir(join(root, "snapshots"))).toEqual([]);
 	});
 
+	it("concurrent requests: one Prepare of a key wins, distinct keys all succeed with their own directories", async () => {
+		const same = await Promise.all(
+			Array.from({ length: 16 }, () =>
+				client.call("Prepare", { key: "race", parent: "" }),
+			),
+		);
+		expect(same.filter((r) => r.code === 0)).toHaveLength(1);
+		expect(same.filter((r) => r.code === status.ALREADY_EXISTS)).toHaveLength(
+			15,
+		);
+		const many = await Promise.all(
+			Array.from({ length: 16 }, (_, i) =>
+				client.call("View", { key: `race-${i}`, parent: "" }),
+			),
+		);
+		expect(many.every((r) => r.code === 0)).toBe(true);
+		const sources = new Set(many.map((r) => r.value.mounts[0].source));
+		expect(sources.size).toBe(16);
+		const removed = await Promise.all(
+			["race", ...Array.from({ length: 16 }, (_, i) => `race-${i}`)].map(
+				(key) => client.call("Remove", { key }),
+			),
+		);
+		expect(removed.every((r) => r.code === 0)).toBe(true);
+		expect(await readdir(join(root, "snapshots"))).toEqual([]);
+	});
+
 	it("Cleanup removes directories no snapshot owns, and nothing else", async () => {
 		ok(await client.call("Prepare", { key: "c-a", parent: "" }));
 		await mkdir(join(root, "snapshots", "9999", "fs"), { recursive: true });
