@@ -20,7 +20,7 @@ export interface SnapshotterOptions {
 	log: (line: string) => void;
 	/** The remote-layer plug-in, if any. */
 	remote?: RemoteLayers;
-	/** Default: what the kernel and the process's user namespace call for (overlay-support.ts). */
+	/** Overlay mount options; detectOverlayOptions() (overlay-support.ts) gives what this machine calls for. */
 	overlay: OverlayOptions;
 	/** For tests. */
 	now?: () => Date;
