@@ -25,6 +25,7 @@ export function exitCodeFor(code: ErrorCode): number {
 		case "INPUT_NOT_FOUND":
 		case "INPUT_INVALID":
 		case "OUTPUT_EXISTS":
+		case "PRECONDITION_FAILED":
 		case "OUT_OF_RANGE":
 			return EXIT.input;
 		case "FORMAT_INVALID":
