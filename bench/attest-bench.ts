@@ -40,7 +40,6 @@ export function attestFixtures(repo: string): string | undefined {
 	return [
 		process.env.DADI_FIXTURES,
 		join(repo, "../shared/fixtures/attestation"),
-		"/work/shared/fixtures/attestation",
 	]
 		.filter((x): x is string => Boolean(x))
 		.find(

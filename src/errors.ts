@@ -8,6 +8,7 @@ export type ErrorCode =
 	| "INPUT_NOT_FOUND" // a named file, directory, tag or blob does not exist
 	| "INPUT_INVALID" // an input exists but is not usable (not a disk image, not a key file, ...)
 	| "OUTPUT_EXISTS" // refusing to overwrite an existing output
+	| "PRECONDITION_FAILED" // the object is in the wrong state for the operation (a snapshot with children, committing a view)
 	| "FORMAT_INVALID" // bytes that claim to be ours are malformed (bad magic, sizes, reserved bytes)
 	| "FORMAT_UNSUPPORTED" // a well-formed structure with a version, suite or codec we do not implement
 	| "LAYOUT_INVALID" // an OCI image layout is malformed or incomplete

@@ -94,7 +94,9 @@ describe("dadi-seal", () => {
 			"inspect",
 			`oci:${join(dir, "oci")}:v1`,
 		]);
-		expect(human.stdout).toMatch(/layers \(bottom first\)/);
+		expect(human.stdout).toMatch(
+			/layers \(bottom first, from 1\):\n {2}1 {2}sha256:/,
+		);
 		const jwk = JSON.parse(keyText);
 		for (const out of [seal.stdout, seal.stderr, inspect.stdout, human.stdout])
 			expect(out).not.toContain(jwk.k);

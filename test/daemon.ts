@@ -23,10 +23,12 @@ export async function startDaemon(
 	bin: string,
 	args: string[],
 	env?: NodeJS.ProcessEnv,
+	cwd?: string,
 ): Promise<Daemon> {
 	const child = spawn(process.execPath, [bin, ...args], {
 		stdio: ["ignore", "pipe", "pipe"],
 		env: env ?? process.env,
+		cwd,
 	});
 	running.add(child);
 	let out = "";

@@ -28,6 +28,8 @@ describe("docs", () => {
 		["dadi-seal", BIN.seal],
 		["dadi-guest", BIN.guest],
 		["dadi-broker", BIN.broker],
+		["dadi-k8s", BIN.k8s],
+		["dadi-snapshotter", BIN.snapshotter],
 	] as const)
 		it(`${prog}: --help lists every exit code, and docs/cli.md documents every command`, async () => {
 			const r = await runCli(bin, ["--help"]);
@@ -47,7 +49,7 @@ describe("docs", () => {
 				expect(r.stdout, n).toContain(n);
 			const cli = await docs("cli.md");
 			const cmds = commands(r.stdout);
-			expect(cmds.length).toBeGreaterThan(2);
+			expect(cmds.length).toBeGreaterThan(1);
 			for (const c of cmds)
 				expect(cli, `${prog} ${c}`).toContain(`${prog} ${c}`);
 			// The summary table names every command too.

@@ -19,6 +19,8 @@ export const BIN = {
 	seal: join(ROOT, "dist/src/cli/dadi-seal.js"),
 	guest: join(ROOT, "dist/src/cli/dadi-guest.js"),
 	broker: join(ROOT, "dist/src/cli/dadi-broker.js"),
+	k8s: join(ROOT, "dist/src/cli/dadi-k8s.js"),
+	snapshotter: join(ROOT, "dist/src/cli/dadi-snapshotter.js"),
 };
 
 const dirs: string[] = [];

@@ -19,6 +19,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { decryptImageConfig } from "../src/crypto/config-auth.js";
 import { loadSealedImage } from "../src/image/open-image.js";
+import { RegistryClient } from "../src/registry/client.js";
 import { BIN, cleanupTempDirs, runCli, tempDir } from "./helpers.js";
 import {
 	buildTestImage,
@@ -28,6 +29,7 @@ import {
 	tarEntry,
 	tarOf,
 } from "./image-fixtures.js";
+import { startRegistry } from "./registry/harness.js";
 
 let dir: string;
 let img: string;
@@ -428,6 +430,103 @@ describe("--base-image", () => {
 		expect(raw.stderr).toMatch(
 			/was not sealed from a container image.*\[INPUT_INVALID\]/,
 		);
+	});
+});
+
+describe("--base-image from a registry", () => {
+	it("reuses a registry image's sealed layers: mounted when pushing to its registry, downloaded into a layout otherwise", async () => {
+		const reg = await startRegistry();
+		try {
+			const seal = (args: string[]) =>
+				runCli(BIN.seal, ["seal", ...args, "--key", keyPath, "--insecure"]);
+			const base = `docker://${reg.host}/base/app:v1`;
+			const v1 = await seal([`oci:${img}:v1`, base, "--quiet"]);
+			expect(v1.code, v1.stderr).toBe(0);
+			const pushed = await seal([
+				`oci:${img}:v2`,
+				`docker://${reg.host}/apps/app:v2`,
+				"--base-image",
+				base,
+				"--json",
+				"--quiet",
+			]);
+			expect(pushed.code, pushed.stderr).toBe(0);
+			const out = JSON.parse(pushed.stdout);
+			expect(out.reusedLayers).toBe(1);
+			expect(out.reused).toEqual([
+				{ position: 1, sourceLayers: [1], digest: expect.any(String) },
+			]);
+			expect(out.layers).toHaveLength(1);
+			// the reused layer was mounted from the base's repository, not uploaded again
+			expect(out.push.blobs).toEqual({ uploaded: 2, exists: 0, mounted: 1 });
+			const client = new RegistryClient(reg.host, { insecure: true });
+			const layersOf = async (repo: string, tag: string) =>
+				JSON.parse(
+					(await client.getManifest(repo, tag)).bytes.toString(),
+				).layers.map((l: { digest: string }) => l.digest);
+			const [baseLayer] = await layersOf("base/app", "v1");
+			expect((await layersOf("apps/app", "v2"))[0]).toBe(baseLayer);
+			expect(out.reused[0].digest).toBe(baseLayer);
+			await client.close();
+			// the image reads back as the right file system
+			const disk = join(dir, "from-registry-base.img");
+			const e = await runCli(BIN.seal, [
+				"export",
+				`docker://${reg.host}/apps/app:v2`,
+				"--key",
+				keyPath,
+				"--out",
+				disk,
+				"--insecure",
+				"--quiet",
+			]);
+			expect(e.code, e.stderr).toBe(0);
+			await run("e2fsck", ["-fn", disk]);
+			const want = await tree(expected);
+			await withMount(disk, "ext4", async (mnt) =>
+				expectSameTree(await tree(mnt), want),
+			);
+			// into a layout: the base's layer is downloaded (checked) and stored with the new one
+			const layout = join(dir, "over-registry-base");
+			const local = await seal([
+				`oci:${img}:v2`,
+				`oci:${layout}:v2`,
+				"--base-image",
+				base,
+				"--json",
+				"--quiet",
+			]);
+			expect(local.code, local.stderr).toBe(0);
+			expect(JSON.parse(local.stdout).reused[0].digest).toBe(baseLayer);
+			const verified = await runCli(BIN.seal, [
+				"verify",
+				`oci:${layout}:v2`,
+				"--key",
+				keyPath,
+				"--quiet",
+			]);
+			expect(verified.code, verified.stderr).toBe(0);
+			// a base sealed under another key is refused before any layer is read
+			const other = join(dir, "other.jwk");
+			expect((await runCli(BIN.seal, ["keygen", "--out", other])).code).toBe(0);
+			const wrong = await runCli(BIN.seal, [
+				"seal",
+				`oci:${img}:v2`,
+				`oci:${join(dir, "wrong-base-key")}:v2`,
+				"--key",
+				keyPath,
+				"--base-key",
+				other,
+				"--base-image",
+				base,
+				"--insecure",
+			]);
+			expect(wrong.code).toBe(6);
+			expect(wrong.stderr).toContain("KEY_MISMATCH");
+			expect(wrong.stderr).not.toMatch(/checking|applying/);
+		} finally {
+			await reg.stop();
+		}
 	});
 });
 

@@ -19,6 +19,7 @@
 import { createHash } from "node:crypto";
 import { type FileHandle, open } from "node:fs/promises";
 import { dirname } from "node:path";
+import { fsyncDir } from "../durable-file.js";
 import { DadiError, fromSystemError } from "../errors.js";
 
 export type AuditEvent = "auth" | "attest" | "release" | "deny" | "admin";
@@ -679,13 +680,4 @@ async function scanLog(
 			);
 	}
 	return { offsets, size: good, lastHash, repairedBytes: fileSize - good };
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-	const fh = await open(dir, "r");
-	try {
-		await fh.sync();
-	} finally {
-		await fh.close();
-	}
 }

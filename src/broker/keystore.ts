@@ -36,13 +36,15 @@ import {
 	unlink,
 } from "node:fs/promises";
 import { join } from "node:path";
+import { fsyncDir, writeViaTemp } from "../durable-file.js";
 import { authFailed, DadiError, fromSystemError } from "../errors.js";
 import {
 	isResourceSegment,
 	parseResourcePath as parseKbsPath,
 } from "../policy/resource-pattern.js";
-import { trackTemp, untrackTemp } from "../temp-files.js";
 import { MASTER_KEY_BYTES } from "./master-key.js";
+
+export { fsyncDir, writeViaTemp };
 
 export const MAX_VALUE_BYTES = 64 * 1024;
 const INTERNAL_NAME = /^[a-z0-9-]{1,64}$/;
@@ -163,16 +165,6 @@ function checkValue(value: Buffer): void {
 
 // --- files -----------------------------------------------------------------------------------
 
-/** fsync of a directory, so a rename or new entry in it survives a crash. */
-export async function fsyncDir(dir: string): Promise<void> {
-	const fh = await open(dir, "r");
-	try {
-		await fh.sync();
-	} finally {
-		await fh.close();
-	}
-}
-
 /** Creates each directory in order (0700) if missing, fsyncing the parent of each one created. */
 async function ensureDirs(parent: string, dirs: string[]): Promise<void> {
 	let up = parent;
@@ -185,34 +177,6 @@ async function ensureDirs(parent: string, dirs: string[]): Promise<void> {
 				throw fromSystemError(e, d, "creating a key store directory");
 		}
 		up = d;
-	}
-}
-
-/**
- * Writes `data` to a new temporary file beside `file` (mode 0600, fsynced), then lets `place`
- * move it into position; the temporary file never outlives a failure or a signal.
- */
-export async function writeViaTemp(
-	file: string,
-	data: Buffer,
-	place: (tmp: string) => Promise<void>,
-): Promise<void> {
-	const tmp = `${file}.${randomBytes(6).toString("hex")}.tmp`;
-	let fh: FileHandle | undefined;
-	trackTemp(tmp);
-	try {
-		fh = await open(tmp, "wx", 0o600);
-		await fh.writeFile(data);
-		await fh.sync();
-		await fh.close();
-		fh = undefined;
-		await place(tmp);
-	} catch (e) {
-		await fh?.close().catch(() => {});
-		await rm(tmp, { force: true }).catch(() => {});
-		throw e;
-	} finally {
-		untrackTemp(tmp);
 	}
 }
 

@@ -1,18 +1,16 @@
 import {
 	chmod,
-	type FileHandle,
 	link,
 	mkdir,
-	open,
 	readdir,
 	readFile,
 	rename,
-	rm,
 	stat,
 	unlink,
 } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
+import { acquirePidLock, releasePidLock } from "../pid-lock.js";
 import { AuditLog } from "./audit-log.js";
 import {
 	decodeB64u,
@@ -33,8 +31,6 @@ const CHECK_PLAINTEXT = Buffer.from(
 	"utf8",
 );
 const MAX_STATE_JSON = 64 * 1024;
-/** A lock file with no pid yet is another broker starting up, unless it is older than this. */
-const LOCK_STARTUP_MS = 10_000;
 
 export interface BrokerState {
 	dir: string;
@@ -189,7 +185,10 @@ export async function openStateDir(
 			);
 	}
 	await checkStateFile(dir, masterKey);
-	const lock = await acquireLock(dir);
+	const lock = await acquirePidLock(
+		join(dir, "broker.lock"),
+		`state directory ${dir}`,
+	);
 	let keystore: KeyStore | undefined;
 	try {
 		const now = o.now ? { now: o.now } : {};
@@ -207,7 +206,7 @@ export async function openStateDir(
 						await audit.close();
 						await ks.close();
 					} finally {
-						await releaseLock(lock);
+						await releasePidLock(lock);
 					}
 				})();
 				return closing;
@@ -215,89 +214,7 @@ export async function openStateDir(
 		};
 	} catch (e) {
 		await keystore?.close().catch(() => {});
-		await releaseLock(lock);
+		await releasePidLock(lock);
 		throw e;
 	}
-}
-
-// --- the lock --------------------------------------------------------------------------------
-
-function pidAlive(pid: number): boolean {
-	try {
-		process.kill(pid, 0);
-		return true;
-	} catch (e) {
-		return (e as NodeJS.ErrnoException).code === "EPERM";
-	}
-}
-
-/** The pid in a lock file; undefined if the file is gone, null if it holds no pid. */
-async function readLock(
-	lock: string,
-): Promise<{ pid: number | null; mtimeMs: number } | undefined> {
-	try {
-		const [text, st] = await Promise.all([readFile(lock, "utf8"), stat(lock)]);
-		const m = /^\s*(\d{1,10})\s*$/.exec(text.slice(0, 64));
-		const pid = m ? Number(m[1]) : null;
-		return { pid: pid && pid > 0 ? pid : null, mtimeMs: st.mtimeMs };
-	} catch (e) {
-		if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-		throw fromSystemError(e, lock, "reading the state directory lock");
-	}
-}
-
-/**
- * Creates `<dir>/broker.lock` ("wx", our pid inside). A lock naming a live process means the
- * directory is in use; one naming a dead process (a crashed broker) is taken over.
- */
-async function acquireLock(dir: string): Promise<string> {
-	const lock = join(dir, "broker.lock");
-	for (let attempt = 0; attempt < 5; attempt++) {
-		let fh: FileHandle | undefined;
-		try {
-			fh = await open(lock, "wx", 0o600);
-		} catch (e) {
-			if ((e as NodeJS.ErrnoException).code !== "EEXIST")
-				throw fromSystemError(e, lock, "locking the state directory");
-		}
-		if (fh) {
-			try {
-				await fh.writeFile(`${process.pid}\n`);
-				await fh.close();
-			} catch (e) {
-				await fh.close().catch(() => {});
-				await rm(lock, { force: true }).catch(() => {});
-				throw fromSystemError(e, lock, "locking the state directory");
-			}
-			return lock;
-		}
-		const held = await readLock(lock);
-		if (held === undefined) continue; // released meanwhile: try again
-		if (held.pid !== null && pidAlive(held.pid))
-			throw new DadiError(
-				"IO",
-				`state directory ${dir} is in use by process ${held.pid} (if no broker runs as that process, remove ${lock})`,
-			);
-		if (held.pid === null && Date.now() - held.mtimeMs < LOCK_STARTUP_MS)
-			throw new DadiError(
-				"IO",
-				`state directory ${dir} is being opened by another process (${lock} has no pid yet)`,
-			);
-		// A broker that died without unlocking: take the lock over.
-		try {
-			await rm(lock, { force: true });
-		} catch (e) {
-			throw fromSystemError(e, lock, "taking over a stale lock");
-		}
-	}
-	throw new DadiError(
-		"IO",
-		`state directory ${dir}: could not take ${lock} (other processes keep taking it)`,
-	);
-}
-
-async function releaseLock(lock: string): Promise<void> {
-	const held = await readLock(lock).catch(() => undefined);
-	if (held?.pid === process.pid)
-		await rm(lock, { force: true }).catch(() => {});
 }

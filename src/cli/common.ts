@@ -1,4 +1,4 @@
-/** What every command shares: exit codes, error printing, key files, sizes, progress. */
+/** What every command shares: exit codes, error printing, key files, sizes. */
 import { readFile } from "node:fs/promises";
 import { CommanderError } from "commander";
 import { type ImageKey, parseImageKey } from "../crypto/image-key.js";
@@ -25,6 +25,7 @@ export function exitCodeFor(code: ErrorCode): number {
 		case "INPUT_NOT_FOUND":
 		case "INPUT_INVALID":
 		case "OUTPUT_EXISTS":
+		case "PRECONDITION_FAILED":
 		case "OUT_OF_RANGE":
 			return EXIT.input;
 		case "FORMAT_INVALID":
@@ -161,55 +162,6 @@ export function formatBytes(n: number): string {
 		u++;
 	}
 	return u === 0 ? `${n} B` : `${v.toFixed(1)} ${units[u]}`;
-}
-
-/**
- * Progress on stderr: a rewritten line on a terminal (at most 5 a second), otherwise one line per
- * 25% so logs stay short. Silent with --quiet.
- */
-export class Progress {
-	#last = 0;
-	#lastStep = -1;
-	#phase = "";
-	readonly #tty = Boolean(process.stderr.isTTY);
-
-	constructor(private readonly enabled: boolean) {}
-
-	/** `total` 0 announces a phase with no measure of its own (printed once). */
-	update(phase: string, done: number, total: number): void {
-		if (!this.enabled) return;
-		if (total <= 0) {
-			if (phase === this.#phase) return;
-			this.#phase = phase;
-			this.#lastStep = -1;
-			process.stderr.write(this.#tty ? `\r${phase}…\x1b[K` : `${phase}…\n`);
-			return;
-		}
-		const pct = Math.min(100, Math.floor((done / total) * 100));
-		if (this.#tty) {
-			const now = Date.now();
-			if (now - this.#last < 200 && done < total && phase === this.#phase)
-				return;
-			this.#last = now;
-			this.#phase = phase;
-			process.stderr.write(
-				`\r${phase}: ${pct}% (${formatBytes(done)} / ${formatBytes(total)})\x1b[K`,
-			);
-		} else {
-			const step = Math.floor(pct / 25);
-			if (phase === this.#phase && step === this.#lastStep) return;
-			this.#phase = phase;
-			this.#lastStep = step;
-			process.stderr.write(
-				`${phase}: ${pct}% (${formatBytes(done)} / ${formatBytes(total)})\n`,
-			);
-		}
-	}
-
-	done(): void {
-		if (this.enabled && this.#tty && this.#phase !== "")
-			process.stderr.write("\r\x1b[K");
-	}
 }
 
 export function printJson(v: unknown): void {

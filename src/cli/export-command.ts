@@ -1,9 +1,10 @@
 /** `export`, shared by dadi-seal and dadi-guest: write the merged plaintext disk to a file. */
 import type { Command } from "commander";
 import { exportDisk } from "../image/export.js";
-import { formatBytes, Progress, printJson, runAction } from "./common.js";
+import { formatBytes, printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
+import { Progress } from "./progress.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 
 export function exportCommand(program: Command, prog: string): void {
@@ -35,7 +36,7 @@ export function exportCommand(program: Command, prog: string): void {
 				const opened = await openForReading(refText, opts, opts, true);
 				const image = opened.image;
 				try {
-					const progress = new Progress(!opts.quiet);
+					const progress = new Progress(!opts.quiet, Boolean(opts.json));
 					const started = performance.now();
 					const r = await exportDisk(image.disk, opts.out, {
 						force: opts.force,

@@ -4,23 +4,13 @@
  * size on decompression (no decompression bombs), and incompressible chunks are detected by the
  * output buffer being too small. See docs/dependencies.md for why zstd.
  */
-import { createRequire } from "node:module";
 import { DadiError } from "../errors.js";
+import { loadZstdBinding, type ZstdBinding } from "../native/addons.js";
 import { COMPRESSION_IDS, type CompressionName } from "./constants.js";
-
-interface ZstdBinding {
-	CCtx: new () => {
-		compress(dst: Uint8Array, src: Uint8Array, level: number): number;
-	};
-	DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
-	versionString(): string;
-}
 
 let binding: ZstdBinding | undefined;
 function zstd(): ZstdBinding {
-	binding ??= createRequire(import.meta.url)(
-		"zstd-napi/binding",
-	) as ZstdBinding;
+	binding ??= loadZstdBinding();
 	return binding;
 }
 

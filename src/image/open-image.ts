@@ -8,6 +8,7 @@ import { checkConfigMac } from "../crypto/config-auth.js";
 import type { ImageKey } from "../crypto/image-key.js";
 import { unwrapLayerKey } from "../crypto/keywrap.js";
 import { DadiError } from "../errors.js";
+import { layerAt } from "../layer-label.js";
 import type { Descriptor } from "../oci/digest.js";
 import { OciLayout, parseJson } from "../oci/layout.js";
 import { parseSealedManifest, type SealedManifest } from "../oci/manifest.js";
@@ -69,13 +70,13 @@ export function checkSealedImage(
 		if (d.digest !== l.digest || d.size !== l.size)
 			throw new DadiError(
 				"LAYOUT_INVALID",
-				`manifest layer ${i} is not the layer the sealed config names`,
+				`manifest ${layerAt(i, config.layers.length)} is not the layer the sealed config names`,
 			);
 		const ann = d.annotations?.[ANNOTATION_LAYER_ID];
 		if (ann !== undefined && ann !== l.layerId)
 			throw new DadiError(
 				"LAYOUT_INVALID",
-				`manifest layer ${i} annotation names another layer id`,
+				`manifest ${layerAt(i, config.layers.length)}: its annotation names another layer id`,
 			);
 	});
 	return { manifest, config, configBytes };
@@ -142,27 +143,29 @@ export async function openSealedImage(
 	return openLayers(
 		image,
 		await resolveKey(key, image),
-		(desc, i) => layout.openBlob(desc, `layer ${i}`),
+		(desc, i) => layout.openBlob(desc, layerAt(i, image.config.layers.length)),
 		(desc, what, onBytes) => layout.checkBlobDigest(desc, what, onBytes),
 	);
 }
 
 /**
- * Authenticates the config under the key, unwraps the layer keys and opens every layer from the
- * sources `openSource` gives (files, or lazy registry blobs).
+ * Authenticates the config under the key, unwraps the layer keys and opens the layers from the
+ * sources `openSource` gives (files, or lazy registry blobs): all of them, or the first `count`
+ * (the disk is then the disk of those layers: a base that an image reuses part of).
  */
 export async function openLayers(
 	image: SealedImageRef,
 	key: ImageKey,
 	openSource: (desc: Descriptor, index: number) => Promise<RangeSource>,
 	checkBlobDigest: OpenedImage["checkBlobDigest"],
+	count = image.config.layers.length,
 ): Promise<OpenedImage> {
 	authenticateConfig(image, key);
 	const layerKeys = unwrapLayerKeys(image, key);
 	const sources: RangeSource[] = [];
 	try {
 		const layers: SealedLayer[] = [];
-		for (const [i, l] of image.config.layers.entries()) {
+		for (const [i, l] of image.config.layers.slice(0, count).entries()) {
 			const src = await openSource(image.manifest.layers[i] as Descriptor, i);
 			sources.push(src);
 			layers.push(
@@ -171,6 +174,7 @@ export async function openLayers(
 					chunkSize: image.config.chunkSize,
 					virtualSize: l.virtualSize,
 					compression: l.compression,
+					maxExtents: l.storedChunks + l.zeroChunks,
 				}),
 			);
 			const opened = layers[i] as SealedLayer;
@@ -180,7 +184,7 @@ export async function openLayers(
 			)
 				throw new DadiError(
 					"LAYER_MISMATCH",
-					`layer ${i}: its index does not match the chunk counts in the sealed config`,
+					`${layerAt(i, image.config.layers.length)}: its index does not match the chunk counts in the sealed config`,
 				);
 		}
 		const disk = new VirtualDisk(layers);

@@ -3,6 +3,7 @@
  * MAC, and every stored chunk of every layer (shadowed or not) authenticated.
  */
 import { isZeroExtent } from "../format/extents.js";
+import { layerAt } from "../layer-label.js";
 import type { Piece, SealedLayer } from "../storage/sealed-layer.js";
 import type { OpenedImage } from "./open-image.js";
 
@@ -19,10 +20,14 @@ export async function verifyImage(
 	const total = image.manifest.layers.reduce((n, l) => n + l.size, 0);
 	let hashed = 0;
 	for (const [i, d] of image.manifest.layers.entries()) {
-		await image.checkBlobDigest(d, `layer ${i}`, (n) => {
-			hashed += n;
-			onProgress?.(hashed / 2, total);
-		});
+		await image.checkBlobDigest(
+			d,
+			layerAt(i, image.manifest.layers.length),
+			(n) => {
+				hashed += n;
+				onProgress?.(hashed / 2, total);
+			},
+		);
 	}
 	let chunks = 0;
 	let done = 0;

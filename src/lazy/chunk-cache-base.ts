@@ -6,8 +6,12 @@
 import { DadiError } from "../errors.js";
 
 export interface ChunkCache {
-	/** The bytes stored under `key`, or undefined on a miss. Marks the entry most recently used. */
-	get(key: string): Promise<Buffer | undefined>;
+	/**
+	 * The bytes stored under `key`, or undefined on a miss; marks the entry most recently used.
+	 * `length`, when the caller knows it, is the only size accepted: an entry of another size is a
+	 * miss and nothing is allocated for it.
+	 */
+	get(key: string, length?: number): Promise<Buffer | undefined>;
 	/**
 	 * Stores `bytes` under `key`, replacing what was there, then evicts least recently used
 	 * entries until the cache is within its bound. An entry that alone exceeds the bound is not

@@ -125,9 +125,9 @@ export class DiskChunkCache implements ChunkCache {
 		return this.#readErrors;
 	}
 
-	async get(key: string): Promise<Buffer | undefined> {
+	async get(key: string, length?: number): Promise<Buffer | undefined> {
 		this.#check(key);
-		return this.#track(this.#get(key, entryName(key)));
+		return this.#track(this.#get(key, entryName(key), length));
 	}
 
 	async put(key: string, bytes: Buffer): Promise<void> {
@@ -154,7 +154,11 @@ export class DiskChunkCache implements ChunkCache {
 		return join(this.dir, ENTRIES, name.slice(0, 2), name.slice(2));
 	}
 
-	async #get(key: string, name: string): Promise<Buffer | undefined> {
+	async #get(
+		key: string,
+		name: string,
+		length: number | undefined,
+	): Promise<Buffer | undefined> {
 		const path = this.#path(name);
 		let fh: FileHandle;
 		try {
@@ -175,7 +179,14 @@ export class DiskChunkCache implements ChunkCache {
 		let file: Buffer | undefined;
 		try {
 			st = await fh.stat();
-			if (st.isFile() && st.size <= this.maxBytes) {
+			// A caller that knows the payload's length accepts no other size, whatever size a hostile
+			// host made the file (nothing is allocated for it).
+			const want = length === undefined ? undefined : entrySize(key, length);
+			if (
+				st.isFile() &&
+				st.size <= this.maxBytes &&
+				(want === undefined || st.size === want)
+			) {
 				const buf = Buffer.allocUnsafe(st.size);
 				let off = 0;
 				while (off < buf.length) {

@@ -15,6 +15,7 @@ import {
 	resolveKey,
 	type SealedImageRef,
 } from "../image/open-image.js";
+import { layerAt } from "../layer-label.js";
 import type { Descriptor } from "../oci/digest.js";
 import {
 	type DockerReference,
@@ -143,7 +144,11 @@ export async function openRemoteSealedImage(
 			image,
 			await resolveKey(key, image),
 			async (desc, i) =>
-				new RemoteBlob(ctx, desc, `layer ${i} (${desc.digest.slice(0, 19)}…)`),
+				new RemoteBlob(
+					ctx,
+					desc,
+					`${layerAt(i, image.config.layers.length)} (${desc.digest.slice(0, 19)}…)`,
+				),
 			(desc, what, onBytes) =>
 				checkRemoteBlob(client, ref.repository, desc, what, onBytes),
 		);

@@ -98,7 +98,7 @@ export class RemoteBlob implements ChunkedSource {
 		const shared = this.#inflight.get(key);
 		if (shared) return shared;
 		const p = (async () => {
-			const cached = await this.#cached(key);
+			const cached = await this.#cached(key, length);
 			if (cached && cached.length === length) return cached;
 			const bytes = await this.ctx.limiter.run(() =>
 				this.#hedged(offset, length),
@@ -145,7 +145,9 @@ export class RemoteBlob implements ChunkedSource {
 		// Cache lookups for the whole call first, then every miss is queued in one turn, so
 		// adjacent misses end up in one range request.
 		void Promise.all(
-			misses.map((m) => (fresh ? undefined : this.#cached(m.key))),
+			misses.map((m) =>
+				fresh ? undefined : this.#cached(m.key, m.range.length),
+			),
 		).then(
 			(hits) => {
 				misses.forEach((m, i) => {
@@ -163,13 +165,13 @@ export class RemoteBlob implements ChunkedSource {
 		return Promise.all(out);
 	}
 
-	async #cached(key: string): Promise<Buffer | undefined> {
-		const m = await this.ctx.memory.get(key);
+	async #cached(key: string, length: number): Promise<Buffer | undefined> {
+		const m = await this.ctx.memory.get(key, length);
 		if (m) {
 			this.ctx.stats.memoryHits++;
 			return m;
 		}
-		const d = await this.ctx.disk?.get(key);
+		const d = await this.ctx.disk?.get(key, length);
 		if (d) this.ctx.stats.diskHits++;
 		return d;
 	}
@@ -337,7 +339,9 @@ export class RemoteBlob implements ChunkedSource {
 			this.#track(key, d.promise);
 			ahead.push({ range, key, d });
 		}
-		void Promise.all(ahead.map((a) => this.#cached(a.key))).then(
+		void Promise.all(
+			ahead.map((a) => this.#cached(a.key, a.range.length)),
+		).then(
 			(hits) => {
 				ahead.forEach((a, i) => {
 					const hit = hits[i];

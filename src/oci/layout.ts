@@ -15,6 +15,7 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
+import { readRegularFile } from "../read-regular-file.js";
 import { FileSource } from "../storage/source.js";
 import { trackTemp, untrackTemp } from "../temp-files.js";
 import { checkDigest, type Descriptor, sha256Digest } from "./digest.js";
@@ -160,7 +161,12 @@ export class OciLayout {
 	static async open(dir: string): Promise<OciLayout> {
 		let marker: Buffer;
 		try {
-			marker = await readFile(join(dir, "oci-layout"));
+			marker = await readRegularFile(
+				join(dir, "oci-layout"),
+				4096,
+				"the oci-layout file",
+				"LAYOUT_INVALID",
+			);
 		} catch (e) {
 			const err = fromSystemError(
 				e,
@@ -234,12 +240,15 @@ export class OciLayout {
 		const path = join(this.dir, "index.json");
 		let bytes: Buffer;
 		try {
-			bytes = await readFile(path);
+			bytes = await readRegularFile(
+				path,
+				MAX_JSON_BLOB,
+				"the layout index",
+				"LAYOUT_INVALID",
+			);
 		} catch (e) {
 			throw fromSystemError(e, path, "reading the layout index");
 		}
-		if (bytes.length > MAX_JSON_BLOB)
-			throw new DadiError("LAYOUT_INVALID", `${path}: too large`);
 		const o = parseJson(bytes, path) as Record<string, unknown>;
 		if (o?.schemaVersion !== 2 || !Array.isArray(o.manifests))
 			throw new DadiError(
@@ -315,7 +324,20 @@ export class OciLayout {
 			);
 		let bytes: Buffer;
 		try {
-			bytes = await readFile(this.blobPath(desc.digest));
+			// One byte more than the descriptor says: a longer file is a mismatch, not a read.
+			bytes = await readRegularFile(
+				this.blobPath(desc.digest),
+				desc.size + 1,
+				what,
+				"LAYOUT_INVALID",
+			).catch((e: unknown) => {
+				if (e instanceof DadiError && /more than the \d+/.test(e.message))
+					throw new DadiError(
+						"DIGEST_MISMATCH",
+						`${what}: blob ${desc.digest} is larger than the ${desc.size} bytes its descriptor says`,
+					);
+				throw e;
+			});
 		} catch (e) {
 			const err = fromSystemError(
 				e,
@@ -410,9 +432,11 @@ export class OciLayout {
 			digest: sha256Digest(bytes),
 			size: bytes.length,
 		};
-		const existing = await readFile(this.blobPath(desc.digest)).catch(
-			() => undefined,
-		);
+		const existing = await readRegularFile(
+			this.blobPath(desc.digest),
+			bytes.length,
+			"an existing blob",
+		).catch(() => undefined);
 		if (!existing?.equals(bytes))
 			await writeFileAtomic(this.blobPath(desc.digest), bytes);
 		return desc;

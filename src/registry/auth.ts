@@ -107,6 +107,11 @@ export class RegistryAuth {
 		);
 	}
 
+	/** Where the credentials came from ("--creds", a file), or undefined when anonymous. */
+	get credentialSource(): string | undefined {
+		return this.credentials?.source;
+	}
+
 	denied(what: string): DadiError {
 		return new DadiError(
 			"REMOTE_DENIED",

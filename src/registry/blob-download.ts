@@ -7,8 +7,18 @@
 import { DadiError } from "../errors.js";
 import type { Descriptor } from "../oci/digest.js";
 import { pullScope, type RegistryClient, unexpected } from "./client.js";
-import { type HttpResponse, header, networkError, readBody } from "./http.js";
+import {
+	discardBody,
+	enforceRateFloor,
+	type HttpResponse,
+	header,
+	networkError,
+	readBody,
+} from "./http.js";
 import { backoffMs, isTransient, TransientError } from "./retry.js";
+
+/** Bytes one attempt must deliver before its failures stop counting against the resume limit. */
+const PROGRESS_BYTES = 1 << 20;
 
 /** A registry that ignores Range may send a whole blob this small; we slice it. */
 const WHOLE_BLOB_FALLBACK = 1 << 20;
@@ -59,7 +69,7 @@ export async function readRange(
 			if (res.status === 200) {
 				// The whole blob: acceptable only when small; otherwise someone strips Range.
 				if (blob.size > WHOLE_BLOB_FALLBACK) {
-					res.body.destroy();
+					discardBody(res);
 					throw new TransientError(
 						"REMOTE_PROTOCOL",
 						`${what}: the registry ignored the Range header and sent the whole ${blob.size}-byte blob; lazy reads need range support`,
@@ -81,7 +91,7 @@ export async function readRange(
 				cr.end !== last ||
 				(cr.total !== undefined && cr.total !== blob.size)
 			) {
-				res.body.destroy();
+				discardBody(res);
 				throw new TransientError(
 					"REMOTE_PROTOCOL",
 					`${what}: the answer's Content-Range (${(header(res, "content-range") ?? "none").slice(0, 80)}) is not the range asked for`,
@@ -149,15 +159,17 @@ export async function* blobStream(
 		if (res.status === 206) {
 			const cr = parseContentRange(header(res, "content-range"));
 			if (!cr || cr.start !== from) {
-				res.body.destroy();
+				discardBody(res);
 				throw new DadiError(
 					"REMOTE_PROTOCOL",
 					`${what}: resumed at the wrong offset`,
 				);
 			}
 		} else skip = from; // the registry restarted from 0: drop what we already have
+		const floor = enforceRateFloor(res, what, blob.size - from);
 		try {
 			for await (const chunk of res.body as AsyncIterable<Buffer>) {
+				floor.add(chunk.length);
 				let c = chunk;
 				if (skip > 0) {
 					const n = Math.min(skip, c.length);
@@ -166,14 +178,15 @@ export async function* blobStream(
 					if (c.length === 0) continue;
 				}
 				if (got + c.length > blob.size) {
-					res.body.destroy();
+					discardBody(res);
 					throw new DadiError(
 						"DIGEST_MISMATCH",
 						`${what}: more bytes than the ${blob.size} its descriptor says`,
 					);
 				}
 				got += c.length;
-				failures = 0;
+				// An attempt that moved a real amount is progress; a drip is not.
+				if (got - from >= PROGRESS_BYTES) failures = 0;
 				yield c;
 			}
 			if (blob.size === 0) return;
@@ -195,6 +208,8 @@ export async function* blobStream(
 			await new Promise((r) =>
 				setTimeout(r, backoffMs(client.retry, failures)),
 			);
+		} finally {
+			floor.stop();
 		}
 	}
 }

@@ -1,6 +1,6 @@
 /**
  * Writing blobs: skipped when the repository has them, mounted from another repository of the same
- * registry when possible, else uploaded — monolithically (POST, then PUT with the body) or in
+ * registry when possible (placeBlob), else uploaded (uploadBlob) — monolithically (POST, then PUT with the body) or in
  * chunks (POST, PATCH per chunk with Content-Range, PUT to finish). An upload that fails part way
  * starts over from a fresh session, within the retry budget.
  */
@@ -11,11 +11,14 @@ import { pushScope, type RegistryClient, unexpected } from "./client.js";
 import { type HttpResponse, header } from "./http.js";
 import { withRetries } from "./retry.js";
 
-export interface PushBlobOptions {
-	/** Repositories of the same registry to try a cross-repository mount from. */
-	mountFrom?: string[];
+export interface UploadOptions {
 	/** Upload in PATCH chunks of this size when the blob is larger; monolithic otherwise. */
 	chunkSize?: number;
+	/**
+	 * Bytes of this blob the registry has acknowledged so far: called after each PATCH the
+	 * registry accepted, and with the whole size once the upload is committed. Bytes handed to the
+	 * socket but not yet acknowledged are not counted, so this never runs ahead of what arrived.
+	 */
 	onProgress?: (bytes: number) => void;
 }
 
@@ -24,35 +27,51 @@ export type PushOutcome = "exists" | "mounted" | "uploaded";
 export const DEFAULT_UPLOAD_CHUNK = 64 << 20;
 
 /**
- * Makes sure the repository holds the blob. `open` gives the blob's bytes from the start; it is
- * called again for each attempt.
+ * Makes the repository hold the blob without sending its bytes, when it can: "exists" when it
+ * already has it, "mounted" when a cross-repository mount from one of `mountFrom` (repositories of
+ * the same registry) worked; undefined when the bytes must be uploaded.
  */
-export async function pushBlob(
+export async function placeBlob(
+	client: RegistryClient,
+	repo: string,
+	blob: Descriptor,
+	mountFrom: readonly string[] = [],
+): Promise<"exists" | "mounted" | undefined> {
+	if (await client.hasBlob(repo, blob)) return "exists";
+	for (const from of mountFrom) {
+		if (from === repo) continue;
+		const r = await startUpload(client, repo, { digest: blob.digest, from });
+		if (r.mounted) return "mounted";
+		// The registry could not mount but opened an upload session: close it.
+		await cancelUpload(client, repo, r.location);
+	}
+	return undefined;
+}
+
+/**
+ * Uploads the blob's bytes. `open` gives them from the start; it is called again for each
+ * attempt (a failed upload starts over in a new session, within the retry budget).
+ */
+export async function uploadBlob(
 	client: RegistryClient,
 	repo: string,
 	blob: Descriptor,
 	open: () => Promise<Readable | Buffer>,
-	o: PushBlobOptions = {},
-): Promise<PushOutcome> {
-	if (await client.hasBlob(repo, blob)) return "exists";
-	for (const from of o.mountFrom ?? []) {
-		if (from === repo) continue;
-		const r = await startUpload(client, repo, { digest: blob.digest, from });
-		if (r.mounted) return "mounted";
-		// The registry could not mount but opened an upload session; leave it to expire.
-	}
+	o: UploadOptions = {},
+): Promise<void> {
 	const chunk = o.chunkSize ?? DEFAULT_UPLOAD_CHUNK;
 	await withRetries(client.retry, async () => {
+		o.onProgress?.(0);
 		const { location } = await startUpload(client, repo);
 		if (blob.size <= chunk) await putWhole(client, repo, blob, location, open);
 		else
 			await putChunked(client, repo, blob, location, open, chunk, o.onProgress);
 	});
 	o.onProgress?.(blob.size);
-	return "uploaded";
 }
 
-async function startUpload(
+/** Opens an upload session (POST …/uploads/), or asks for a cross-repository mount. */
+export async function startUpload(
 	client: RegistryClient,
 	repo: string,
 	mount?: { digest: string; from: string },
@@ -79,6 +98,25 @@ async function startUpload(
 			return { mounted: false, location: uploadLocation(res, repo) };
 		},
 	});
+}
+
+/** Best effort: a registry that cannot cancel lets the idle session expire on its own. */
+export async function cancelUpload(
+	client: RegistryClient,
+	repo: string,
+	location: URL,
+): Promise<void> {
+	await client
+		.exchange({
+			what: "upload",
+			scopes: [pushScope(repo)],
+			build: () => ({ method: "DELETE", url: location }),
+			handle: async (res) => {
+				await res.body.dump().catch(() => {});
+			},
+			once: true,
+		})
+		.catch(() => {});
 }
 
 function uploadLocation(res: HttpResponse, repo: string): URL {

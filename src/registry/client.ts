@@ -19,6 +19,7 @@ import { RegistryAuth } from "./auth.js";
 import type { Credentials } from "./credentials.js";
 import {
 	describe,
+	discardBody,
 	type HttpRequest,
 	type HttpResponse,
 	HttpTransport,
@@ -159,8 +160,17 @@ export class RegistryClient {
 		};
 		return spec.once
 			? attemptOnce(0)
-			: withRetries(this.retry, attemptOnce, (_a, e, delay) =>
-					this.onRetry?.(e, delay),
+			: withRetries(
+					this.retry,
+					attemptOnce,
+					(_a, e, delay) => this.onRetry?.(e, delay),
+					// Small bounded exchanges (manifests, tag lists, pings) get one overall deadline
+					// for all their attempts; blob transfers are bounded by progress instead.
+					spec.what === "manifest" ||
+						spec.what === "tags" ||
+						spec.what === "ping"
+						? this.transport.timeouts.requestMs
+						: Number.POSITIVE_INFINITY,
 				);
 	}
 
@@ -419,7 +429,7 @@ export async function unexpected(
 				.slice(0, 300);
 		}
 	} catch {
-		res.body.destroy();
+		discardBody(res);
 	}
 	const suffix = detail ? ` (${detail})` : "";
 	if (res.status === 404 || codes.some((c) => c.endsWith("_UNKNOWN")))

@@ -8,6 +8,7 @@ import { DadiError } from "../errors.js";
 import type { Descriptor } from "../oci/digest.js";
 import { parseDescriptor, parseJson } from "../oci/layout.js";
 import { MT_DOCKER_MANIFEST_LIST, MT_OCI_INDEX } from "../oci/media-types.js";
+import type { OnProgress, SkippedBlobs } from "../progress.js";
 import type { Platform } from "../source/image-source.js";
 import { formatPlatform, platformMatches } from "../source/platform.js";
 import type { PushOutcome } from "./blob-upload.js";
@@ -18,7 +19,14 @@ export interface CopyOptions {
 	platform?: Platform;
 	/** Tag at the destination (default: the destination's, else the source's). */
 	tag?: string;
-	onProgress?: (done: number, total: number) => void;
+	/** The phase name progress events carry (default "copying"). */
+	phase?: string;
+	/**
+	 * Bytes written to the destination (for a registry: acknowledged by it) of the bytes that must
+	 * be written — blobs the destination has or mounted are left out of both and counted in
+	 * `skipped`.
+	 */
+	onProgress?: OnProgress;
 }
 
 export interface CopyResult {
@@ -41,6 +49,8 @@ export async function copyImage(
 	dest: ImageEndpoint,
 	o: CopyOptions = {},
 ): Promise<CopyResult> {
+	const phase = o.phase ?? "copying";
+	o.onProgress?.({ phase, done: 0, total: 0 });
 	let { descriptor, bytes } = await src.top();
 	for (let depth = 0; o.platform && isIndex(descriptor.mediaType); depth++) {
 		if (depth >= MAX_DEPTH)
@@ -68,16 +78,28 @@ export async function copyImage(
 		bytesCopied: 0,
 		totalBytes,
 	};
-	let done = 0;
+	const skipped: SkippedBlobs = { exists: 0, mounted: 0, bytes: 0 };
+	const report = (done: number, total: number) =>
+		o.onProgress?.({ phase, done, total, skipped: { ...skipped } });
+	// First what costs no bytes (blobs the destination has, mounts), so the total is what is sent.
+	const toWrite: Descriptor[] = [];
 	for (const b of unique.values()) {
-		const before = done;
-		const outcome = await dest.putBlob(b, src, (n) =>
-			o.onProgress?.(before + n, totalBytes),
-		);
-		result.blobs[outcome]++;
-		if (outcome === "uploaded") result.bytesCopied += b.size;
-		done = before + b.size;
-		o.onProgress?.(done, totalBytes);
+		const placed = await dest.placeBlob(b, src);
+		if (placed) {
+			result.blobs[placed]++;
+			skipped[placed]++;
+			skipped.bytes += b.size;
+			report(0, 0);
+		} else toWrite.push(b);
+	}
+	const total = toWrite.reduce((n, b) => n + b.size, 0);
+	report(0, total);
+	for (const b of toWrite) {
+		const before = result.bytesCopied;
+		await dest.writeBlob(b, src, (n) => report(before + n, total));
+		result.blobs.uploaded++;
+		result.bytesCopied += b.size;
+		report(result.bytesCopied, total);
 	}
 	const tag = o.tag ?? dest.tag ?? src.tag;
 	for (const p of plan)

@@ -10,7 +10,7 @@ import type { Descriptor } from "../oci/digest.js";
 import type { DockerReference } from "../oci/docker-reference.js";
 import { OciLayout } from "../oci/layout.js";
 import { blobStream } from "./blob-download.js";
-import { type PushOutcome, pushBlob } from "./blob-upload.js";
+import { placeBlob, uploadBlob } from "./blob-upload.js";
 import { MANIFEST_TYPES, type RegistryClient } from "./client.js";
 
 export interface ImageEndpoint {
@@ -23,15 +23,33 @@ export interface ImageEndpoint {
 	/** A blob's bytes from the start (the receiver checks the digest). */
 	blob(desc: Descriptor): Promise<Readable>;
 	hasBlob(desc: Descriptor): Promise<boolean>;
-	putBlob(
+	/**
+	 * Makes this endpoint hold the blob without moving its bytes when it can: "exists" when it has
+	 * it, "mounted" when a registry mounted it from the repository `source` names for it;
+	 * undefined when the bytes must be written.
+	 */
+	placeBlob(
+		desc: Descriptor,
+		source: ImageEndpoint,
+	): Promise<"exists" | "mounted" | undefined>;
+	/** Writes the blob's bytes from `source`; `onProgress` gets the bytes stored so far. */
+	writeBlob(
 		desc: Descriptor,
 		source: ImageEndpoint,
 		onProgress?: (bytes: number) => void,
-	): Promise<PushOutcome>;
+	): Promise<void>;
+	/** A registry repository the blob can be mounted from, when it is in one. */
+	blobOrigin(desc: Descriptor): BlobOrigin | undefined;
 	/** Stores a manifest; `tag` names it when given. */
 	putManifest(desc: Descriptor, bytes: Buffer, tag?: string): Promise<void>;
 	/** The tag a destination reference names, if any. */
 	readonly tag?: string;
+}
+
+/** A repository of a registry: where a blob can be mounted from. */
+export interface BlobOrigin {
+	registry: string;
+	repository: string;
 }
 
 export class LayoutEndpoint implements ImageEndpoint {
@@ -40,16 +58,21 @@ export class LayoutEndpoint implements ImageEndpoint {
 	private constructor(
 		readonly layout: OciLayout,
 		readonly ref: { tag?: string; digest?: string },
+		/** Blobs (by digest) that were copied into the layout from a registry repository. */
+		readonly origins: ReadonlyMap<string, BlobOrigin> = new Map(),
 	) {
 		this.name = `oci:${layout.dir}`;
 	}
 
-	static async source(ref: {
-		dir: string;
-		tag?: string;
-		digest?: string;
-	}): Promise<LayoutEndpoint> {
-		return new LayoutEndpoint(await OciLayout.open(ref.dir), ref);
+	static async source(
+		ref: {
+			dir: string;
+			tag?: string;
+			digest?: string;
+		},
+		origins?: ReadonlyMap<string, BlobOrigin>,
+	): Promise<LayoutEndpoint> {
+		return new LayoutEndpoint(await OciLayout.open(ref.dir), ref, origins);
 	}
 
 	static async destination(ref: {
@@ -85,12 +108,19 @@ export class LayoutEndpoint implements ImageEndpoint {
 		return this.layout.hasBlob(desc);
 	}
 
-	async putBlob(
+	blobOrigin(desc: Descriptor): BlobOrigin | undefined {
+		return this.origins.get(desc.digest);
+	}
+
+	async placeBlob(desc: Descriptor): Promise<"exists" | undefined> {
+		return (await this.layout.hasBlob(desc)) ? "exists" : undefined;
+	}
+
+	async writeBlob(
 		desc: Descriptor,
 		source: ImageEndpoint,
 		onProgress?: (bytes: number) => void,
-	): Promise<PushOutcome> {
-		if (await this.layout.hasBlob(desc)) return "exists";
+	): Promise<void> {
 		const w = await this.layout.createBlobWriter();
 		let n = 0;
 		try {
@@ -116,7 +146,6 @@ export class LayoutEndpoint implements ImageEndpoint {
 				"DIGEST_MISMATCH",
 				`blob ${desc.digest} from ${source.name}: the bytes received hash to ${got.digest}`,
 			);
-		return "uploaded";
 	}
 
 	async putManifest(
@@ -171,24 +200,36 @@ export class RegistryEndpoint implements ImageEndpoint {
 		return this.client.hasBlob(this.ref.repository, desc);
 	}
 
-	putBlob(
+	blobOrigin(): BlobOrigin {
+		return { registry: this.ref.registry, repository: this.ref.repository };
+	}
+
+	placeBlob(
+		desc: Descriptor,
+		source: ImageEndpoint,
+	): Promise<"exists" | "mounted" | undefined> {
+		const origin = source.blobOrigin(desc);
+		return placeBlob(
+			this.client,
+			this.ref.repository,
+			desc,
+			origin && origin.registry === this.ref.registry
+				? [origin.repository]
+				: [],
+		);
+	}
+
+	writeBlob(
 		desc: Descriptor,
 		source: ImageEndpoint,
 		onProgress?: (bytes: number) => void,
-	): Promise<PushOutcome> {
-		const sameRegistry =
-			source instanceof RegistryEndpoint &&
-			source.ref.registry === this.ref.registry;
-		return pushBlob(
+	): Promise<void> {
+		return uploadBlob(
 			this.client,
 			this.ref.repository,
 			desc,
 			() => source.blob(desc),
-			{
-				mountFrom: sameRegistry ? [source.ref.repository] : [],
-				chunkSize: this.chunkSize,
-				onProgress,
-			},
+			{ chunkSize: this.chunkSize, onProgress },
 		);
 	}
 

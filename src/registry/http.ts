@@ -11,6 +11,7 @@ import type { Readable } from "node:stream";
 import { rootCertificates } from "node:tls";
 import { type Dispatcher, EnvHttpProxyAgent, request } from "undici";
 import { DadiError } from "../errors.js";
+import { DEFAULT_RATE_FLOOR, type RateFloor, RateWatch } from "./rate-watch.js";
 import { TransientError } from "./retry.js";
 
 export interface Timeouts {
@@ -22,6 +23,8 @@ export interface Timeouts {
 	bodyMs: number;
 	/** Whole exchange, headers and body, for bounded requests (not whole-blob streams). */
 	requestMs: number;
+	/** The slowest a body may arrive (a drip is not progress). */
+	rateFloor?: RateFloor;
 }
 
 export const DEFAULT_TIMEOUTS: Timeouts = {
@@ -78,6 +81,8 @@ export interface HttpResponse {
 	/** Where the answer finally came from (after redirects). */
 	url: URL;
 	body: Dispatcher.ResponseData["body"];
+	/** The transport's floor on body arrival rate (readers enforce it). */
+	rateFloor?: RateFloor;
 }
 
 const MAX_REDIRECTS = 5;
@@ -124,7 +129,13 @@ export class HttpTransport {
 				(req.method === "GET" || req.method === "HEAD") &&
 				req.followRedirects !== false &&
 				typeof location === "string";
-			if (!redirect) return { ...res, status: res.statusCode, url };
+			if (!redirect)
+				return {
+					...res,
+					status: res.statusCode,
+					url,
+					rateFloor: this.timeouts.rateFloor ?? DEFAULT_RATE_FLOOR,
+				};
 			await res.body.dump().catch(() => {});
 			if (hop >= MAX_REDIRECTS)
 				throw new DadiError(
@@ -268,7 +279,7 @@ export async function readBody(
 ): Promise<Buffer> {
 	const declared = Number(res.headers["content-length"]);
 	if (Number.isFinite(declared) && declared > limit) {
-		res.body.destroy();
+		discardBody(res);
 		throw new DadiError(
 			"REMOTE_PROTOCOL",
 			`${what}: the answer is ${declared} bytes, more than the ${limit} allowed`,
@@ -276,23 +287,72 @@ export async function readBody(
 	}
 	const parts: Buffer[] = [];
 	let n = 0;
+	const floor = enforceRateFloor(
+		res,
+		what,
+		Number.isFinite(declared) ? declared : undefined,
+	);
 	try {
 		for await (const chunk of res.body as AsyncIterable<Buffer>) {
 			n += chunk.length;
 			if (n > limit) {
-				res.body.destroy();
+				discardBody(res);
 				throw new DadiError(
 					"REMOTE_PROTOCOL",
 					`${what}: the answer is more than the ${limit} bytes allowed`,
 				);
 			}
 			parts.push(chunk);
+			floor.add(chunk.length);
 			onPiece?.(chunk.length);
 		}
 	} catch (e) {
 		throw networkError(e, what, hints);
+	} finally {
+		floor.stop();
 	}
 	return Buffer.concat(parts, n);
+}
+
+/**
+ * Ends a body that arrives slower than the response's rate floor with a transient NETWORK error
+ * (the reader's loop sees it as the stream's error). The reader reports each piece it takes with
+ * `add` and calls `stop` when done.
+ */
+export function enforceRateFloor(
+	res: HttpResponse,
+	what: string,
+	expected?: number,
+): { add: (n: number) => void; stop: () => void } {
+	const floor = res.rateFloor ?? DEFAULT_RATE_FLOOR;
+	const watch = new RateWatch(floor, performance.now(), expected);
+	const timer = setInterval(
+		() => {
+			if (!watch.tooSlow(performance.now())) return;
+			clearInterval(timer);
+			res.body.destroy(
+				new TransientError(
+					"NETWORK",
+					`${what}: the body arrives too slowly (less than ${floor.minBytes} bytes in ${floor.windowMs / 1000} s)`,
+				),
+			);
+		},
+		Math.max(50, floor.windowMs / 4),
+	);
+	timer.unref();
+	return { add: (n) => watch.add(n), stop: () => clearInterval(timer) };
+}
+
+/**
+ * Drops a response body we will not read. undici's body stream emits an 'error' (request
+ * aborted) when destroyed; with no listener that would crash the process, so one is attached
+ * first. Every early exit from a response goes through here.
+ */
+export function discardBody(res: {
+	body: { on: (e: "error", f: () => void) => unknown; destroy: () => unknown };
+}): void {
+	res.body.on("error", () => {});
+	res.body.destroy();
 }
 
 /** A header's single value (the first, when repeated). */

@@ -61,13 +61,19 @@ export async function withRetries<T>(
 	policy: RetryPolicy,
 	fn: (attempt: number) => Promise<T>,
 	onRetry?: (attempt: number, e: TransientError, delayMs: number) => void,
+	/** All attempts and waits together may take at most this long (ms). */
+	budgetMs = Number.POSITIVE_INFINITY,
 ): Promise<T> {
+	const started = performance.now();
 	for (let attempt = 0; ; attempt++) {
 		try {
 			return await fn(attempt);
 		} catch (e) {
 			if (!isTransient(e)) throw e;
-			const last = attempt + 1 >= policy.attempts;
+			const delayWanted = e.retryAfterMs ?? backoffMs(policy, attempt);
+			const spent = performance.now() - started;
+			const last =
+				attempt + 1 >= policy.attempts || spent + delayWanted > budgetMs;
 			const tooLong =
 				e.retryAfterMs !== undefined && e.retryAfterMs > policy.maxRetryAfterMs;
 			if (last || tooLong)
@@ -75,10 +81,10 @@ export async function withRetries<T>(
 					e.code,
 					tooLong
 						? `${e.message} (the server asks to retry after ${Math.round((e.retryAfterMs ?? 0) / 1000)} s, longer than the ${policy.maxRetryAfterMs / 1000} s allowed)`
-						: `${e.message} (gave up after ${attempt + 1} attempt${attempt === 0 ? "" : "s"})`,
+						: `${e.message} (gave up after ${attempt + 1} attempt${attempt === 0 ? "" : "s"}${spent + delayWanted > budgetMs ? ` in ${(spent / 1000).toFixed(1)} s` : ""})`,
 					{ cause: e },
 				);
-			const delay = e.retryAfterMs ?? backoffMs(policy, attempt);
+			const delay = delayWanted;
 			onRetry?.(attempt, e, delay);
 			await new Promise((r) => setTimeout(r, delay));
 		}

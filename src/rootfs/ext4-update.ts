@@ -12,9 +12,11 @@
  */
 import { randomBytes } from "node:crypto";
 import { lstatSync, readdirSync, readlinkSync, type Stats } from "node:fs";
-import { rm, writeFile } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { quotable, run } from "./mkfs.js";
+import type { OnProgress } from "../progress.js";
+import { runDebugfs } from "./debugfs.js";
+import { quotable } from "./mkfs.js";
 import { lgetxattr, llistxattr, splitDev } from "./native.js";
 
 export type NodeKind = "dir" | "file" | "other";
@@ -236,28 +238,33 @@ export async function updateExt4InPlace(
 	old: TreeSnapshot,
 	touched: readonly string[],
 	timestamp: number,
+	/** "updating ext4 in place", in debugfs commands done. */
+	onProgress?: OnProgress,
 ): Promise<string | null> {
 	const valueDir = `${image}.${randomBytes(4).toString("hex")}.xattrs`;
 	const plan = planExt4Update(staging, old, touched, timestamp, valueDir);
 	if (typeof plan === "string") return plan;
-	const script = `${image}.${randomBytes(4).toString("hex")}.update`;
 	try {
 		if (plan.values.length > 0) {
-			const { mkdir } = await import("node:fs/promises");
 			await mkdir(valueDir);
 			for (const v of plan.values) await writeFile(v.file, v.value);
 		}
-		await writeFile(script, `${plan.script.join("\n")}\n`);
-		const { stderr } = await run("debugfs", ["-w", "-f", script, image], {
-			E2FSPROGS_FAKE_TIME: String(timestamp),
+		const { errors } = await runDebugfs(image, plan.script, {
+			writable: true,
+			fakeTime: timestamp,
+			onProgress:
+				onProgress &&
+				((done, total) =>
+					onProgress({
+						phase: "updating ext4 in place",
+						done,
+						total,
+						unit: "commands",
+					})),
 		});
-		const errors = stderr
-			.split("\n")
-			.filter((l) => l.trim() !== "" && !l.startsWith("debugfs "));
 		if (errors.length > 0) return `debugfs: ${errors.slice(0, 3).join(" / ")}`;
 		return null;
 	} finally {
-		await rm(script, { force: true });
 		await rm(valueDir, { recursive: true, force: true });
 	}
 }

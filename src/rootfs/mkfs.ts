@@ -5,12 +5,12 @@
  * mke2fs copies from the staging directory and that cannot be set there (ctime, and atime, which
  * reading the files during the build may touch) are rewritten with debugfs afterwards.
  */
-import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { lstat, readdir, rm, writeFile } from "node:fs/promises";
+import { lstat, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { DadiError } from "../errors.js";
-import { trackChild } from "../temp-files.js";
+import type { OnProgress } from "../progress.js";
+import { runDebugfs } from "./debugfs.js";
+import { run } from "./tool.js";
 
 export type FsKind = "ext4" | "erofs";
 
@@ -26,55 +26,20 @@ export interface BuildFsOptions {
 	uuid: string;
 	/** Seconds since the epoch for every time the build itself would take from the clock. */
 	timestamp: number;
+	/**
+	 * Progress: "building ext4"/"building erofs" with the bytes of the image written so far (no
+	 * total: the tools do not say how much they will write), then "fixing inode times" with the
+	 * debugfs commands done.
+	 */
+	onProgress?: OnProgress;
 }
+
+/** How often the image being built is measured. */
+const MEASURE_MS = 500;
 
 export interface BuildFsResult {
 	/** Paths whose ctime/atime could not be fixed (names debugfs cannot quote). */
 	unfixedTimes: number;
-}
-
-export function run(
-	cmd: string,
-	args: string[],
-	env: NodeJS.ProcessEnv = {},
-	input?: string,
-): Promise<{ stdout: string; stderr: string }> {
-	return new Promise((resolve, reject) => {
-		const p = spawn(cmd, args, {
-			env: { ...process.env, ...env },
-			stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"],
-		});
-		trackChild(p);
-		let stdout = "";
-		let stderr = "";
-		p.stdout?.on("data", (d) => (stdout += d));
-		p.stderr?.on("data", (d) => (stderr += d));
-		p.on("error", (e) => {
-			const code = (e as NodeJS.ErrnoException).code;
-			reject(
-				code === "ENOENT"
-					? new DadiError(
-							"IO",
-							`${cmd} not found: install ${cmd.includes("erofs") ? "erofs-utils" : "e2fsprogs"} (Debian: apt-get install ${cmd.includes("erofs") ? "erofs-utils" : "e2fsprogs"})`,
-						)
-					: new DadiError("IO", `${cmd}: ${(e as Error).message}`),
-			);
-		});
-		p.on("close", (code) => {
-			if (code === 0) resolve({ stdout, stderr });
-			else
-				reject(
-					new DadiError(
-						"IO",
-						`${cmd} failed (exit ${code}): ${stderr.trim().split("\n").slice(-3).join(" / ") || stdout.trim().slice(-300)}`,
-					),
-				);
-		});
-		if (input !== undefined && p.stdin) {
-			p.stdin.on("error", () => {}); // the tool may exit before reading it all; its exit code tells
-			p.stdin.end(input);
-		}
-	});
 }
 
 export async function buildFilesystem(
@@ -92,10 +57,12 @@ export async function buildFilesystem(
 		// file times to it; a build time no earlier than any mtime in the tree keeps them all and is
 		// still a function of the tree alone. (-T would force every file to one time.)
 		const buildTime = Math.max(o.timestamp, await latestMtime(o.staging));
-		await run(
-			"mkfs.erofs",
-			["--quiet", `-U${o.uuid}`, "--preserve-mtime", o.out, o.staging],
-			{ SOURCE_DATE_EPOCH: String(buildTime) },
+		await measured(o.out, "building erofs", o.onProgress, () =>
+			run(
+				"mkfs.erofs",
+				["--quiet", `-U${o.uuid}`, "--preserve-mtime", o.out, o.staging],
+				{ env: { SOURCE_DATE_EPOCH: String(buildTime) } },
+			),
 		);
 		return { unfixedTimes: 0 };
 	}
@@ -128,8 +95,43 @@ export async function buildFilesystem(
 		o.out,
 		`${size / 1024}k`,
 	];
-	await run("mke2fs", args, { E2FSPROGS_FAKE_TIME: String(o.timestamp) });
+	await measured(o.out, "building ext4", o.onProgress, () =>
+		run("mke2fs", args, {
+			env: { E2FSPROGS_FAKE_TIME: String(o.timestamp) },
+		}),
+	);
 	return fixTimes(o);
+}
+
+/**
+ * Runs `work` (a tool writing the image `out`) while reporting the bytes the image holds, every
+ * MEASURE_MS: the measurable part of a build that prints nothing until it is done.
+ */
+async function measured<T>(
+	out: string,
+	phase: string,
+	onProgress: OnProgress | undefined,
+	work: () => Promise<T>,
+): Promise<T> {
+	if (!onProgress) return work();
+	onProgress({ phase, done: 0, total: 0 });
+	let last = 0;
+	const measure = async () => {
+		try {
+			const n = (await stat(out)).blocks * 512;
+			if (n !== last) onProgress({ phase, done: n, total: 0 });
+			last = n;
+		} catch {
+			// not created yet
+		}
+	};
+	const timer = setInterval(() => void measure(), MEASURE_MS);
+	try {
+		return await work();
+	} finally {
+		clearInterval(timer);
+		await measure();
+	}
 }
 
 async function latestMtime(root: string): Promise<number> {
@@ -161,28 +163,26 @@ async function inodesIn(
 	const found = new Map<string, number>();
 	const dirs = [...parents.keys()];
 	if (dirs.length === 0) return found;
-	const script = `${image}.${randomBytes(4).toString("hex")}.ls`;
-	await writeFile(script, `${dirs.map((d) => `ls -p "${d}"`).join("\n")}\n`);
-	try {
-		const { stdout } = await run("debugfs", ["-f", script, image]);
-		let dir: string | undefined;
-		for (const line of stdout.split("\n")) {
-			const cmd = /^debugfs: ls -p "(.*)"$/.exec(line);
-			if (cmd) {
-				dir = cmd[1];
-				continue;
-			}
-			const m = /^\/(\d+)\/[0-7]+\/\d+\/\d+\/(.*)\/\d*\/$/.exec(line);
-			if (m && dir !== undefined && parents.get(dir)?.includes(m[2] as string))
-				found.set(`${dir === "/" ? "" : dir}/${m[2]}`, Number(m[1]));
+	const { stdout } = await runDebugfs(
+		image,
+		dirs.map((d) => `ls -p "${d}"`),
+	);
+	let dir: string | undefined;
+	for (const line of stdout.split("\n")) {
+		const cmd = /^debugfs: ls -p "(.*)"$/.exec(line);
+		if (cmd) {
+			dir = cmd[1];
+			continue;
 		}
-	} finally {
-		await rm(script, { force: true });
+		const m = /^\/(\d+)\/[0-7]+\/\d+\/\d+\/(.*)\/\d*\/$/.exec(line);
+		if (m && dir !== undefined && parents.get(dir)?.includes(m[2] as string))
+			found.set(`${dir === "/" ? "" : dir}/${m[2]}`, Number(m[1]));
 	}
 	return found;
 }
 
 async function fixTimes(o: BuildFsOptions): Promise<BuildFsResult> {
+	o.onProgress?.({ phase: "fixing inode times", done: 0, total: 0 });
 	const lines: string[] = [];
 	const at = `@${o.timestamp}`;
 	const byParent = new Map<string, string[]>(); // unquotable names, by quotable parent
@@ -223,23 +223,24 @@ async function fixTimes(o: BuildFsOptions): Promise<BuildFsResult> {
 		if (ino === undefined) unfixed++;
 		else lines.push(`sif <${ino}> ctime ${at}`, `sif <${ino}> atime ${at}`);
 	}
-	const script = `${o.out}.${randomBytes(4).toString("hex")}.debugfs`;
-	await writeFile(script, `${lines.join("\n")}\n`);
-	try {
-		// The fake time keeps debugfs from stamping the superblock with the clock.
-		const { stderr } = await run("debugfs", ["-w", "-f", script, o.out], {
-			E2FSPROGS_FAKE_TIME: String(o.timestamp),
-		});
-		const errors = stderr
-			.split("\n")
-			.filter((l) => l.trim() !== "" && !l.startsWith("debugfs "));
-		if (errors.length > 0)
-			throw new DadiError(
-				"IO",
-				`debugfs could not fix inode times: ${errors.slice(0, 3).join(" / ")}`,
-			);
-	} finally {
-		await rm(script, { force: true });
-	}
+	// The fake time keeps debugfs from stamping the superblock with the clock.
+	const { errors } = await runDebugfs(o.out, lines, {
+		writable: true,
+		fakeTime: o.timestamp,
+		onProgress:
+			o.onProgress &&
+			((done, total) =>
+				o.onProgress?.({
+					phase: "fixing inode times",
+					done,
+					total,
+					unit: "commands",
+				})),
+	});
+	if (errors.length > 0)
+		throw new DadiError(
+			"IO",
+			`debugfs could not fix inode times: ${errors.slice(0, 3).join(" / ")}`,
+		);
 	return { unfixedTimes: unfixed };
 }

@@ -6,11 +6,9 @@
  * thrown as a Node-style errno error (`code` "ENOENT", `errno`, `syscall`, `path`), the same shape
  * node:fs throws, so callers handle both with one error path.
  */
-import { createRequire } from "node:module";
 import { getSystemErrorMap } from "node:util";
 import { DadiError } from "../errors.js";
-
-type Koffi = typeof import("koffi");
+import { type Koffi, loadKoffi } from "../native/addons.js";
 
 interface Libc {
 	koffi: Koffi;
@@ -37,8 +35,9 @@ function load(): Libc {
 	if (libc) return libc;
 	let koffi: Koffi;
 	try {
-		koffi = createRequire(import.meta.url)("koffi") as Koffi;
+		koffi = loadKoffi();
 	} catch (e) {
+		if (e instanceof DadiError) throw e;
 		throw new DadiError(
 			"INTERNAL",
 			`cannot load koffi (needed for device nodes and extended attributes): ${(e as Error).message}`,

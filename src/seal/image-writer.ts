@@ -4,8 +4,6 @@
  * the layer is opened again to serve as the lower disk of the next one. `finish` writes the config
  * and manifest and points the tag at them; until then the layout's tags are untouched.
  */
-import { randomBytes } from "node:crypto";
-import { copyFile, link, rename, rm } from "node:fs/promises";
 import {
 	configMac,
 	decryptImageConfig,
@@ -13,7 +11,7 @@ import {
 } from "../crypto/config-auth.js";
 import type { ImageKey } from "../crypto/image-key.js";
 import { wrapLayerKey } from "../crypto/keywrap.js";
-import { DadiError, fromSystemError } from "../errors.js";
+import { DadiError } from "../errors.js";
 import { codecVersion } from "../format/codec.js";
 import {
 	type CompressionName,
@@ -37,10 +35,10 @@ import {
 	serializeSealedConfig,
 	WRAP_ALG,
 } from "../oci/sealed-config.js";
+import type { OnProgress } from "../progress.js";
 import { SealedLayer } from "../storage/sealed-layer.js";
 import { FileSource, type RangeSource } from "../storage/source.js";
 import { readChunksOrZero, VirtualDisk } from "../storage/virtual-disk.js";
-import { trackTemp, untrackTemp } from "../temp-files.js";
 import {
 	digestSource,
 	layerIdOf,
@@ -59,7 +57,10 @@ export interface ImageWriterOptions {
 	compression?: CompressionName;
 	/** A fixed seal id makes the output reproducible (seal/keys.ts). */
 	sealId?: Buffer;
-	/** An opened sealed image whose layers (the first `layers`, default all) become the bottom of this one. */
+	/**
+	 * An opened sealed image whose layers (the first `layers`, default all) become the bottom of
+	 * this one; their blobs must already be in the destination layout (BaseImage.place).
+	 */
 	base?: { image: OpenedImage; key: ImageKey; layers?: number };
 }
 
@@ -114,17 +115,9 @@ export class ImageWriter {
 		const layout = await OciLayout.openOrCreate(o.destDir);
 		const w = new ImageWriter(layout, o, chunkSize, o.compression ?? "zstd");
 		if (base && o.base) {
-			// Reused base layers: same blobs (copied in when the layout differs), keys re-wrapped.
+			// Reused base layers: same blobs (the caller placed them in the layout), keys re-wrapped.
 			const n = o.base.layers ?? base.config.layers.length;
 			for (const [i, l] of base.config.layers.slice(0, n).entries()) {
-				const desc = base.manifest.layers[i] as Descriptor;
-				if (!base.layout)
-					throw new DadiError(
-						"USAGE",
-						"--base-image must name an image in an OCI layout (oci:DIR:TAG); copy a remote base there first",
-					);
-				if (!(await layout.hasBlob(desc)))
-					await copyBlob(base.layout, layout, desc);
 				const wrapped = wrapLayerKey(
 					o.key.key,
 					Buffer.from(l.layerId, "hex"),
@@ -145,7 +138,7 @@ export class ImageWriter {
 	/** Seals `diskPath` as the next layer; returns its config entry. */
 	async addDisk(
 		diskPath: string,
-		onProgress?: (phase: string, done: number, total: number) => void,
+		onProgress?: OnProgress,
 		sourceDiffIds?: string[],
 	): Promise<SealedLayerEntry> {
 		const disk = await FileSource.open(diskPath);
@@ -162,7 +155,7 @@ export class ImageWriter {
 			if (this.o.sealId) {
 				const total = disk.size;
 				const diskDigest = await digestSource(disk, (d) =>
-					onProgress?.("hashing", d, total),
+					onProgress?.({ phase: "hashing", done: d, total }),
 				);
 				const material = layerMaterial({
 					position,
@@ -194,7 +187,8 @@ export class ImageWriter {
 					layerKey,
 					layerId,
 					sink: writer,
-					onProgress: (d, t) => onProgress?.("sealing", d, t),
+					onProgress: (d, t) =>
+						onProgress?.({ phase: "sealing", done: d, total: t }),
 				});
 				desc = await writer.commit(MT_SEALED_LAYER);
 			} catch (e) {
@@ -214,7 +208,10 @@ export class ImageWriter {
 				zeroChunks: sealed.zeroChunks,
 				...(sourceDiffIds ? { sourceDiffIds } : {}),
 			};
-			const src = await this.layout.openBlob(desc, `layer ${position}`);
+			const src = await this.layout.openBlob(
+				desc,
+				`sealed layer ${position + 1} (${desc.digest.slice(0, 19)})`,
+			);
 			this.#sources.push(src);
 			this.#opened.push(
 				await SealedLayer.open(src, layerKey, {
@@ -287,31 +284,5 @@ export class ImageWriter {
 		await Promise.all(
 			this.#sources.splice(0).map((s) => s.close().catch(() => {})),
 		);
-	}
-}
-
-/** Copies (or hard-links) a base layer blob into another layout, checking its digest first. */
-async function copyBlob(
-	from: OciLayout,
-	to: OciLayout,
-	desc: Descriptor,
-): Promise<void> {
-	await from.checkBlobDigest(desc, "base layer");
-	const src = from.blobPath(desc.digest);
-	const dst = to.blobPath(desc.digest);
-	const tmp = `${dst}.${randomBytes(6).toString("hex")}.tmp`;
-	trackTemp(tmp);
-	try {
-		try {
-			await link(src, tmp);
-		} catch {
-			await copyFile(src, tmp);
-		}
-		await rename(tmp, dst);
-	} catch (e) {
-		await rm(tmp, { force: true });
-		throw fromSystemError(e, dst, "copying a base layer");
-	} finally {
-		untrackTemp(tmp);
 	}
 }

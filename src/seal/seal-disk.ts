@@ -10,7 +10,7 @@ import {
 	type CompressionName,
 	isPowerOfTwoChunkSize,
 } from "../format/constants.js";
-import { openSealedImage } from "../image/open-image.js";
+import type { OpenedImage } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
 import type { Reference } from "../oci/reference.js";
 import type {
@@ -18,7 +18,10 @@ import type {
 	SealedConfig,
 	SealedLayerEntry,
 } from "../oci/sealed-config.js";
+import type { OnProgress } from "../progress.js";
+import type { RegistryClientOptions } from "../registry/client.js";
 import { FileSource } from "../storage/source.js";
+import { BaseImage } from "./base-image.js";
 import { ImageWriter } from "./image-writer.js";
 
 export { defaultKeyRef } from "./image-writer.js";
@@ -33,10 +36,11 @@ export interface SealDiskOptions {
 	fsType?: FsType;
 	/** Original OCI image config to carry encrypted. */
 	imageConfig?: Buffer;
-	base?: { ref: Reference; key: ImageKey };
+	/** The sealed image to build on: an OCI layout, or a registry (then `registry` says how to reach it). */
+	base?: { ref: Reference; key: ImageKey; registry?: RegistryClientOptions };
 	/** A fixed seal id makes the output reproducible (see seal/keys.ts). */
 	sealId?: Buffer;
-	onProgress?: (phase: string, done: number, total: number) => void;
+	onProgress?: OnProgress;
 }
 
 export interface SealDiskResult {
@@ -64,19 +68,23 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 	await probe.close();
 	if (size === 0)
 		throw new DadiError("INPUT_INVALID", `${o.disk}: the disk image is empty`);
-	const base = o.base
-		? await openSealedImage(o.base.ref, o.base.key)
+	const baseImage = o.base
+		? await BaseImage.open({ ...o.base, option: "--base" })
 		: undefined;
+	let base: OpenedImage | undefined;
 	let writer: ImageWriter | undefined;
 	try {
+		const n = baseImage?.image.config.layers.length ?? 0;
+		base = await baseImage?.open(n, o.dest.dir, o.onProgress);
 		writer = await ImageWriter.start({
 			destDir: o.dest.dir,
 			key: o.key,
 			chunkSize: o.chunkSize,
 			compression: o.compression,
 			sealId: o.sealId,
-			base: base && o.base ? { image: base, key: o.base.key } : undefined,
+			base: base && baseImage ? { image: base, key: baseImage.key } : undefined,
 		});
+		await baseImage?.place(n, writer.layout);
 		const layer = await writer.addDisk(o.disk, o.onProgress);
 		const { manifest, config } = await writer.finish({
 			tag: o.dest.tag ?? "latest",
@@ -94,5 +102,6 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 	} finally {
 		await writer?.close();
 		await base?.close();
+		await baseImage?.close();
 	}
 }

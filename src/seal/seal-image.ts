@@ -12,7 +12,8 @@ import { join } from "node:path";
 import type { ImageKey } from "../crypto/image-key.js";
 import { DadiError } from "../errors.js";
 import type { CompressionName } from "../format/constants.js";
-import { type OpenedImage, openSealedImage } from "../image/open-image.js";
+import type { OpenedImage } from "../image/open-image.js";
+import { type LayerNumber, layerLabel } from "../layer-label.js";
 import type { Descriptor } from "../oci/digest.js";
 import type { Reference } from "../oci/reference.js";
 import type {
@@ -20,14 +21,21 @@ import type {
 	SealedConfig,
 	SealedLayerEntry,
 } from "../oci/sealed-config.js";
+import { announce, inLayer, type OnProgress } from "../progress.js";
 import type { RegistryClientOptions } from "../registry/client.js";
+import type { BlobOrigin } from "../registry/endpoints.js";
 import { applyLayer } from "../rootfs/apply.js";
-import { snapshotTree, updateExt4InPlace } from "../rootfs/ext4-update.js";
+import {
+	snapshotTree,
+	type TreeSnapshot,
+	updateExt4InPlace,
+} from "../rootfs/ext4-update.js";
 import { buildFilesystem, type FsKind } from "../rootfs/mkfs.js";
 import { readTar } from "../rootfs/tar.js";
 import type { Platform, SourceImage } from "../source/image-source.js";
 import { openSourceImage } from "../source/open-source.js";
 import { trackTemp, untrackTemp } from "../temp-files.js";
+import { BaseImage } from "./base-image.js";
 import { ImageWriter } from "./image-writer.js";
 
 export interface SealImageOptions {
@@ -41,17 +49,29 @@ export interface SealImageOptions {
 	fsType?: FsKind;
 	flatten?: boolean;
 	sealId?: Buffer;
-	/** A sealed image (sealed from an image this one starts with) whose layers are reused. */
-	baseImage?: { ref: Reference; key: ImageKey };
+	/**
+	 * A sealed image (sealed from an image this one starts with) whose layers are reused: an OCI
+	 * layout or a registry image (`registry` says how to reach it).
+	 */
+	baseImage?: {
+		ref: Reference;
+		key: ImageKey;
+		registry?: RegistryClientOptions;
+	};
 	/** Where the staging directory and file-system images go (default: the OS temp dir). */
 	workDir?: string;
 	/** How to reach the registry of a docker:// source. */
 	registry?: RegistryClientOptions;
-	onProgress?: (phase: string, done: number, total: number) => void;
+	/** Progress; per-layer events carry the source layer (1-based, bottom first). */
+	onProgress?: OnProgress;
 }
 
 export interface SealedImageLayerReport {
-	/** The source layer's stored (compressed) size. */
+	/** Where it is in the sealed image: 1-based, bottom first. */
+	position: number;
+	/** The source image's layers it holds (1-based, bottom first; several with --flatten). */
+	sourceLayers: number[];
+	/** The source layers' stored (compressed) size. */
 	sourceBytes: number;
 	entry: SealedLayerEntry;
 	/** How the layer's file system was made: updated in place from the one below, or rebuilt whole. */
@@ -60,15 +80,28 @@ export interface SealedImageLayerReport {
 	rebuildReason?: string;
 }
 
+export interface ReusedLayerReport {
+	/** Where it is in the sealed image: 1-based, bottom first. */
+	position: number;
+	/** The source image's layers it holds (1-based, bottom first). */
+	sourceLayers: number[];
+	digest: string;
+}
+
 export interface SealImageResult {
 	manifest: Descriptor;
 	config: SealedConfig;
 	source: string;
+	/** How many layers the source image has. */
+	sourceLayerCount: number;
 	fsType: FsKind;
 	fsBytes: number;
 	layers: SealedImageLayerReport[];
 	/** Sealed layers taken over from --base-image. */
 	reusedLayers: number;
+	reused: ReusedLayerReport[];
+	/** Blobs of the destination layout that came from a registry repository (a registry base's). */
+	blobOrigins: ReadonlyMap<string, BlobOrigin>;
 }
 
 /** What the layers hold, from a pass over their tar headers (which also verifies their digests). */
@@ -79,25 +112,55 @@ interface Census {
 
 async function census(
 	image: SourceImage,
-	onProgress?: SealImageOptions["onProgress"],
+	onProgress?: OnProgress,
 ): Promise<Census> {
 	let fileBytes = 0;
 	let entries = 0;
 	for (const [i, layer] of image.layers.entries()) {
-		onProgress?.(`checking layer ${i + 1}/${image.layers.length}`, 0, 0);
-		const stream = await layer.open();
-		try {
-			for await (const e of readTar(stream.chunks)) {
-				entries++;
-				fileBytes += Math.ceil(e.size / 4096) * 4096;
-				await e.skip();
+		const at = { number: i + 1, of: image.layers.length };
+		await inLayerContext(at, async () => {
+			const stream = await layer.open();
+			const report = () =>
+				onProgress?.({
+					phase: "checking",
+					layer: at,
+					done: stream.bytesRead(),
+					total: layer.size,
+				});
+			report();
+			try {
+				for await (const e of readTar(stream.chunks)) {
+					entries++;
+					fileBytes += Math.ceil(e.size / 4096) * 4096;
+					await e.skip();
+					report();
+				}
+				await stream.finish();
+				report();
+			} finally {
+				await stream.close();
 			}
-			await stream.finish();
-		} finally {
-			await stream.close();
-		}
+		});
 	}
 	return { fileBytes, entries };
+}
+
+/**
+ * Runs one layer's work with its name on every error it raises ("layer 2/3: …"), so errors
+ * number layers as progress and the report do.
+ */
+async function inLayerContext<T>(
+	at: LayerNumber,
+	work: () => Promise<T>,
+): Promise<T> {
+	try {
+		return await work();
+	} catch (e) {
+		const label = layerLabel(at);
+		if (e instanceof DadiError && !e.message.includes(label))
+			throw new DadiError(e.code, `${label}: ${e.message}`, { cause: e });
+		throw e;
+	}
 }
 
 /** ext4 size for the largest state any prefix of the layers can reach, with room to spare. */
@@ -172,16 +235,27 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			"USAGE",
 			"sealing a container image needs root: its files' owners, modes and device nodes are rebuilt in a staging directory (run as root)",
 		);
-	const image = await openSourceImage(o.source, o.platform, {
-		registry: o.registry,
-		workDir: o.workDir,
-		onProgress: o.onProgress,
-	});
+	if (o.flatten && o.baseImage)
+		throw new DadiError(
+			"USAGE",
+			"--flatten and --base-image do not go together: a flattened image shares no layers",
+		);
+	// The base first: its key and kind are checked before the source is read.
+	const baseImage = o.baseImage
+		? await openBase(o.baseImage, fsType, o.onProgress)
+		: undefined;
+	let image: SourceImage | undefined;
 	let base: OpenedImage | undefined;
 	let work: string | undefined;
 	let writer: ImageWriter | undefined;
 	try {
-		if (image.layers.length === 0)
+		image = await openSourceImage(o.source, o.platform, {
+			registry: o.registry,
+			workDir: o.workDir,
+			onProgress: o.onProgress,
+		});
+		const n = image.layers.length;
+		if (n === 0)
 			throw new DadiError(
 				"INPUT_INVALID",
 				`${image.description}: the image has no layers`,
@@ -189,39 +263,11 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 		const c = await census(image, o.onProgress);
 		let fs: FsParams = { ...ext4SizeFor(c), ...fsIdentity(image.config) };
 		let reuse = { layers: 0, sourceLayers: 0 };
-		if (o.baseImage) {
-			base = await openSealedImage(o.baseImage.ref, o.baseImage.key);
-			const bc = base.config;
-			if (!bc.fs || bc.fsType !== fsType)
-				throw new DadiError(
-					"INPUT_INVALID",
-					`--base-image: was not sealed from a container image as ${fsType}, so its layers cannot be shared`,
-				);
-			reuse = sharedPrefix(
-				bc,
-				image.layers.map((l) => l.diffId),
-			);
-			if (reuse.layers === 0)
-				throw new DadiError(
-					"INPUT_INVALID",
-					`--base-image: ${image.description} does not start with the base image's first layer`,
-				);
-			if (o.flatten)
-				throw new DadiError(
-					"USAGE",
-					"--flatten and --base-image do not go together: a flattened image shares no layers",
-				);
-			const least = ext4LeastFor(c);
-			if (
-				fsType === "ext4" &&
-				(bc.fs.sizeBytes < least.sizeBytes || bc.fs.inodes < least.inodes)
-			)
-				throw new DadiError(
-					"INPUT_INVALID",
-					`--base-image: its file system (${bc.fs.sizeBytes} bytes, ${bc.fs.inodes} inodes) is too small for this image (at least ${least.sizeBytes} bytes, ${least.inodes} inodes); seal without --base-image`,
-				);
+		if (baseImage) {
+			reuse = checkBase(baseImage, image, c, fsType);
 			// Build the new layers exactly like the base's, so they stack on its disks chunk for chunk.
-			fs = bc.fs;
+			fs = baseImage.image.config.fs as FsParams;
+			base = await baseImage.open(reuse.layers, o.dest.dir, o.onProgress);
 		}
 		work = await mkdtemp(join(o.workDir ?? tmpdir(), "dadi-seal-"));
 		trackTemp(work);
@@ -235,75 +281,65 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			compression: o.compression,
 			sealId: o.sealId,
 			base:
-				base && o.baseImage
-					? { image: base, key: o.baseImage.key, layers: reuse.layers }
+				base && baseImage
+					? { image: base, key: baseImage.key, layers: reuse.layers }
 					: undefined,
 		});
+		await baseImage?.place(reuse.layers, writer.layout);
 		const reports: SealedImageLayerReport[] = [];
 		let sourceBytes = 0;
 		let pending: string[] = [];
+		let pendingNumbers: number[] = [];
 		let diskHoldsPrevious = false; // `disk` is the file system of the previous sealed layer
 		for (const [i, layer] of image.layers.entries()) {
-			const label = `layer ${i + 1}/${image.layers.length}`;
-			o.onProgress?.(`${label}: applying`, 0, 0);
+			const at: LayerNumber = { number: i + 1, of: n };
 			// Keep unchanged files where they are: update the previous ext4 in place when possible.
 			const old =
 				fsType === "ext4" && diskHoldsPrevious && !o.flatten
 					? snapshotTree(staging)
 					: undefined;
-			const touched: string[] = [];
-			const stream = await layer.open();
-			try {
-				await applyLayer(staging, readTar(stream.chunks), {
-					onEntry: (p) => touched.push(p),
-				});
-				await stream.finish();
-			} finally {
-				await stream.close();
-			}
+			const touched = await inLayerContext(at, () =>
+				applySourceLayer(layer, staging, at, o.onProgress),
+			);
 			if (i < reuse.sourceLayers) continue; // already sealed in the base image
 			sourceBytes += layer.size;
 			pending.push(layer.diffId);
-			if (o.flatten && i < image.layers.length - 1) continue;
-			o.onProgress?.(`${label}: building ${fsType}`, 0, 0);
-			let built: SealedImageLayerReport["built"] = "rebuilt";
-			let rebuildReason: string | null = old
-				? null
-				: "the first layer, or after reused or flattened layers";
-			if (old)
-				rebuildReason = await updateExt4InPlace(
+			pendingNumbers.push(at.number);
+			if (o.flatten && i < n - 1) continue;
+			const sealedAt: LayerNumber = {
+				...at,
+				from: pendingNumbers[0] as number,
+			};
+			const onLayer = inLayer(o.onProgress, sealedAt);
+			const made = await inLayerContext(sealedAt, async () => {
+				const built = await buildLayerDisk({
+					fsType,
+					fs,
 					disk,
 					staging,
 					old,
 					touched,
-					fs.timestamp,
-				).catch((e: Error) => e.message);
-			if (old && rebuildReason === null) built = "in-place";
-			else
-				await buildFilesystem({
-					fsType,
-					staging,
-					out: disk,
-					sizeBytes: fs.sizeBytes,
-					inodes: fs.inodes,
-					uuid: fs.uuid,
-					timestamp: fs.timestamp,
+					onProgress: onLayer,
 				});
-			const entry = await writer.addDisk(
-				disk,
-				(phase, d, t) => o.onProgress?.(`${label}: ${phase}`, d, t),
-				pending,
-			);
+				const entry = await (writer as ImageWriter).addDisk(
+					disk,
+					onLayer,
+					pending,
+				);
+				return { ...built, entry };
+			});
 			reports.push({
+				position: reuse.layers + reports.length + 1,
+				sourceLayers: pendingNumbers,
 				sourceBytes,
-				entry,
-				built,
-				...(built === "rebuilt" && rebuildReason ? { rebuildReason } : {}),
+				...made,
 			});
 			sourceBytes = 0;
 			pending = [];
+			pendingNumbers = [];
 			diskHoldsPrevious = true;
 		}
+		announce(o.onProgress, "writing the sealed config and manifest");
 		const { manifest, config } = await writer.finish({
 			tag: o.dest.tag ?? "latest",
 			fsType,
@@ -311,22 +347,164 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			imageConfig: image.config,
 			fs,
 		});
+		const origin = baseImage?.origin;
 		return {
 			manifest,
 			config,
 			source: image.description,
+			sourceLayerCount: n,
 			fsType,
 			fsBytes: fs.sizeBytes,
 			layers: reports,
 			reusedLayers: reuse.layers,
+			reused: reusedReport(config, reuse.layers),
+			blobOrigins: new Map(
+				origin
+					? config.layers
+							.slice(0, reuse.layers)
+							.map((l) => [l.digest, origin] as const)
+					: [],
+			),
 		};
 	} finally {
+		if (work || image) announce(o.onProgress, "removing temporary files");
 		await writer?.close();
 		await base?.close();
-		await image.close();
+		await baseImage?.close();
+		await image?.close();
 		if (work) {
 			await rm(work, { recursive: true, force: true });
 			untrackTemp(work);
 		}
 	}
+}
+
+/** Opens --base-image and checks it can carry this image's layers at all (fs type). */
+async function openBase(
+	o: NonNullable<SealImageOptions["baseImage"]>,
+	fsType: FsKind,
+	onProgress?: OnProgress,
+): Promise<BaseImage> {
+	announce(onProgress, "reading the base image");
+	const b = await BaseImage.open({ ...o, option: "--base-image" });
+	const bc = b.image.config;
+	if (!bc.fs || bc.fsType !== fsType) {
+		await b.close();
+		throw new DadiError(
+			"INPUT_INVALID",
+			`--base-image: was not sealed from a container image as ${fsType}, so its layers cannot be shared`,
+		);
+	}
+	return b;
+}
+
+/** How many of the base's layers this image reuses; INPUT_INVALID when none or its file system is too small. */
+function checkBase(
+	b: BaseImage,
+	image: SourceImage,
+	c: Census,
+	fsType: FsKind,
+): { layers: number; sourceLayers: number } {
+	const bc = b.image.config;
+	const reuse = sharedPrefix(
+		bc,
+		image.layers.map((l) => l.diffId),
+	);
+	if (reuse.layers === 0)
+		throw new DadiError(
+			"INPUT_INVALID",
+			`--base-image: ${image.description} does not start with the base image's first layer`,
+		);
+	const least = ext4LeastFor(c);
+	const fs = bc.fs as FsParams;
+	if (
+		fsType === "ext4" &&
+		(fs.sizeBytes < least.sizeBytes || fs.inodes < least.inodes)
+	)
+		throw new DadiError(
+			"INPUT_INVALID",
+			`--base-image: its file system (${fs.sizeBytes} bytes, ${fs.inodes} inodes) is too small for this image (at least ${least.sizeBytes} bytes, ${least.inodes} inodes); seal without --base-image`,
+		);
+	return reuse;
+}
+
+/** Applies one source layer to the staging tree; returns the paths its entries named. */
+async function applySourceLayer(
+	layer: SourceImage["layers"][number],
+	staging: string,
+	at: LayerNumber,
+	onProgress?: OnProgress,
+): Promise<string[]> {
+	const touched: string[] = [];
+	const stream = await layer.open();
+	const report = () =>
+		onProgress?.({
+			phase: "applying",
+			layer: at,
+			done: stream.bytesRead(),
+			total: layer.size,
+		});
+	report();
+	try {
+		await applyLayer(staging, readTar(stream.chunks), {
+			onEntry: (p) => {
+				touched.push(p);
+				report();
+			},
+		});
+		await stream.finish();
+		report();
+	} finally {
+		await stream.close();
+	}
+	return touched;
+}
+
+/** Makes `disk` the file system of the staging tree: updated in place from the previous layer's when possible. */
+async function buildLayerDisk(o: {
+	fsType: FsKind;
+	fs: FsParams;
+	disk: string;
+	staging: string;
+	old: TreeSnapshot | undefined;
+	touched: string[];
+	onProgress?: OnProgress;
+}): Promise<Pick<SealedImageLayerReport, "built" | "rebuildReason">> {
+	let rebuildReason: string | null = o.old
+		? null
+		: "the first layer, or after reused or flattened layers";
+	if (o.old) {
+		announce(o.onProgress, `updating ${o.fsType} in place`);
+		rebuildReason = await updateExt4InPlace(
+			o.disk,
+			o.staging,
+			o.old,
+			o.touched,
+			o.fs.timestamp,
+			o.onProgress,
+		).catch((e: Error) => e.message);
+		if (rebuildReason === null) return { built: "in-place" };
+	}
+	await buildFilesystem({
+		fsType: o.fsType,
+		staging: o.staging,
+		out: o.disk,
+		sizeBytes: o.fs.sizeBytes,
+		inodes: o.fs.inodes,
+		uuid: o.fs.uuid,
+		timestamp: o.fs.timestamp,
+		onProgress: o.onProgress,
+	});
+	return { built: "rebuilt", ...(rebuildReason ? { rebuildReason } : {}) };
+}
+
+/** The base's layers the sealed image reuses, with the source layers they hold. */
+function reusedReport(config: SealedConfig, n: number): ReusedLayerReport[] {
+	let next = 1;
+	return config.layers.slice(0, n).map((l, i) => {
+		const count = l.sourceDiffIds?.length ?? 0;
+		const sourceLayers = Array.from({ length: count }, (_, k) => next + k);
+		next += count;
+		return { position: i + 1, sourceLayers, digest: l.digest };
+	});
 }

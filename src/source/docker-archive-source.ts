@@ -4,6 +4,7 @@
  */
 import { createHash } from "node:crypto";
 import { DadiError } from "../errors.js";
+import { layerAt } from "../layer-label.js";
 import { parseJson } from "../oci/layout.js";
 import type { Reference } from "../oci/reference.js";
 import { indexTar } from "../rootfs/tar.js";
@@ -115,7 +116,7 @@ export async function openDockerArchiveImage(
 						size: m.size,
 						compression: "auto",
 						diffId,
-						name: `${ref.path} layer ${i} (${name})`,
+						name: `${ref.path} ${layerAt(i, entry.Layers.length)} (${name})`,
 					}),
 			};
 		});

@@ -18,6 +18,8 @@ export interface SourceLayer {
 
 export interface LayerStream {
 	chunks: AsyncIterable<Buffer>;
+	/** Stored (compressed) bytes read so far, of the layer's `size` (progress). */
+	bytesRead(): number;
 	finish(): Promise<void>;
 	close(): Promise<void>;
 }

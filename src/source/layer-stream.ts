@@ -100,6 +100,7 @@ export async function openLayerBlob(blob: LayerBlob): Promise<LayerStream> {
 	};
 	return {
 		chunks: { [Symbol.asyncIterator]: () => ({ next }) },
+		bytesRead: () => storedBytes,
 		finish: async () => {
 			while (!done) await next();
 			if (storedBytes !== blob.size)

@@ -4,6 +4,7 @@
  * checked against their digests.
  */
 import { DadiError } from "../errors.js";
+import { layerAt } from "../layer-label.js";
 import type { Descriptor } from "../oci/digest.js";
 import { OciLayout, parseDescriptor, parseJson } from "../oci/layout.js";
 import {
@@ -115,7 +116,7 @@ export async function openOciLayoutImage(
 		if (compression === undefined)
 			throw new DadiError(
 				"INPUT_INVALID",
-				`${name}: layer ${i} has unsupported media type ${d.mediaType}`,
+				`${name}: ${layerAt(i, layerDescs.length)} has unsupported media type ${d.mediaType}`,
 			);
 		const diffId = facts.diffIds[i] as string;
 		return {
@@ -128,7 +129,7 @@ export async function openOciLayoutImage(
 					compression,
 					digest: d.digest,
 					diffId,
-					name: `${name} layer ${i} (${d.digest.slice(0, 19)})`,
+					name: `${name} ${layerAt(i, layerDescs.length)} (${d.digest.slice(0, 19)})`,
 				}),
 		};
 	});

@@ -12,6 +12,7 @@ import {
 	type DockerReference,
 	formatDockerReference,
 } from "../oci/docker-reference.js";
+import type { OnProgress } from "../progress.js";
 import {
 	RegistryClient,
 	type RegistryClientOptions,
@@ -25,7 +26,7 @@ import { openOciLayoutImage } from "./oci-layout-source.js";
 export interface RegistrySourceOptions {
 	registry?: RegistryClientOptions;
 	workDir?: string;
-	onProgress?: (phase: string, done: number, total: number) => void;
+	onProgress?: OnProgress;
 }
 
 export async function openRegistryImage(
@@ -56,7 +57,8 @@ export async function openRegistryImage(
 			{
 				platform,
 				tag: "source",
-				onProgress: (d, t) => o.onProgress?.("pulling", d, t),
+				phase: "pulling",
+				onProgress: o.onProgress,
 			},
 		);
 		const image = await openOciLayoutImage(

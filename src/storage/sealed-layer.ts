@@ -48,6 +48,12 @@ export interface LayerExpectation {
 	virtualSize: number;
 	/** The codec the image config names for this layer. */
 	compression: CompressionName;
+	/**
+	 * The most extents the index may hold: the stored and zero chunks the (authenticated) image
+	 * config counts, each extent covering at least one. Checked before the index is read, so an
+	 * unauthenticated trailer cannot make a reader fetch or allocate more.
+	 */
+	maxExtents?: number;
 }
 
 export class SealedLayer {
@@ -133,6 +139,13 @@ export class SealedLayer {
 			throw new DadiError(
 				"LAYER_MISMATCH",
 				`${where}: chunk size, virtual size or codec differs from the image config`,
+			);
+		const chunks = chunkCountOf(header.virtualSize, chunkSize);
+		const most = Math.min(chunks, expect.maxExtents ?? chunks);
+		if (trailer.extentCount > most)
+			throw new DadiError(
+				"FORMAT_INVALID",
+				`${where}: the trailer announces ${trailer.extentCount} index extents, more than the ${most} this layer can have`,
 			);
 		const cipher = new LayerCipher(layerKey, header.layerId, chunkSize);
 		const stored = await source.read(

@@ -2,6 +2,7 @@
  * The one small interface every storage layer is written against: random reads of a byte range.
  * File today; HTTP range requests, caches and peers wrap or replace it later.
  */
+import { constants } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { DadiError, fromSystemError } from "../errors.js";
 
@@ -14,6 +15,9 @@ export interface RangeSource {
 	close(): Promise<void>;
 }
 
+/** The largest single file read issued (reads above 2^31 - 1 bytes abort Node). */
+const MAX_READ = 64 << 20;
+
 export class FileSource implements RangeSource {
 	private constructor(
 		readonly name: string,
@@ -24,7 +28,8 @@ export class FileSource implements RangeSource {
 	static async open(path: string, name = path): Promise<FileSource> {
 		let fh: FileHandle;
 		try {
-			fh = await open(path, "r");
+			// Non-blocking: a FIFO planted as a blob must not hang the open (it is refused below).
+			fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
 		} catch (e) {
 			throw fromSystemError(e, path, "opening for reading");
 		}
@@ -48,10 +53,11 @@ export class FileSource implements RangeSource {
 		const buf = Buffer.allocUnsafe(length);
 		let done = 0;
 		while (done < length) {
+			// One read(2) moves at most ~2 GiB; Node aborts on a larger request.
 			const { bytesRead } = await this.fh.read(
 				buf,
 				done,
-				length - done,
+				Math.min(length - done, MAX_READ),
 				offset + done,
 			);
 			if (bytesRead === 0)

@@ -16,8 +16,12 @@ export type Fault =
 	| { kind: "drop-before-headers" }
 	/** wait before forwarding (slow response) */
 	| { kind: "delay"; ms: number }
+	/** hold the request (body unread) until `until` settles, then forward it */
+	| { kind: "hold"; until: Promise<unknown> }
 	/** forward the response body slowly */
 	| { kind: "trickle"; bytesPerSecond: number }
+	/** forward the headers, then one body byte every `everyMs` (a drip that defeats idle timeouts) */
+	| { kind: "drip"; everyMs: number }
 	/** never answer (client timeouts) */
 	| { kind: "stall" }
 	/** forward, but rewrite Content-Range "bytes a-b/t" to "bytes (a+1)-(b+1)/t" (same length) */
@@ -52,6 +56,8 @@ export interface FaultProxy {
 	setRule(rule: FaultRule | undefined): void;
 	/** every request the proxy received, in order */
 	requests: ProxiedRequest[];
+	/** Request body bytes received from clients and forwarded so far (uploads), all requests together. */
+	readonly bodyBytesIn: number;
 	/** Closes the server and destroys open sockets (stalled ones too). */
 	close(): Promise<void>;
 }
@@ -110,6 +116,7 @@ export async function startFaultProxy(upstream: {
 	const timers = new Set<NodeJS.Timeout>();
 	let rule: FaultRule | undefined;
 	let closed = false;
+	let bodyBytesIn = 0;
 	const requests: ProxiedRequest[] = [];
 
 	const later = (ms: number): Promise<void> =>
@@ -158,6 +165,10 @@ export async function startFaultProxy(upstream: {
 				await later(fault.ms);
 				if (closed || req.socket.destroyed) return;
 				break;
+			case "hold":
+				await fault.until;
+				if (closed || req.socket.destroyed) return;
+				break;
 		}
 
 		const headers = stripHopByHop(req.headers);
@@ -182,6 +193,10 @@ export async function startFaultProxy(upstream: {
 				res.writeHead(502, { "Content-Type": "text/plain" }).end("bad gateway");
 			else res.destroy();
 		});
+		// Counted as the body is forwarded (a 'data' listener added with the pipe loses nothing).
+		req.on("data", (c: Buffer) => {
+			bodyBytesIn += c.length;
+		});
 		req.pipe(up);
 
 		up.on("response", (ur) => {
@@ -204,6 +219,7 @@ export async function startFaultProxy(upstream: {
 				noBody ||
 				fault === undefined ||
 				fault.kind === "delay" ||
+				fault.kind === "hold" ||
 				fault.kind === "ignore-range" ||
 				fault.kind === "wrong-content-range"
 			) {
@@ -250,6 +266,16 @@ export async function startFaultProxy(upstream: {
 						res.write(body.subarray(0, n), () => res.socket?.end());
 						return;
 					}
+					case "drip": {
+						res.writeHead(status, ur.statusMessage, out);
+						for (let o = 0; o < body.length; o++) {
+							if (closed || res.destroyed) return;
+							res.write(body.subarray(o, o + 1));
+							await later(fault.everyMs);
+						}
+						res.end();
+						return;
+					}
 					case "trickle": {
 						res.writeHead(status, ur.statusMessage, out);
 						const tick = 50;
@@ -284,6 +310,9 @@ export async function startFaultProxy(upstream: {
 			rule = r;
 		},
 		requests,
+		get bodyBytesIn() {
+			return bodyBytesIn;
+		},
 		close() {
 			closing ??= new Promise<void>((resolve) => {
 				closed = true;

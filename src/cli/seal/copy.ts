@@ -14,7 +14,8 @@ import {
 	RegistryEndpoint,
 } from "../../registry/endpoints.js";
 import { parsePlatform } from "../../source/platform.js";
-import { formatBytes, Progress, printJson, runAction } from "../common.js";
+import { formatBytes, printJson, runAction } from "../common.js";
+import { Progress } from "../progress.js";
 import {
 	addRegistryOptions,
 	type RegistryFlags,
@@ -60,21 +61,22 @@ export async function openEndpoint(
 export async function copyBetween(
 	src: Reference,
 	dest: Reference,
-	flags: RegistryFlags & { platform?: string; quiet?: boolean },
+	flags: RegistryFlags & { platform?: string; quiet?: boolean; json?: boolean },
 	texts: [string, string],
-	phase = "copying",
 ): Promise<CopyResult> {
 	const from = await openEndpoint(src, "source", flags, texts[0]);
 	try {
 		const to = await openEndpoint(dest, "destination", flags, texts[1]);
 		try {
-			const progress = new Progress(!flags.quiet);
-			const r = await copyImage(from.endpoint, to.endpoint, {
-				platform: flags.platform ? parsePlatform(flags.platform) : undefined,
-				onProgress: (d, t) => progress.update(phase, d, t),
-			});
-			progress.done();
-			return r;
+			const progress = new Progress(!flags.quiet, Boolean(flags.json));
+			try {
+				return await copyImage(from.endpoint, to.endpoint, {
+					platform: flags.platform ? parsePlatform(flags.platform) : undefined,
+					onProgress: (e) => progress.report(e),
+				});
+			} finally {
+				progress.done();
+			}
 		} finally {
 			await to.close();
 		}

@@ -49,10 +49,10 @@ export function inspectCommand(program: Command): void {
 					`disk      ${formatBytes(s.virtualSize)} (${s.virtualSize} bytes), ${s.fsType}, chunk size ${formatBytes(s.chunkSize)}`,
 					`crypto    ${s.suite}, key ${s.keyId} at ${s.keyRef}`,
 					`stored    ${formatBytes(s.storedBytes)} in ${s.layers.length} layer(s), ${((s.storedBytes / s.virtualSize) * 100).toFixed(1)}% of the virtual size`,
-					"layers (bottom first):",
+					"layers (bottom first, from 1):",
 					...s.layers.map(
 						(l, i) =>
-							`  ${i}  ${l.digest.slice(0, 19)}…  ${formatBytes(l.size).padStart(10)}  ${String(l.storedChunks).padStart(8)} stored  ${String(l.zeroChunks).padStart(6)} zero  ${l.compression}`,
+							`  ${i + 1}  ${l.digest.slice(0, 19)}…  ${formatBytes(l.size).padStart(10)}  ${String(l.storedChunks).padStart(8)} stored  ${String(l.zeroChunks).padStart(6)} zero  ${l.compression}`,
 					),
 				];
 				process.stdout.write(`${lines.join("\n")}\n`);

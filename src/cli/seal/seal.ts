@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { AdminClient, readAdminToken } from "../../broker/admin-client.js";
-import { toJwk } from "../../crypto/image-key.js";
+import { type ImageKey, toJwk } from "../../crypto/image-key.js";
 import { DadiError, fromSystemError } from "../../errors.js";
 import {
 	type CompressionName,
@@ -12,22 +12,25 @@ import {
 import { resourcePathOf } from "../../kbs/client.js";
 import { parseReference, type Reference } from "../../oci/reference.js";
 import { KEY_REF_RE } from "../../oci/sealed-config.js";
+import { announce, type ProgressEvent } from "../../progress.js";
+import type { BlobOrigin } from "../../registry/endpoints.js";
 import type { FsKind } from "../../rootfs/mkfs.js";
 import { parseSealId } from "../../seal/keys.js";
 import { sealDisk } from "../../seal/seal-disk.js";
 import { sealImage } from "../../seal/seal-image.js";
 import { hostPlatform, parsePlatform } from "../../source/platform.js";
 import { trackTemp, untrackTemp } from "../../temp-files.js";
-import { Progress, parseSize, readKeyFile, runAction } from "../common.js";
+import { parseSize, readKeyFile, runAction } from "../common.js";
+import { Progress } from "../progress.js";
 import {
 	addRegistryOptions,
 	type RegistryFlags,
 	registryClientOptions,
 } from "../registry-options.js";
-import { copyBetween } from "./copy.js";
+import { PushTarget } from "./push-target.js";
 import {
 	elapsed,
-	type PushReport,
+	type Published,
 	type RegisteredKey,
 	reportDisk,
 	reportImage,
@@ -99,7 +102,7 @@ export function sealCommand(program: Command): void {
 		)
 		.option(
 			"--base-image <REF>",
-			"container images: oci:DIR[:TAG] of a sealed image whose source this image starts with; its sealed layers are reused",
+			"container images: oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST] of a sealed image whose source this image starts with; its sealed layers are reused (mounted, not uploaded again, when pushing to its registry)",
 		)
 		.option(
 			"--base-key <KEYFILE>",
@@ -125,7 +128,10 @@ export function sealCommand(program: Command): void {
 			"--seal-id <HEX>",
 			"32 hex digits: reproducible output (same input, key and seal id give identical blobs)",
 		)
-		.option("--json", "print the result as JSON")
+		.option(
+			"--json",
+			"print the result as JSON (and progress on stderr as JSON lines)",
+		)
 		.option("--quiet", "no progress on stderr");
 	addRegistryOptions(c).action(
 		async (srcText: string, destText: string, opts: SealOpts) =>
@@ -199,87 +205,77 @@ export function sealCommand(program: Command): void {
 				const baseImageRef = opts.baseImage
 					? parseReference(opts.baseImage)
 					: undefined;
-				if (baseImageRef && baseImageRef.transport !== "oci")
+				if (
+					baseImageRef &&
+					baseImageRef.transport !== "oci" &&
+					baseImageRef.transport !== "docker"
+				)
 					throw new DadiError(
 						"USAGE",
-						`--base-image "${opts.baseImage}": must be oci:DIR[:TAG]`,
+						`--base-image "${opts.baseImage}": must be oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]`,
 					);
-				const key = await readKeyFile(opts.key);
-				const registry =
-					src.transport === "docker"
-						? await registryClientOptions(src, opts)
-						: undefined;
-				// A registry destination: seal into a private staging layout, push it, remove it.
-				const staging =
-					target.transport === "docker"
-						? await makeStaging(opts.workDir)
-						: undefined;
-				const dest: Reference & { transport: "oci" } =
-					target.transport === "oci"
-						? target
-						: { transport: "oci", dir: staging as string, tag: "sealed" };
 				if ((opts.brokerTokenFile || opts.brokerCa) && !opts.broker)
 					throw new DadiError(
 						"USAGE",
 						"--broker-token-file and --broker-ca apply with --broker only",
 					);
+				// Every input is read, and a registry destination checked, before anything is built.
+				const key = await readKeyFile(opts.key);
+				const baseKey = opts.baseKey
+					? await readKeyFile(opts.baseKey, "open")
+					: key;
 				const adminToken = opts.broker
 					? await readAdminToken(opts.brokerTokenFile)
 					: undefined;
-				/** Stores the image key at the broker (after the image is complete: a key without its image is harmless). */
-				const register = async (
-					keyRef: string,
-				): Promise<RegisteredKey | undefined> => {
-					if (!opts.broker || !adminToken) return undefined;
-					const resource = resourcePathOf(keyRef);
-					const client = await AdminClient.open({
-						url: opts.broker,
-						token: adminToken,
-						caFile: opts.brokerCa,
-					});
-					const jwk = Buffer.from(JSON.stringify(toJwk(key)));
-					try {
-						await client.putResource(resource, jwk);
-					} catch (e) {
-						const err = e as DadiError;
-						throw new DadiError(
-							err.code ?? "NETWORK",
-							`the image is sealed, but registering its key failed: ${err.message}; register it with 'dadi-broker resource put ${keyRef} --image-key KEYFILE --admin ${opts.broker}'`,
-						);
-					} finally {
-						jwk.fill(0);
-						await client.close();
-					}
-					return { broker: opts.broker, resource, kid: key.kid };
-				};
-				const push = async (): Promise<PushReport | undefined> => {
-					if (target.transport !== "docker") return undefined;
-					const r = await copyBetween(
-						dest,
-						target,
-						{ ...opts, platform: undefined },
-						[`oci:${dest.dir}:sealed`, destText],
-						"pushing",
-					);
-					return {
-						pushed: destText,
-						blobs: r.blobs,
-						bytesUploaded: r.bytesCopied,
-					};
-				};
-				try {
-					const baseImage = baseImageRef
-						? {
-								ref: baseImageRef,
-								key: opts.baseKey
-									? await readKeyFile(opts.baseKey, "open")
-									: key,
-							}
+				const registry =
+					src.transport === "docker"
+						? await registryClientOptions(src, opts)
 						: undefined;
-					const progress = new Progress(!opts.quiet);
-					const onProgress = (phase: string, d: number, t: number) =>
-						progress.update(phase, d, t);
+				const baseImage = baseImageRef
+					? {
+							ref: baseImageRef,
+							key: baseKey,
+							registry:
+								baseImageRef.transport === "docker"
+									? await registryClientOptions(baseImageRef, opts)
+									: undefined,
+						}
+					: undefined;
+				const progress = new Progress(!opts.quiet, Boolean(opts.json));
+				const onProgress = (e: ProgressEvent) => progress.report(e);
+				const pushTarget =
+					target.transport === "docker"
+						? await PushTarget.open(target, destText, opts)
+						: undefined;
+				let staging: string | undefined;
+				try {
+					await pushTarget?.check(onProgress);
+					// A registry destination: seal into a private staging layout, push it, remove it.
+					if (pushTarget) staging = await makeStaging(opts.workDir);
+					const dest: Reference & { transport: "oci" } =
+						target.transport === "oci"
+							? target
+							: { transport: "oci", dir: staging as string, tag: "sealed" };
 					const started = performance.now();
+					const publish = async (
+						keyRef: string,
+						origins: ReadonlyMap<string, BlobOrigin> = new Map(),
+					): Promise<Published> => {
+						const pushed = await pushTarget?.push(
+							dest.dir,
+							"sealed",
+							origins,
+							onProgress,
+						);
+						const registered = await register(
+							opts,
+							adminToken,
+							key,
+							keyRef,
+							onProgress,
+						);
+						return { pushed, registered };
+					};
 					const common = {
 						dest,
 						key,
@@ -290,21 +286,12 @@ export function sealCommand(program: Command): void {
 						onProgress,
 					};
 					if (isDisk) {
-						const base = baseRef
-							? {
-									ref: baseRef,
-									key: opts.baseKey
-										? await readKeyFile(opts.baseKey, "open")
-										: key,
-								}
-							: undefined;
 						const r = await sealDisk({
 							...common,
 							disk: (src as Reference & { transport: "raw" }).path,
-							base,
+							base: baseRef ? { ref: baseRef, key: baseKey } : undefined,
 						});
-						const pushed = await push();
-						const registered = await register(r.config.key.ref);
+						const published = await publish(r.config.key.ref);
 						progress.done();
 						reportDisk(
 							r,
@@ -313,7 +300,7 @@ export function sealCommand(program: Command): void {
 							tagOf(target),
 							elapsed(started),
 							opts.json,
-							{ pushed, registered },
+							published,
 						);
 						return;
 					}
@@ -327,18 +314,55 @@ export function sealCommand(program: Command): void {
 						baseImage,
 						registry,
 					});
-					const pushed = await push();
-					const registered = await register(r.config.key.ref);
+					const published = await publish(r.config.key.ref, r.blobOrigins);
 					progress.done();
-					reportImage(r, destText, tagOf(target), elapsed(started), opts.json, {
-						pushed,
-						registered,
-					});
+					reportImage(
+						r,
+						destText,
+						tagOf(target),
+						elapsed(started),
+						opts.json,
+						published,
+					);
 				} finally {
+					progress.done();
+					await pushTarget?.close();
 					if (staging) await removeStaging(staging);
 				}
 			}),
 	);
+}
+
+/** Stores the image key at the broker (after the image is complete: a key without its image is harmless). */
+async function register(
+	opts: SealOpts,
+	adminToken: string | undefined,
+	key: ImageKey,
+	keyRef: string,
+	onProgress: (e: ProgressEvent) => void,
+): Promise<RegisteredKey | undefined> {
+	if (!opts.broker || !adminToken) return undefined;
+	announce(onProgress, `registering the image key at ${opts.broker}`);
+	const resource = resourcePathOf(keyRef);
+	const client = await AdminClient.open({
+		url: opts.broker,
+		token: adminToken,
+		caFile: opts.brokerCa,
+	});
+	const jwk = Buffer.from(JSON.stringify(toJwk(key)));
+	try {
+		await client.putResource(resource, jwk);
+	} catch (e) {
+		const err = e as DadiError;
+		throw new DadiError(
+			err.code ?? "NETWORK",
+			`the image is sealed, but registering its key failed: ${err.message}; register it with 'dadi-broker resource put ${keyRef} --image-key KEYFILE --admin ${opts.broker}'`,
+		);
+	} finally {
+		jwk.fill(0);
+		await client.close();
+	}
+	return { broker: opts.broker, resource, kid: key.kid };
 }
 
 function tagOf(r: Reference): string | undefined {

@@ -1,7 +1,8 @@
 import type { Command } from "commander";
 import { verifyImage } from "../../image/verify.js";
-import { formatBytes, Progress, printJson, runAction } from "../common.js";
+import { formatBytes, printJson, runAction } from "../common.js";
 import { openForReading } from "../open-for-reading.js";
+import { Progress } from "../progress.js";
 import { addLazyOptions, type LazyFlags } from "../registry-options.js";
 
 export function verifyCommand(program: Command): void {
@@ -28,7 +29,7 @@ export function verifyCommand(program: Command): void {
 				);
 				const image = opened.image;
 				try {
-					const progress = new Progress(!opts.quiet);
+					const progress = new Progress(!opts.quiet, Boolean(opts.json));
 					const r = await verifyImage(image, (d, t) =>
 						progress.update("verifying", d, t),
 					);

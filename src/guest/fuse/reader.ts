@@ -21,12 +21,13 @@
  * worker ends by itself.
  *
  * The worker's code is a string evaluated as CommonJS (`eval: true`) so that it runs the same from
- * the TypeScript sources (tests) and from the compiled dist/ tree; it loads koffi (by absolute
- * path) only for poll(2).
+ * the TypeScript sources (tests), the compiled dist/ tree and the single-file guest build (no
+ * second file to find); it loads koffi by absolute path — the package's entry point, or in the
+ * single-file build the extracted binary (src/native/addons.ts) — only for poll(2).
  */
 import { writeSync } from "node:fs";
-import { createRequire } from "node:module";
 import { Worker } from "node:worker_threads";
+import { koffiRequirePath } from "../../native/addons.js";
 
 /** What the worker says when it stops. */
 export interface ReaderEnd {
@@ -116,7 +117,7 @@ export function startReader(
 	onRequest: (msg: Buffer) => void,
 ): Reader {
 	const stopFlag = new Int32Array(new SharedArrayBuffer(4));
-	const koffiPath = createRequire(import.meta.url).resolve("koffi");
+	const koffiPath = koffiRequirePath();
 	const worker = new Worker(WORKER_SOURCE, {
 		eval: true,
 		// The worker source is CommonJS: don't inherit flags such as --input-type=module.
