@@ -2,6 +2,7 @@
  * Where a guest command gets the image key: a key file (--key), or a key broker (--broker) that
  * releases it after attestation. The broker path keeps the key in memory only.
  */
+import { join } from "node:path";
 import type { Command } from "commander";
 import { chooseAttester } from "../attest/attester.js";
 import { DadiError } from "../errors.js";
@@ -11,6 +12,7 @@ import { readKeyFile } from "./common.js";
 
 export interface KeyFlags {
 	key?: string;
+	keyDir?: string;
 	broker?: string;
 	attester?: string;
 	brokerCa?: string;
@@ -21,6 +23,10 @@ export interface KeyFlags {
 export function addKeyOptions(c: Command): Command {
 	return c
 		.option("--key <KEYFILE>", "the image key (or use --broker)")
+		.option(
+			"--key-dir <DIR>",
+			"image keys as DIR/<kid>.jwk: the one the image names is used (hosts serving many images)",
+		)
 		.option(
 			"--broker <URL>",
 			"get the image key from a KBS-protocol key broker (dadi-broker, Trustee) by attesting this sandbox",
@@ -48,8 +54,17 @@ export async function keySourceFrom(
 	f: KeyFlags,
 	log?: (line: string) => void,
 ): Promise<KeySource> {
-	if (f.key && f.broker)
-		throw new DadiError("USAGE", "give either --key or --broker, not both");
+	if ([f.key, f.keyDir, f.broker].filter(Boolean).length > 1)
+		throw new DadiError("USAGE", "give one of --key, --key-dir or --broker");
+	if (f.keyDir) {
+		if (f.attester || f.brokerCa || f.brokerKey || f.brokerRetry)
+			throw new DadiError(
+				"USAGE",
+				"--attester, --broker-ca, --broker-key and --broker-retry apply with --broker only",
+			);
+		const dir = f.keyDir;
+		return (image) => readKeyFile(keyFileIn(dir, image.config.key.kid), "open");
+	}
 	if (f.key) {
 		if (f.attester || f.brokerCa || f.brokerKey || f.brokerRetry)
 			throw new DadiError(
@@ -61,7 +76,7 @@ export async function keySourceFrom(
 	if (!f.broker)
 		throw new DadiError(
 			"USAGE",
-			"the image key is needed: --key KEYFILE or --broker URL",
+			"the image key is needed: --key KEYFILE, --key-dir DIR or --broker URL",
 		);
 	return brokerKeySource({
 		url: f.broker,
@@ -89,4 +104,14 @@ export function parseKeyKind(v: string | undefined): "ec" | "rsa" | undefined {
 	if (v !== undefined && v !== "ec" && v !== "rsa")
 		throw new DadiError("USAGE", `--broker-key "${v}": expected ec or rsa`);
 	return v;
+}
+
+/** DIR/<kid>.jwk, with the kid (public, from the image's config) checked to be a plain name. */
+export function keyFileIn(dir: string, kid: string): string {
+	if (!/^[A-Za-z0-9_-]{1,128}$/.test(kid))
+		throw new DadiError(
+			"FORMAT_INVALID",
+			"the image's key id is not a plain base64url name",
+		);
+	return join(dir, `${kid}.jwk`);
 }

@@ -55,10 +55,10 @@ export async function openForReading(
 			"USAGE",
 			`"${refText}": a sealed image is read from oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]`,
 		);
-	if (flags.cacheDir || flags.stats)
+	if (flags.cacheDir || flags.stats || flags.layers)
 		throw new DadiError(
 			"USAGE",
-			"--cache-dir and --stats apply to registry (docker://) images only",
+			"--cache-dir, --stats and --layers apply to registry (docker://) images only",
 		);
 	const image = await openSealedImage(ref, key);
 	return { image, name: image.name, finish: () => image.close() };

@@ -22,6 +22,7 @@ export interface LazyFlags extends RegistryFlags {
 	cacheSize?: string;
 	concurrency?: string;
 	stallTimeout?: string;
+	layers?: string;
 	hedgeAfter?: string;
 	stats?: string;
 }
@@ -66,6 +67,10 @@ export function addLazyOptions(c: Command): Command {
 		)
 		.option("--cache-size <SIZE>", "bound of the chunk cache (default 10G)")
 		.option("--concurrency <N>", "range requests in flight at once (default 8)")
+		.option(
+			"--layers <N>",
+			"open only the bottom N layers (the disk as it was after layer N)",
+		)
 		.option(
 			"--stall-timeout <SECONDS>",
 			"a read fails (EIO) when the registry makes no progress on it for this long (default 5)",
@@ -162,6 +167,7 @@ export async function lazyOpenOptions(
 				? undefined
 				: parseSize(f.cacheSize, "--cache-size"),
 		concurrency: positiveInt(f.concurrency, "--concurrency"),
+		layers: positiveInt(f.layers, "--layers"),
 		tuning: {
 			...seconds(f.stallTimeout, "--stall-timeout", "stallMs", 0.1),
 			...seconds(f.hedgeAfter, "--hedge-after", "hedgeMs", 0),

@@ -54,6 +54,8 @@ export interface RemoteOpenOptions extends RegistryClientOptions {
 	stats?: LazyStats;
 	/** Where stalled registry requests are reported (first at once, then summed up). */
 	log?: (line: string) => void;
+	/** Open only the bottom `layers` layers: the disk as it was after that layer. */
+	layers?: number;
 }
 
 export const DEFAULT_CACHE_BYTES = 10 * 2 ** 30;
@@ -151,6 +153,7 @@ export async function openRemoteSealedImage(
 				),
 			(desc, what, onBytes) =>
 				checkRemoteBlob(client, ref.repository, desc, what, onBytes),
+			layerCount(o.layers, image.config.layers.length),
 		);
 		return {
 			...opened,
@@ -191,4 +194,15 @@ async function checkRemoteBlob(
 			"DIGEST_MISMATCH",
 			`${what}: the registry's blob does not match its digest ${desc.digest}`,
 		);
+}
+
+/** The number of bottom layers to open: all, or 1..all as asked. */
+export function layerCount(asked: number | undefined, all: number): number {
+	if (asked === undefined) return all;
+	if (!Number.isSafeInteger(asked) || asked < 1 || asked > all)
+		throw new DadiError(
+			"USAGE",
+			`--layers ${asked}: the image has ${all} layer${all === 1 ? "" : "s"}; give 1 to ${all}`,
+		);
+	return asked;
 }
