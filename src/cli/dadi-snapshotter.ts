@@ -4,6 +4,7 @@ import { Command } from "commander";
 import { installSignalCleanup } from "../temp-files.js";
 import { runProgram } from "./common.js";
 import { listCommand } from "./snapshotter/list-command.js";
+import { runtimeCommands } from "./snapshotter/runtime-commands.js";
 import { serveCommand } from "./snapshotter/serve-command.js";
 import { VERSION } from "./version.js";
 
@@ -18,5 +19,6 @@ const program = new Command("dadi-snapshotter")
 	);
 serveCommand(program);
 listCommand(program);
+runtimeCommands(program);
 installSignalCleanup();
 await runProgram(program, process.argv);

@@ -82,7 +82,10 @@ export async function patchBundle(
 	}
 	const process = spec.process as OciProcess | undefined;
 	if (!process || typeof process !== "object" || !process.user)
-		return { patched: false, why: "the spec has no process" };
+		return {
+			patched: false,
+			why: "not a sealed image's process: the spec has none",
+		};
 	const root = spec.root as { path?: unknown } | undefined;
 	if (typeof root?.path !== "string")
 		throw new DadiError("INPUT_INVALID", `${file}: no root.path`);
