@@ -107,6 +107,7 @@ export async function sealInto(
 		base?: string;
 		baseKey?: ImageKey;
 		sealId?: Buffer;
+		imageConfig?: Buffer;
 	} = {},
 ) {
 	return sealDisk({
@@ -116,6 +117,7 @@ export async function sealInto(
 		chunkSize: o.chunkSize,
 		compression: o.compression,
 		sealId: o.sealId,
+		imageConfig: o.imageConfig,
 		base: o.base
 			? { ref: { transport: "oci", dir, tag: o.base }, key: o.baseKey ?? key }
 			: undefined,

@@ -5,6 +5,7 @@
  */
 import { createHmac, timingSafeEqual } from "node:crypto";
 import { authFailed } from "../errors.js";
+import { decodeCanonicalBase64url } from "../oci/base64url.js";
 import {
 	canonicalConfigBytes,
 	type SealedConfig,
@@ -25,8 +26,8 @@ export function configMac(
 
 export function checkConfigMac(imageKey: Buffer, c: SealedConfig): void {
 	const expect = Buffer.from(configMac(imageKey, c), "base64url");
-	const got = Buffer.from(c.mac, "base64url");
-	if (got.length !== expect.length || !timingSafeEqual(got, expect))
+	const got = decodeCanonicalBase64url(c.mac, expect.length);
+	if (got === undefined || !timingSafeEqual(got, expect))
 		throw authFailed("sealed config");
 }
 
@@ -51,11 +52,7 @@ export function decryptImageConfig(
 ): Buffer {
 	const enc = hkdf32(imageKey, EMPTY, LABELS.configEnc);
 	const siv = hkdf32(imageKey, EMPTY, LABELS.configSiv);
-	return sivOpen(
-		enc,
-		siv,
-		imageConfigAad(sealId),
-		Buffer.from(sealed, "base64url"),
-		"image config",
-	);
+	const bytes = decodeCanonicalBase64url(sealed);
+	if (bytes === undefined) throw authFailed("image config");
+	return sivOpen(enc, siv, imageConfigAad(sealId), bytes, "image config");
 }

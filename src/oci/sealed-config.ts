@@ -13,11 +13,16 @@ import {
 	SUITE_AES256GCM_HKDFSHA256,
 	SUITE_NAMES,
 } from "../format/constants.js";
+import { isCanonicalBase64url } from "./base64url.js";
 import { checkDigest } from "./digest.js";
 
 export const CONFIG_SCHEMA_VERSION = 1;
 export const WRAP_ALG = "HKDF-SHA256+A256KW";
 export type FsType = "raw" | "ext4" | "erofs";
+/** A wrapped layer key (AES Key Wrap of 32 bytes). */
+const WRAPPED_KEY_BYTES = 40;
+/** An SIV record: 12-byte nonce and 16-byte tag around the ciphertext. */
+const SIV_OVERHEAD = 28;
 
 export interface SealedLayerEntry {
 	digest: string;
@@ -70,6 +75,23 @@ function str(v: unknown, what: string, re?: RegExp): string {
 		throw E(`${what} is missing or malformed`);
 	return v;
 }
+/** A canonical base64url field (base64url.ts) of `length` bytes, or at least `min` bytes. */
+function b64(
+	v: unknown,
+	what: string,
+	size: { length: number } | { min: number },
+): string {
+	const ok =
+		"length" in size
+			? isCanonicalBase64url(v, size.length)
+			: isCanonicalBase64url(v) &&
+				Buffer.from(v as string, "base64url").length >= size.min;
+	if (!ok)
+		throw E(
+			`${what} is not canonical base64url of ${"length" in size ? `${size.length}` : `at least ${size.min}`} bytes`,
+		);
+	return v as string;
+}
 function exactKeys(
 	o: Record<string, unknown>,
 	keys: string[],
@@ -81,7 +103,6 @@ function exactKeys(
 
 const HEX32 = /^[0-9a-f]{32}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
-const B64URL = /^[A-Za-z0-9_-]*$/;
 export const KEY_REF_RE =
 	/^kbs:\/\/\/[A-Za-z0-9._-]+\/[A-Za-z0-9._-]+\/[A-Za-z0-9._-]+$/;
 
@@ -165,7 +186,9 @@ export function parseSealedConfig(v: unknown): SealedConfig {
 			layerId: str(x.layerId, `layers[${i}].layerId`, HEX64),
 			virtualSize: int(x.virtualSize, `layers[${i}].virtualSize`, 1),
 			compression,
-			wrappedKey: str(x.wrappedKey, `layers[${i}].wrappedKey`, B64URL),
+			wrappedKey: b64(x.wrappedKey, `layers[${i}].wrappedKey`, {
+				length: WRAPPED_KEY_BYTES,
+			}),
 			storedChunks: int(x.storedChunks, `layers[${i}].storedChunks`),
 			zeroChunks: int(x.zeroChunks, `layers[${i}].zeroChunks`),
 			...(x.sourceDiffIds === undefined
@@ -191,11 +214,8 @@ export function parseSealedConfig(v: unknown): SealedConfig {
 	const virtualSize = int(o.virtualSize, "virtualSize", 1);
 	if (virtualSize !== top.virtualSize)
 		throw E("virtualSize differs from the top layer's");
-	if (
-		o.imageConfig !== null &&
-		(typeof o.imageConfig !== "string" || !B64URL.test(o.imageConfig))
-	)
-		throw E("imageConfig must be base64url text or null");
+	if (o.imageConfig !== null)
+		b64(o.imageConfig, "imageConfig (or null)", { min: SIV_OVERHEAD });
 	return {
 		schemaVersion: 1,
 		sealId: str(o.sealId, "sealId", HEX32),
@@ -205,13 +225,13 @@ export function parseSealedConfig(v: unknown): SealedConfig {
 		virtualSize,
 		key: {
 			ref: str(key.ref, "key.ref", KEY_REF_RE),
-			kid: str(key.kid, "key.kid", B64URL),
+			kid: b64(key.kid, "key.kid", { length: 32 }),
 			wrap: WRAP_ALG,
 		},
 		layers,
 		imageConfig: o.imageConfig as string | null,
 		...(o.fs === undefined ? {} : { fs: parseFsParams(o.fs) }),
-		mac: str(o.mac, "mac", B64URL),
+		mac: b64(o.mac, "mac", { length: 32 }),
 	};
 }
 
