@@ -51,6 +51,11 @@ import {
 	reproducibleLayer,
 } from "./keys.js";
 import { sealLayer } from "./layer-writer.js";
+import {
+	DEFAULT_WRITER_POLICY,
+	type WriterPolicy,
+	writerPolicyId,
+} from "./writer-policy.js";
 
 export interface ImageWriterOptions {
 	destDir: string;
@@ -59,6 +64,8 @@ export interface ImageWriterOptions {
 	compression?: CompressionName;
 	/** A fixed seal id makes the output reproducible (seal/keys.ts). */
 	sealId?: Buffer;
+	/** What decides chunk payloads besides their bytes (tests; default: this writer's). */
+	writerPolicy?: WriterPolicy;
 	/** An opened sealed image whose layers (the first `layers`, default all) become the bottom of this one. */
 	base?: { image: OpenedImage; key: ImageKey; layers?: number };
 }
@@ -168,6 +175,7 @@ export class ImageWriter {
 					position,
 					chunkSize: this.chunkSize,
 					codec: codecVersion(this.compression),
+					policy: writerPolicyId(this.o.writerPolicy ?? DEFAULT_WRITER_POLICY),
 					lower: lowerIdentity(this.layers),
 					diskDigest,
 				});
@@ -193,6 +201,7 @@ export class ImageWriter {
 					compression: this.compression,
 					layerKey,
 					layerId,
+					policy: this.o.writerPolicy,
 					sink: writer,
 					onProgress: (d, t) => onProgress?.("sealing", d, t),
 				});

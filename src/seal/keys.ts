@@ -7,6 +7,7 @@
  * Reproducible sealing (a seal id given by the user): everything that decides the bytes a layer
  * stores is digested into the layer material
  *   M = SHA-256(u32 position || u32 chunk size || codec and library version || 0x00 ||
+ *               writer policy identity || 0x00 ||
  *               lower identity (32 bytes, zero without a base) || SHA-256 of the new disk)
  * and then
  *   layer key = HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-key" || 0x00 || M)
@@ -76,6 +77,8 @@ export interface LayerMaterial {
 	chunkSize: number;
 	/** codecVersion() of the layer's codec. */
 	codec: string;
+	/** writerPolicyId() of the policy the layer is written with (writer-policy.ts). */
+	policy: string;
 	lower: Buffer;
 	diskDigest: Buffer;
 }
@@ -87,6 +90,8 @@ export function layerMaterial(m: LayerMaterial): Buffer {
 	return createHash("sha256")
 		.update(nums)
 		.update(m.codec)
+		.update(Buffer.from([0]))
+		.update(m.policy)
 		.update(Buffer.from([0]))
 		.update(m.lower)
 		.update(m.diskDigest)

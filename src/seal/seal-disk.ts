@@ -20,6 +20,7 @@ import type {
 } from "../oci/sealed-config.js";
 import { FileSource } from "../storage/source.js";
 import { ImageWriter } from "./image-writer.js";
+import type { WriterPolicy } from "./writer-policy.js";
 
 export { defaultKeyRef } from "./image-writer.js";
 
@@ -36,6 +37,8 @@ export interface SealDiskOptions {
 	base?: { ref: Reference; key: ImageKey };
 	/** A fixed seal id makes the output reproducible (see seal/keys.ts). */
 	sealId?: Buffer;
+	/** What decides chunk payloads besides their bytes (tests; default: this writer's). */
+	writerPolicy?: WriterPolicy;
 	onProgress?: (phase: string, done: number, total: number) => void;
 }
 
@@ -75,6 +78,7 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 			chunkSize: o.chunkSize,
 			compression: o.compression,
 			sealId: o.sealId,
+			writerPolicy: o.writerPolicy,
 			base: base && o.base ? { image: base, key: o.base.key } : undefined,
 		});
 		const layer = await writer.addDisk(o.disk, o.onProgress);
