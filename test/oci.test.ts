@@ -80,10 +80,30 @@ describe("manifest parser", () => {
 		fc.assert(
 			fc.property(fc.jsonValue(), (v) => {
 				expect(codeOf(() => parseSealedManifest(v, "m"))).toMatch(
-					/^(LAYOUT_INVALID|INPUT_INVALID)$/,
+					/^(LAYOUT_INVALID|INPUT_INVALID|FORMAT_UNSUPPORTED)$/,
 				);
 			}),
 			{ numRuns: 2000 },
+		);
+	});
+
+	it("values whose String() throws are reported, not crashed on", () => {
+		const hostile = { toString: [] };
+		const cfg = {
+			mediaType: "application/vnd.oci.image.config.v1+json",
+			digest: hostile,
+			size: 1,
+		};
+		expect(
+			codeOf(() => parseSealedManifest({ schemaVersion: 2, config: cfg }, "m")),
+		).toBe("LAYOUT_INVALID");
+		expect(
+			codeOf(() =>
+				parseSealedManifest({ schemaVersion: 2, mediaType: hostile }, "m"),
+			),
+		).toBe("LAYOUT_INVALID");
+		expect(codeOf(() => parseSealedConfig({ schemaVersion: hostile }))).toBe(
+			"FORMAT_UNSUPPORTED",
 		);
 	});
 });

@@ -6,11 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { copyFile, link, rename, rm } from "node:fs/promises";
-import {
-	configMac,
-	decryptImageConfig,
-	encryptImageConfig,
-} from "../crypto/config-auth.js";
+import { configMac, openRecord, sealRecord } from "../crypto/config-auth.js";
 import type { ImageKey } from "../crypto/image-key.js";
 import { wrapLayerKey } from "../crypto/keywrap.js";
 import { DadiError, fromSystemError } from "../errors.js";
@@ -25,16 +21,17 @@ import type { Descriptor } from "../oci/digest.js";
 import { OciLayout } from "../oci/layout.js";
 import { buildManifest } from "../oci/manifest.js";
 import {
+	MT_OCI_CONFIG,
 	MT_OCI_MANIFEST,
-	MT_SEALED_CONFIG,
 	MT_SEALED_LAYER,
 } from "../oci/media-types.js";
+import { serializePublicConfig } from "../oci/public-config.js";
 import {
-	type FsParams,
+	CONFIG_SCHEMA_VERSION,
 	type FsType,
 	type SealedConfig,
 	type SealedLayerEntry,
-	serializeSealedConfig,
+	type SealedPlatform,
 	WRAP_ALG,
 } from "../oci/sealed-config.js";
 import { SealedLayer } from "../storage/sealed-layer.js";
@@ -51,6 +48,11 @@ import {
 	reproducibleLayer,
 } from "./keys.js";
 import { sealLayer } from "./layer-writer.js";
+import {
+	type FsParams,
+	openSealParams,
+	sealSealParams,
+} from "./seal-params.js";
 import {
 	DEFAULT_WRITER_POLICY,
 	type WriterPolicy,
@@ -74,9 +76,16 @@ export interface FinishOptions {
 	tag: string;
 	fsType: FsType;
 	keyRef?: string;
+	/** The platform the public config states. */
+	platform: SealedPlatform;
+	/** Labels to publish in the public config (`--public-labels`); none by default. */
+	publicLabels?: Record<string, string>;
 	/** The original OCI image config; without one, the base's carries over. */
 	imageConfig?: Buffer;
-	/** Container images: the file-system parameters of the layers' disks. */
+	/**
+	 * Container images: the file-system parameters of the layers' disks; written, with each layer's
+	 * source diff_ids, into the encrypted seal parameters.
+	 */
 	fs?: FsParams;
 }
 
@@ -86,6 +95,8 @@ export function defaultKeyRef(key: ImageKey): string {
 
 export class ImageWriter {
 	readonly layers: SealedLayerEntry[] = [];
+	/** Per layer: the source diff_ids it adds (container images), aligned with `layers`. */
+	readonly sourceDiffIds: string[][] = [];
 	readonly #opened: SealedLayer[] = [];
 	readonly #sources: RangeSource[] = [];
 	readonly #sealId: Buffer;
@@ -121,8 +132,10 @@ export class ImageWriter {
 		const layout = await OciLayout.openOrCreate(o.destDir);
 		const w = new ImageWriter(layout, o, chunkSize, o.compression ?? "zstd");
 		if (base && o.base) {
-			// Reused base layers: same blobs (copied in when the layout differs), keys re-wrapped.
+			// Reused base layers: same blobs (copied in when the layout differs), keys re-wrapped,
+			// their source diff_ids carried over from the base's seal parameters.
 			const n = o.base.layers ?? base.config.layers.length;
+			const baseParams = openSealParams(o.base.key.key, base.config);
 			for (const [i, l] of base.config.layers.slice(0, n).entries()) {
 				const desc = base.manifest.layers[i] as Descriptor;
 				if (!base.layout)
@@ -138,6 +151,7 @@ export class ImageWriter {
 					base.layerKeys[i] as Buffer,
 				);
 				w.layers.push({ ...l, wrappedKey: wrapped.toString("base64url") });
+				w.sourceDiffIds.push(baseParams?.layers[i] ?? []);
 			}
 			w.#opened.push(...base.disk.layers.slice(0, n));
 		}
@@ -221,7 +235,6 @@ export class ImageWriter {
 				),
 				storedChunks: sealed.storedChunks,
 				zeroChunks: sealed.zeroChunks,
-				...(sourceDiffIds ? { sourceDiffIds } : {}),
 			};
 			const src = await this.layout.openBlob(desc, `layer ${position}`);
 			this.#sources.push(src);
@@ -234,6 +247,7 @@ export class ImageWriter {
 				}),
 			);
 			this.layers.push(entry);
+			this.sourceDiffIds.push(sourceDiffIds ?? []);
 			return entry;
 		} finally {
 			await disk.close();
@@ -249,22 +263,26 @@ export class ImageWriter {
 			throw new DadiError("INTERNAL", "an image needs at least one layer");
 		const sealIdHex = this.#sealId.toString("hex");
 		const base = this.o.base;
+		const key = this.o.key.key;
 		const imageConfig =
 			f.imageConfig ??
 			(base?.image.config.imageConfig
-				? decryptImageConfig(
+				? openRecord(
 						base.key.key,
+						"image-config",
 						base.image.config.sealId,
 						base.image.config.imageConfig,
 					)
 				: undefined);
 		const body: Omit<SealedConfig, "mac"> = {
-			schemaVersion: 1,
+			schemaVersion: CONFIG_SCHEMA_VERSION,
 			sealId: sealIdHex,
 			chunkSize: this.chunkSize,
 			suite: "AES256GCM-HKDFSHA256",
 			fsType: f.fsType,
 			virtualSize: top.virtualSize,
+			platform: f.platform,
+			...(f.publicLabels ? { publicLabels: f.publicLabels } : {}),
 			key: {
 				ref: f.keyRef ?? defaultKeyRef(this.o.key),
 				kid: this.o.key.kid,
@@ -272,17 +290,21 @@ export class ImageWriter {
 			},
 			layers: this.layers,
 			imageConfig: imageConfig
-				? encryptImageConfig(this.o.key.key, sealIdHex, imageConfig)
+				? sealRecord(key, "image-config", sealIdHex, imageConfig)
 				: null,
-			...(f.fs ? { fs: f.fs } : {}),
+			...(f.fs
+				? {
+						sealParams: sealSealParams(key, sealIdHex, {
+							fs: f.fs,
+							layers: this.sourceDiffIds,
+						}),
+					}
+				: {}),
 		};
-		const config: SealedConfig = {
-			...body,
-			mac: configMac(this.o.key.key, body),
-		};
+		const config: SealedConfig = { ...body, mac: configMac(key, body) };
 		const configDesc = await this.layout.writeBlob(
-			serializeSealedConfig(config),
-			MT_SEALED_CONFIG,
+			serializePublicConfig(config),
+			MT_OCI_CONFIG,
 		);
 		const manifest = await this.layout.writeBlob(
 			buildManifest(configDesc, this.layers),

@@ -39,7 +39,7 @@ export function layerIdOf(sealId: Buffer, position: number): Buffer {
 	const pos = Buffer.alloc(4);
 	pos.writeUInt32LE(position);
 	return createHash("sha256")
-		.update(LABELS.layerId)
+		.update(LABELS.layerIdHash)
 		.update(Buffer.from([0]))
 		.update(sealId)
 		.update(pos)

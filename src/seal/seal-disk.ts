@@ -17,7 +17,9 @@ import type {
 	FsType,
 	SealedConfig,
 	SealedLayerEntry,
+	SealedPlatform,
 } from "../oci/sealed-config.js";
+import { hostPlatform } from "../source/platform.js";
 import { FileSource } from "../storage/source.js";
 import { ImageWriter } from "./image-writer.js";
 import type { WriterPolicy } from "./writer-policy.js";
@@ -34,6 +36,8 @@ export interface SealDiskOptions {
 	fsType?: FsType;
 	/** Original OCI image config to carry encrypted. */
 	imageConfig?: Buffer;
+	/** The platform the public config states (default: the base's, else this host's). */
+	platform?: SealedPlatform;
 	base?: { ref: Reference; key: ImageKey };
 	/** A fixed seal id makes the output reproducible (see seal/keys.ts). */
 	sealId?: Buffer;
@@ -87,6 +91,7 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 			fsType: o.fsType ?? "raw",
 			keyRef: o.keyRef,
 			imageConfig: o.imageConfig,
+			platform: o.platform ?? base?.config.platform ?? hostPlatform(),
 		});
 		return {
 			manifest,

@@ -5,7 +5,6 @@
  * that changed. `flatten` seals only the final state, as one layer. The original image config
  * travels encrypted in the sealed config.
  */
-import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,20 +14,20 @@ import type { CompressionName } from "../format/constants.js";
 import { type OpenedImage, openSealedImage } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
 import type { Reference } from "../oci/reference.js";
-import type {
-	FsParams,
-	SealedConfig,
-	SealedLayerEntry,
-} from "../oci/sealed-config.js";
+import type { SealedConfig, SealedLayerEntry } from "../oci/sealed-config.js";
 import type { RegistryClientOptions } from "../registry/client.js";
 import { applyLayer } from "../rootfs/apply.js";
 import { snapshotTree, updateExt4InPlace } from "../rootfs/ext4-update.js";
 import { buildFilesystem, type FsKind } from "../rootfs/mkfs.js";
 import { readTar } from "../rootfs/tar.js";
+import { labelsOf } from "../source/image-config.js";
 import type { Platform, SourceImage } from "../source/image-source.js";
 import { openSourceImage } from "../source/open-source.js";
+import { formatPlatform } from "../source/platform.js";
 import { trackTemp, untrackTemp } from "../temp-files.js";
+import { fsIdentity } from "./fs-identity.js";
 import { ImageWriter } from "./image-writer.js";
+import { type FsParams, openSealParams } from "./seal-params.js";
 
 export interface SealImageOptions {
 	source: Reference;
@@ -41,6 +40,8 @@ export interface SealImageOptions {
 	fsType?: FsKind;
 	flatten?: boolean;
 	sealId?: Buffer;
+	/** Publish the source image's labels in the public config (default: publish nothing). */
+	publicLabels?: boolean;
 	/** A sealed image (sealed from an image this one starts with) whose layers are reused. */
 	baseImage?: { ref: Reference; key: ImageKey };
 	/** Where the staging directory and file-system images go (default: the OS temp dir). */
@@ -119,40 +120,17 @@ export function ext4LeastFor(c: Census): { sizeBytes: number; inodes: number } {
 	};
 }
 
-/** File-system UUID and timestamp derived from the image, so the same image gives the same disks. */
-export function fsIdentity(config: Buffer): {
-	uuid: string;
-	timestamp: number;
-} {
-	const h = createHash("sha256")
-		.update("dadi/v1/fs-identity\0")
-		.update(config)
-		.digest("hex");
-	const v = `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-${((Number.parseInt(h.slice(16, 17), 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
-	let timestamp = 946684800; // 2000-01-01, when the config has no creation time
-	try {
-		const created = (
-			JSON.parse(config.toString("utf8")) as { created?: unknown }
-		).created;
-		if (typeof created === "string") {
-			const t = Math.floor(Date.parse(created) / 1000);
-			if (Number.isFinite(t) && t > 0 && t < 2 ** 32) timestamp = t;
-		}
-	} catch {
-		// readImageConfig has already refused configs that are not JSON
-	}
-	return { uuid: v, timestamp };
-}
-
-/** How many of the base's sealed layers the source image starts with, and how many source layers they cover. */
+/**
+ * How many of the base's sealed layers the source image starts with, and how many source layers
+ * they cover. `base` lists, per sealed layer, the source diff_ids it adds (its seal parameters).
+ */
 export function sharedPrefix(
-	base: SealedConfig,
+	base: readonly (readonly string[])[],
 	diffIds: readonly string[],
 ): { layers: number; sourceLayers: number } {
 	let layers = 0;
 	let covered = 0;
-	for (const l of base.layers) {
-		const ids = l.sourceDiffIds;
+	for (const ids of base) {
 		if (!ids || ids.length === 0) break;
 		if (
 			covered + ids.length > diffIds.length ||
@@ -187,18 +165,32 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 				`${image.description}: the image has no layers`,
 			);
 		const c = await census(image, o.onProgress);
-		let fs: FsParams = { ...ext4SizeFor(c), ...fsIdentity(image.config) };
+		let fs: FsParams = {
+			...ext4SizeFor(c),
+			...fsIdentity(o.key.key, image.config),
+		};
 		let reuse = { layers: 0, sourceLayers: 0 };
 		if (o.baseImage) {
 			base = await openSealedImage(o.baseImage.ref, o.baseImage.key);
 			const bc = base.config;
-			if (!bc.fs || bc.fsType !== fsType)
+			// The base's file-system parameters and source diff_ids are encrypted: its key opens them.
+			const params = openSealParams(o.baseImage.key.key, bc);
+			if (!params || bc.fsType !== fsType)
 				throw new DadiError(
 					"INPUT_INVALID",
 					`--base-image: was not sealed from a container image as ${fsType}, so its layers cannot be shared`,
 				);
+			if (
+				bc.platform.os !== image.platform.os ||
+				bc.platform.architecture !== image.platform.architecture ||
+				bc.platform.variant !== image.platform.variant
+			)
+				throw new DadiError(
+					"INPUT_INVALID",
+					`--base-image: is for ${formatPlatform(bc.platform)}, ${image.description} for ${formatPlatform(image.platform)}`,
+				);
 			reuse = sharedPrefix(
-				bc,
+				params.layers,
 				image.layers.map((l) => l.diffId),
 			);
 			if (reuse.layers === 0)
@@ -214,14 +206,15 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			const least = ext4LeastFor(c);
 			if (
 				fsType === "ext4" &&
-				(bc.fs.sizeBytes < least.sizeBytes || bc.fs.inodes < least.inodes)
+				(params.fs.sizeBytes < least.sizeBytes ||
+					params.fs.inodes < least.inodes)
 			)
 				throw new DadiError(
 					"INPUT_INVALID",
-					`--base-image: its file system (${bc.fs.sizeBytes} bytes, ${bc.fs.inodes} inodes) is too small for this image (at least ${least.sizeBytes} bytes, ${least.inodes} inodes); seal without --base-image`,
+					`--base-image: its file system (${params.fs.sizeBytes} bytes, ${params.fs.inodes} inodes) is too small for this image (at least ${least.sizeBytes} bytes, ${least.inodes} inodes); seal without --base-image`,
 				);
 			// Build the new layers exactly like the base's, so they stack on its disks chunk for chunk.
-			fs = bc.fs;
+			fs = params.fs;
 		}
 		work = await mkdtemp(join(o.workDir ?? tmpdir(), "dadi-seal-"));
 		trackTemp(work);
@@ -309,6 +302,10 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			fsType,
 			keyRef: o.keyRef,
 			imageConfig: image.config,
+			// A source config that names no architecture is for the platform asked for.
+			platform:
+				image.platform.architecture === "unknown" ? o.platform : image.platform,
+			...(o.publicLabels ? { publicLabels: labelsOf(image.config) } : {}),
 			fs,
 		});
 		return {
