@@ -108,6 +108,7 @@ export async function sealInto(
 		baseKey?: ImageKey;
 		sealId?: Buffer;
 		imageConfig?: Buffer;
+		keyRef?: string;
 	} = {},
 ) {
 	return sealDisk({
@@ -118,6 +119,7 @@ export async function sealInto(
 		compression: o.compression,
 		sealId: o.sealId,
 		imageConfig: o.imageConfig,
+		keyRef: o.keyRef,
 		base: o.base
 			? { ref: { transport: "oci", dir, tag: o.base }, key: o.baseKey ?? key }
 			: undefined,
