@@ -10,12 +10,14 @@
  *               writer policy identity || 0x00 ||
  *               lower identity (32 bytes, zero without a base) || SHA-256 of the new disk)
  * and then
- *   layer key = HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-key" || 0x00 || M)
- *   layer id  = HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-id"  || 0x00 || M)
+ *   layer key = HKDF-SHA256(image key, salt = seal id, "dadi/v2/layer-key" || 0x00 || M)
+ *   layer id  = HKDF-SHA256(image key, salt = seal id, "dadi/v2/layer-id"  || 0x00 || M)
  * so a reused seal id with any different input gives another key (no (key, nonce) pair ever meets
  * two plaintexts), and the public layer id is keyed: without the image key nobody can confirm a
  * guess of the disk content from it. The lower identity digests the base layers' ids and blob
- * digests, which fix the lower disk and so which chunks the upper layer stores.
+ * digests, which fix the lower disk and so which chunks the upper layer stores. The writer policy
+ * identity (writer-policy.ts) covers the one choice besides the codec that decides a chunk's
+ * payload — raw or compressed; format v1 left it out (docs/format.md §5.6).
  */
 import { createHash, randomBytes } from "node:crypto";
 import { hkdf32, LABELS } from "../crypto/kdf.js";
