@@ -24,6 +24,10 @@ import {
 	writeKey,
 } from "./helpers.js";
 
+/** A JSON document edited by hand (a forger's view: anything goes). */
+// biome-ignore lint/suspicious/noExplicitAny: hand-edited JSON documents
+type Doc = any;
+
 const ALPHABET =
 	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -80,7 +84,7 @@ describe("canonical base64url", () => {
 });
 
 describe("sealed config fields", () => {
-	let config: Record<string, any>;
+	let config: Record<string, Doc>;
 	let imageKey: Buffer;
 	let keyText: string;
 
@@ -104,7 +108,7 @@ describe("sealed config fields", () => {
 	});
 
 	it("a re-spelled MAC, kid, wrapped key or image config is refused before anything is trusted", () => {
-		const fields: [string, (c: any) => string, (c: any, v: string) => void][] =
+		const fields: [string, (c: Doc) => string, (c: Doc, v: string) => void][] =
 			[
 				["mac", (c) => c.mac, (c, v) => (c.mac = v)],
 				["kid", (c) => c.key.kid, (c, v) => (c.key.kid = v)],

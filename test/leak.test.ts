@@ -15,6 +15,10 @@ import { HEADER_SIZE, TRAILER_SIZE } from "../src/format/constants.js";
 import { BIN, cleanupTempDirs, runCli, tempDir } from "./helpers.js";
 import { run } from "./image-fixtures.js";
 
+/** A JSON document edited by hand (a forger's view: anything goes). */
+// biome-ignore lint/suspicious/noExplicitAny: hand-edited JSON documents
+type Doc = any;
+
 const CREATED = "2023-03-14T15:09:26Z";
 const CREATED_EPOCH = Math.floor(Date.parse(CREATED) / 1000);
 
@@ -267,7 +271,7 @@ describe("guessing a secret from what a sealed image shows", () => {
 		]);
 		expect(r.code, r.stderr).toBe(0);
 		const b = JSON.parse((await observe(layout, "b")).texts[1] as string);
-		const mask = (c: any) => {
+		const mask = (c: Doc) => {
 			const s = c["io.dadi.sealed"];
 			for (const k of ["imageConfig", "sealParams", "mac"]) s[k] = "…";
 			for (const l of s.layers)

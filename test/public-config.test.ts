@@ -18,6 +18,10 @@ import {
 } from "../src/oci/public-config.js";
 import type { Vectors } from "./vectors/build.js";
 
+/** A JSON document edited by hand (a forger's view: anything goes). */
+// biome-ignore lint/suspicious/noExplicitAny: hand-edited JSON documents
+type Doc = any;
+
 const vectors = JSON.parse(
 	await readFile(new URL("./vectors/v2.json", import.meta.url), "utf8"),
 ) as Vectors;
@@ -128,13 +132,13 @@ describe("public config", () => {
 	it("a member added anywhere in the public part is refused", () => {
 		const doc = JSON.parse(vectors.containerImage.config);
 		for (const add of [
-			(d: any) => (d.created = "2024-01-01T00:00:00Z"),
-			(d: any) => (d.config.Env = ["A=1"]),
-			(d: any) => (d.config.Cmd = ["sh"]),
-			(d: any) => (d.rootfs.extra = 1),
-			(d: any) => (d.config.Labels.extra = "x"),
-			(d: any) => (d.constructor = "x"),
-			(d: any) => (d.toString = "x"),
+			(d: Doc) => (d.created = "2024-01-01T00:00:00Z"),
+			(d: Doc) => (d.config.Env = ["A=1"]),
+			(d: Doc) => (d.config.Cmd = ["sh"]),
+			(d: Doc) => (d.rootfs.extra = 1),
+			(d: Doc) => (d.config.Labels.extra = "x"),
+			(d: Doc) => (d.constructor = "x"),
+			(d: Doc) => (d.toString = "x"),
 		]) {
 			const d = structuredClone(doc);
 			add(d);
@@ -156,7 +160,7 @@ describe("manifest", () => {
 		expect(m).not.toHaveProperty("artifactType");
 		expect(m.config.mediaType).toBe("application/vnd.oci.image.config.v1+json");
 		expect(m.annotations).toEqual({ "io.dadi.format.version": "2" });
-		m.layers.forEach((l: any, i: number) => {
+		m.layers.forEach((l: Doc, i: number) => {
 			expect(l.mediaType.startsWith("application/vnd.oci.image.layer.")).toBe(
 				true,
 			);

@@ -31,6 +31,10 @@ import {
 	writeKey,
 } from "./helpers.js";
 
+/** A JSON document edited by hand (a forger's view: anything goes). */
+// biome-ignore lint/suspicious/noExplicitAny: hand-edited JSON documents
+type Doc = any;
+
 const INTEGRITY = [
 	"AUTH_FAILED",
 	"DIGEST_MISMATCH",
@@ -102,10 +106,10 @@ async function withModifiedFile(
 	}
 }
 
-async function manifestOf(tag: string): Promise<{ path: string; json: any }> {
+async function manifestOf(tag: string): Promise<{ path: string; json: Doc }> {
 	const index = JSON.parse(await readFile(join(oci, "index.json"), "utf8"));
 	const d = index.manifests.find(
-		(m: any) => m.annotations["org.opencontainers.image.ref.name"] === tag,
+		(m: Doc) => m.annotations["org.opencontainers.image.ref.name"] === tag,
 	);
 	const path = join(oci, "blobs/sha256", d.digest.slice(7));
 	return { path, json: JSON.parse(await readFile(path, "utf8")) };
@@ -120,7 +124,7 @@ async function manifestOf(tag: string): Promise<{ path: string; json: any }> {
  */
 async function forgeConfig(
 	tag: string,
-	mutate: (sealed: any, manifest: any, publicConfig: any) => void,
+	mutate: (sealed: Doc, manifest: Doc, publicConfig: Doc) => void,
 	o: { keepPublicPart?: boolean } = {},
 ): Promise<string> {
 	const { json: manifest } = await manifestOf(tag);
@@ -133,12 +137,12 @@ async function forgeConfig(
 	const sealed = publicConfig["io.dadi.sealed"];
 	mutate(sealed, manifest, publicConfig);
 	if (!o.keepPublicPart)
-		publicConfig.rootfs.diff_ids = sealed.layers.map((l: any) => l.digest);
+		publicConfig.rootfs.diff_ids = sealed.layers.map((l: Doc) => l.digest);
 	const cbytes = Buffer.from(JSON.stringify(publicConfig));
 	manifest.config.digest = sha256Digest(cbytes);
 	manifest.config.size = cbytes.length;
 	if (!o.keepPublicPart)
-		manifest.layers.forEach((l: any, i: number) => {
+		manifest.layers.forEach((l: Doc, i: number) => {
 			l.annotations = {
 				...l.annotations,
 				"containerd.io/snapshot/dadi.sealed-layer": l.digest,
@@ -161,7 +165,7 @@ async function forgeConfig(
 		annotations: { "org.opencontainers.image.ref.name": "forged" },
 	});
 	index.manifests = index.manifests.filter(
-		(m: any, i: number, all: any[]) =>
+		(m: Doc, i: number, all: Doc[]) =>
 			m.annotations["org.opencontainers.image.ref.name"] !== "forged" ||
 			i === all.length - 1,
 	);
@@ -208,7 +212,7 @@ beforeAll(async () => {
 			path: join(oci, "blobs/sha256", m.config.digest.slice(7)),
 			digest: m.config.digest,
 		},
-		...m.layers.map((l: any, i: number) => ({
+		...m.layers.map((l: Doc, i: number) => ({
 			name: `layer${i}`,
 			path: join(oci, "blobs/sha256", l.digest.slice(7)),
 			digest: l.digest,
@@ -459,7 +463,7 @@ describe("substituting layers", () => {
 	});
 
 	it("reordering layers or editing any config field, with consistent digests, fails the config MAC", async () => {
-		const edits: ((c: any, m: any, p: any) => void)[] = [
+		const edits: ((c: Doc, m: Doc, p: Doc) => void)[] = [
 			(c, m) => {
 				c.layers.reverse();
 				m.layers.reverse();
@@ -505,7 +509,7 @@ describe("substituting layers", () => {
 
 describe("the public config and the manifest", () => {
 	it("a public part that says anything the sealed config does not is refused (LAYOUT_INVALID)", async () => {
-		const edits: ((c: any, m: any, p: any) => void)[] = [
+		const edits: ((c: Doc, m: Doc, p: Doc) => void)[] = [
 			(_c, _m, p) => {
 				p.architecture = "s390x";
 			},
