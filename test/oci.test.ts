@@ -1,4 +1,4 @@
-import { mkdir, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
@@ -109,6 +109,24 @@ describe("manifest parser", () => {
 });
 
 describe("layouts", () => {
+	it("a config a reader would refuse as too large is not written (INPUT_INVALID), and no tag moves", async () => {
+		const dir = await tempDir();
+		const { key } = await writeKey(dir);
+		await writeFile(join(dir, "d.img"), "x");
+		await expect(
+			sealDisk({
+				disk: join(dir, "d.img"),
+				dest: { transport: "oci", dir: join(dir, "out"), tag: "big" },
+				key,
+				imageConfig: Buffer.alloc(13 << 20, 0x61),
+			}),
+		).rejects.toMatchObject({ code: "INPUT_INVALID" });
+		const index = JSON.parse(
+			await readFile(join(dir, "out", "index.json"), "utf8"),
+		);
+		expect(index.manifests).toEqual([]);
+	});
+
 	it("refuses to turn a directory with an index.json but no oci-layout into a layout", async () => {
 		const dir = await tempDir();
 		await writeFile(join(dir, "index.json"), '{"precious":true}');

@@ -303,6 +303,18 @@ describe("sealing an OCI image layout", () => {
 		expect(JSON.parse(a.stdout).manifest).toBe(JSON.parse(b.stdout).manifest);
 	});
 
+	it("refuses to seal a sealed image again", async () => {
+		const r = await runCli(BIN.seal, [
+			"seal",
+			`oci:${join(dir, "sealed-v2")}:v2`,
+			`oci:${join(dir, "twice")}:t`,
+			"--key",
+			keyPath,
+		]);
+		expect(r.code).toBe(3);
+		expect(r.stderr).toMatch(/already a sealed image.*\[INPUT_INVALID\]/);
+	});
+
 	it("--flatten seals one layer with the same tree", async () => {
 		const { disk, out } = await sealAndExport(`oci:${img}:v2`, "flat", [
 			"--flatten",

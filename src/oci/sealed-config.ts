@@ -31,7 +31,7 @@ const SIV_OVERHEAD = 28;
 
 /** What the refusal of an image sealed with format v1 says, wherever it is noticed. */
 export const V1_REFUSAL =
-	"sealed with format v1 (dadi 0.1, before issue 13); this build reads format v2 only: re-seal the image with this version";
+	"sealed with format v1 by an earlier dadi; this build reads format v2 only: re-seal the image from its source with this version (dadi-seal seal)";
 
 export interface SealedLayerEntry {
 	digest: string;

@@ -18,7 +18,7 @@ import {
 } from "../format/constants.js";
 import type { OpenedImage } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
-import { OciLayout } from "../oci/layout.js";
+import { MAX_JSON_BLOB, OciLayout } from "../oci/layout.js";
 import { buildManifest } from "../oci/manifest.js";
 import {
 	MT_OCI_CONFIG,
@@ -302,10 +302,14 @@ export class ImageWriter {
 				: {}),
 		};
 		const config: SealedConfig = { ...body, mac: configMac(key, body) };
-		const configDesc = await this.layout.writeBlob(
-			serializePublicConfig(config),
-			MT_OCI_CONFIG,
-		);
+		const configBytes = serializePublicConfig(config);
+		// Readers refuse larger JSON documents; say so now rather than write an unreadable image.
+		if (configBytes.length > MAX_JSON_BLOB)
+			throw new DadiError(
+				"INPUT_INVALID",
+				`the sealed config would be ${configBytes.length} bytes, more than the ${MAX_JSON_BLOB} a reader accepts (is the image config or are the labels that large?)`,
+			);
+		const configDesc = await this.layout.writeBlob(configBytes, MT_OCI_CONFIG);
 		const manifest = await this.layout.writeBlob(
 			buildManifest(configDesc, this.layers),
 			MT_OCI_MANIFEST,
