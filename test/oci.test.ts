@@ -7,6 +7,7 @@ import { OciLayout } from "../src/oci/layout.js";
 import { parseSealedManifest } from "../src/oci/manifest.js";
 import { parseReference } from "../src/oci/reference.js";
 import { parseSealedConfig } from "../src/oci/sealed-config.js";
+import { type FinishOptions, ImageWriter } from "../src/seal/image-writer.js";
 import { sealDisk } from "../src/seal/seal-disk.js";
 import { cleanupTempDirs, tempDir, writeKey } from "./helpers.js";
 
@@ -109,6 +110,41 @@ describe("manifest parser", () => {
 });
 
 describe("layouts", () => {
+	it("the writer refuses a platform or labels a reader would refuse (INPUT_INVALID), and moves no tag", async () => {
+		const dir = await tempDir();
+		const { key } = await writeKey(dir);
+		await writeFile(join(dir, "d.img"), "x");
+		const cases: Partial<FinishOptions>[] = [
+			{ platform: { os: "linux", architecture: "amd 64" } },
+			{
+				platform: { os: "linux", architecture: "amd64" },
+				publicLabels: Object.fromEntries(
+					Array.from({ length: 1025 }, (_, i) => [`l${i}`, "v"]),
+				),
+			},
+		];
+		for (const c of cases) {
+			const w = await ImageWriter.start({ destDir: join(dir, "out"), key });
+			try {
+				await w.addDisk(join(dir, "d.img"));
+				await expect(
+					w.finish({
+						tag: "t",
+						fsType: "raw",
+						platform: { os: "linux", architecture: "amd64" },
+						...c,
+					}),
+				).rejects.toMatchObject({ code: "INPUT_INVALID" });
+			} finally {
+				await w.close();
+			}
+		}
+		const index = JSON.parse(
+			await readFile(join(dir, "out", "index.json"), "utf8"),
+		);
+		expect(index.manifests).toEqual([]);
+	});
+
 	it("a config a reader would refuse as too large is not written (INPUT_INVALID), and no tag moves", async () => {
 		const dir = await tempDir();
 		const { key } = await writeKey(dir);

@@ -7,7 +7,7 @@ import type { Command } from "commander";
 import { parseDecryptedImageConfig } from "../image/image-config.js";
 import { printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
-import { readImageConfig } from "./open-for-reading.js";
+import { readOriginalConfig } from "./open-for-reading.js";
 import { addRegistryOptions, type RegistryFlags } from "./registry-options.js";
 
 export function configCommand(program: Command, prog: string): void {
@@ -27,7 +27,7 @@ export function configCommand(program: Command, prog: string): void {
 			opts: RegistryFlags & KeyFlags & { json?: boolean },
 		) =>
 			runAction(`${prog} config`, Boolean(opts.json), async () => {
-				const r = await readImageConfig(refText, opts, opts);
+				const r = await readOriginalConfig(refText, opts, opts);
 				if (opts.json) {
 					printJson({
 						ok: true,

@@ -89,7 +89,7 @@ export interface ImageConfigRead {
  * The original OCI image config of a sealed image, decrypted: manifest and config fetched and
  * checked, the key obtained (file or broker), the config authenticated. No layer is opened.
  */
-export async function readImageConfig(
+export async function readOriginalConfig(
 	refText: string,
 	keyFlags: KeyFlags,
 	flags: RegistryFlags,

@@ -69,8 +69,8 @@ export function parsePublicConfig(bytes: Buffer): SealedConfig {
 		throw E("not a JSON object");
 	const o = doc as Record<string, unknown>;
 	const member = o[SEALED_MEMBER];
-	if (typeof member !== "object" || member === null)
-		throw E(`no "${SEALED_MEMBER}" member: not a dadi sealed image config`);
+	if (typeof member !== "object" || member === null || Array.isArray(member))
+		throw E(`no "${SEALED_MEMBER}" object: not a dadi sealed image config`);
 	checkSchemaVersion((member as Record<string, unknown>).schemaVersion);
 	const sealed = parseSealedConfig(member);
 	checkPublicPart(o, sealed);

@@ -25,7 +25,10 @@ import {
 	MT_OCI_MANIFEST,
 	MT_SEALED_LAYER,
 } from "../oci/media-types.js";
-import { serializePublicConfig } from "../oci/public-config.js";
+import {
+	parsePublicConfig,
+	serializePublicConfig,
+} from "../oci/public-config.js";
 import {
 	CONFIG_SCHEMA_VERSION,
 	type FsType,
@@ -303,12 +306,21 @@ export class ImageWriter {
 		};
 		const config: SealedConfig = { ...body, mac: configMac(key, body) };
 		const configBytes = serializePublicConfig(config);
-		// Readers refuse larger JSON documents; say so now rather than write an unreadable image.
+		// Readers refuse larger JSON documents, platforms and labels they cannot check: say so now
+		// rather than write an image nobody can read.
 		if (configBytes.length > MAX_JSON_BLOB)
 			throw new DadiError(
 				"INPUT_INVALID",
 				`the sealed config would be ${configBytes.length} bytes, more than the ${MAX_JSON_BLOB} a reader accepts (is the image config or are the labels that large?)`,
 			);
+		try {
+			parsePublicConfig(configBytes);
+		} catch (e) {
+			throw new DadiError(
+				"INPUT_INVALID",
+				`cannot seal this image: a reader would refuse its config (${(e as Error).message})`,
+			);
+		}
 		const configDesc = await this.layout.writeBlob(configBytes, MT_OCI_CONFIG);
 		const manifest = await this.layout.writeBlob(
 			buildManifest(configDesc, this.layers),

@@ -165,6 +165,9 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 				`${image.description}: the image has no layers`,
 			);
 		const c = await census(image, o.onProgress);
+		// A source config that names no architecture is for the platform asked for.
+		const platform =
+			image.platform.architecture === "unknown" ? o.platform : image.platform;
 		let fs: FsParams = {
 			...ext4SizeFor(c),
 			...fsIdentity(o.key.key, image.config),
@@ -181,13 +184,13 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 					`--base-image: was not sealed from a container image as ${fsType}, so its layers cannot be shared`,
 				);
 			if (
-				bc.platform.os !== image.platform.os ||
-				bc.platform.architecture !== image.platform.architecture ||
-				bc.platform.variant !== image.platform.variant
+				bc.platform.os !== platform.os ||
+				bc.platform.architecture !== platform.architecture ||
+				bc.platform.variant !== platform.variant
 			)
 				throw new DadiError(
 					"INPUT_INVALID",
-					`--base-image: is for ${formatPlatform(bc.platform)}, ${image.description} for ${formatPlatform(image.platform)}`,
+					`--base-image: is for ${formatPlatform(bc.platform)}, ${image.description} for ${formatPlatform(platform)}`,
 				);
 			reuse = sharedPrefix(
 				params.layers,
@@ -302,9 +305,7 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			fsType,
 			keyRef: o.keyRef,
 			imageConfig: image.config,
-			// A source config that names no architecture is for the platform asked for.
-			platform:
-				image.platform.architecture === "unknown" ? o.platform : image.platform,
+			platform,
 			...(o.publicLabels ? { publicLabels: labelsOf(image.config) } : {}),
 			fs,
 		});
