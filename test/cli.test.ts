@@ -347,7 +347,7 @@ describe("bad input: a one-line error and a non-zero exit", () => {
 	});
 
 	it("an unknown format version", async () => {
-		// a consistent layout whose config claims schemaVersion 2
+		// a consistent layout whose sealed config claims schemaVersion 3
 		const o = join(dir, "v2layout");
 		expect(
 			(
@@ -382,6 +382,9 @@ describe("bad input: a one-line error and a non-zero exit", () => {
 				digest: sha256Digest(cb),
 				size: cb.length,
 			};
+			for (const l of manifest.layers)
+				l.annotations["containerd.io/snapshot/dadi.sealed-config"] =
+					manifest.config.digest;
 			await writeFile(
 				join(o, "blobs/sha256", manifest.config.digest.slice(7)),
 				cb,
@@ -395,19 +398,36 @@ describe("bad input: a one-line error and a non-zero exit", () => {
 			};
 			await writeFile(join(o, "index.json"), JSON.stringify(idx));
 		};
-		config.schemaVersion = 2;
+		config["io.dadi.sealed"].schemaVersion = 3;
 		await storeConsistently();
 		expectOneLineError(
 			await runCli(BIN.seal, ["inspect", `oci:${o}:t`]),
 			4,
-			/schemaVersion 2 is not supported.*\[FORMAT_UNSUPPORTED\]/,
+			/schemaVersion 3 is not supported.*\[FORMAT_UNSUPPORTED\]/,
 		);
-		// and a layer whose header claims format version 2
+		// an image sealed with format v1 says so, and what to do
+		config["io.dadi.sealed"].schemaVersion = 1;
+		await storeConsistently();
+		expectOneLineError(
+			await runCli(BIN.guest, [
+				"read",
+				`oci:${o}:t`,
+				"--key",
+				k(),
+				"--offset",
+				"0",
+				"--length",
+				"1",
+			]),
+			4,
+			/sealed with format v1.*re-seal.*\[FORMAT_UNSUPPORTED\]/,
+		);
+		// and a layer whose header claims layer encoding version 2
 		const layer = join(o, "blobs/sha256", manifest.layers[0].digest.slice(7));
 		const lb = await readFile(layer);
 		lb.writeUInt16LE(2, 8);
 		await writeFile(layer, lb);
-		config.schemaVersion = 1;
+		config["io.dadi.sealed"].schemaVersion = 2;
 		await storeConsistently();
 		expectOneLineError(
 			await runCli(BIN.seal, [
@@ -419,7 +439,7 @@ describe("bad input: a one-line error and a non-zero exit", () => {
 				join(dir, "v.img"),
 			]),
 			4,
-			/format version 2 is not supported.*\[FORMAT_UNSUPPORTED\]/,
+			/layer encoding version 2 is not supported.*\[FORMAT_UNSUPPORTED\]/,
 		);
 	});
 

@@ -109,6 +109,8 @@ export async function sealInto(
 		base?: string;
 		baseKey?: ImageKey;
 		sealId?: Buffer;
+		imageConfig?: Buffer;
+		keyRef?: string;
 	} = {},
 ) {
 	return sealDisk({
@@ -118,6 +120,8 @@ export async function sealInto(
 		chunkSize: o.chunkSize,
 		compression: o.compression,
 		sealId: o.sealId,
+		imageConfig: o.imageConfig,
+		keyRef: o.keyRef,
 		base: o.base
 			? { ref: { transport: "oci", dir, tag: o.base }, key: o.baseKey ?? key }
 			: undefined,

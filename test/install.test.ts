@@ -1,7 +1,7 @@
 /**
  * The README's install path from a packed tarball: `npm pack`, then `npm install -g` of the
  * tarball (into a temporary prefix, never the real one) with the documented
- * `--allow-scripts=koffi,zstd-napi`. Checks that the tarball holds the programs and no tests,
+ * `--allow-scripts=koffi,zstd-napi,protobufjs`. Checks that the tarball holds the programs and no tests,
  * build scripts or secrets; that the install says nothing about unreviewed install scripts yet
  * builds the native modules; and that the installed programs run outside the repository: help,
  * keygen, and a zstd-compressed seal read back by the installed dadi-guest.
@@ -87,7 +87,7 @@ beforeAll(async () => {
 			"-g",
 			"--prefix",
 			prefix,
-			"--allow-scripts=koffi,zstd-napi",
+			"--allow-scripts=koffi,zstd-napi,protobufjs",
 			// metadata already in npm's cache is not asked for again: faster, same result
 			"--prefer-offline",
 			"--no-audit",

@@ -1,4 +1,4 @@
-import { mkdir, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
@@ -7,6 +7,7 @@ import { OciLayout } from "../src/oci/layout.js";
 import { parseSealedManifest } from "../src/oci/manifest.js";
 import { parseReference } from "../src/oci/reference.js";
 import { parseSealedConfig } from "../src/oci/sealed-config.js";
+import { type FinishOptions, ImageWriter } from "../src/seal/image-writer.js";
 import { sealDisk } from "../src/seal/seal-disk.js";
 import { cleanupTempDirs, tempDir, writeKey } from "./helpers.js";
 
@@ -80,15 +81,88 @@ describe("manifest parser", () => {
 		fc.assert(
 			fc.property(fc.jsonValue(), (v) => {
 				expect(codeOf(() => parseSealedManifest(v, "m"))).toMatch(
-					/^(LAYOUT_INVALID|INPUT_INVALID)$/,
+					/^(LAYOUT_INVALID|INPUT_INVALID|FORMAT_UNSUPPORTED)$/,
 				);
 			}),
 			{ numRuns: 2000 },
 		);
 	});
+
+	it("values whose String() throws are reported, not crashed on", () => {
+		const hostile = { toString: [] };
+		const cfg = {
+			mediaType: "application/vnd.oci.image.config.v1+json",
+			digest: hostile,
+			size: 1,
+		};
+		expect(
+			codeOf(() => parseSealedManifest({ schemaVersion: 2, config: cfg }, "m")),
+		).toBe("LAYOUT_INVALID");
+		expect(
+			codeOf(() =>
+				parseSealedManifest({ schemaVersion: 2, mediaType: hostile }, "m"),
+			),
+		).toBe("LAYOUT_INVALID");
+		expect(codeOf(() => parseSealedConfig({ schemaVersion: hostile }))).toBe(
+			"FORMAT_UNSUPPORTED",
+		);
+	});
 });
 
 describe("layouts", () => {
+	it("the writer refuses a platform or labels a reader would refuse (INPUT_INVALID), and moves no tag", async () => {
+		const dir = await tempDir();
+		const { key } = await writeKey(dir);
+		await writeFile(join(dir, "d.img"), "x");
+		const cases: Partial<FinishOptions>[] = [
+			{ platform: { os: "linux", architecture: "amd 64" } },
+			{
+				platform: { os: "linux", architecture: "amd64" },
+				publicLabels: Object.fromEntries(
+					Array.from({ length: 1025 }, (_, i) => [`l${i}`, "v"]),
+				),
+			},
+		];
+		for (const c of cases) {
+			const w = await ImageWriter.start({ destDir: join(dir, "out"), key });
+			try {
+				await w.addDisk(join(dir, "d.img"));
+				await expect(
+					w.finish({
+						tag: "t",
+						fsType: "raw",
+						platform: { os: "linux", architecture: "amd64" },
+						...c,
+					}),
+				).rejects.toMatchObject({ code: "INPUT_INVALID" });
+			} finally {
+				await w.close();
+			}
+		}
+		const index = JSON.parse(
+			await readFile(join(dir, "out", "index.json"), "utf8"),
+		);
+		expect(index.manifests).toEqual([]);
+	});
+
+	it("a config a reader would refuse as too large is not written (INPUT_INVALID), and no tag moves", async () => {
+		const dir = await tempDir();
+		const { key } = await writeKey(dir);
+		await writeFile(join(dir, "d.img"), "x");
+		await expect(
+			sealDisk({
+				disk: join(dir, "d.img"),
+				dest: { transport: "oci", dir: join(dir, "out"), tag: "big" },
+				key,
+				imageConfig: Buffer.alloc(13 << 20, 0x61),
+			}),
+		).rejects.toMatchObject({ code: "INPUT_INVALID" });
+		const index = JSON.parse(
+			await readFile(join(dir, "out", "index.json"), "utf8"),
+		);
+		expect(index.manifests).toEqual([]);
+	});
+
 	it("refuses to turn a directory with an index.json but no oci-layout into a layout", async () => {
 		const dir = await tempDir();
 		await writeFile(join(dir, "index.json"), '{"precious":true}');

@@ -432,6 +432,107 @@ describe("docker:// as a seal source", () => {
 	});
 });
 
+describe("container tools accept a sealed container image (format v2)", () => {
+	it("skopeo inspect shows the platform and the sealed layers and nothing of the source config; skopeo copy keeps the image readable", async () => {
+		if (process.getuid?.() !== 0) throw new Error("these tests run as root");
+		const src = await buildTestImage(await tempDir());
+		const ref = `docker://${reg.host}/sealed/ctr:v3`;
+		await ok(BIN.seal, [
+			"seal",
+			`oci:${src}:v3`,
+			ref,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--quiet",
+		]);
+		const facts = JSON.parse(
+			(await ok(BIN.seal, ["inspect", ref, "--insecure", "--json"])).stdout,
+		);
+		// plain inspect (not --raw): c/image parses the manifest and the config as an image
+		const { stdout } = await sh("skopeo", [
+			"inspect",
+			"--tls-verify=false",
+			ref,
+		]);
+		const seen = JSON.parse(stdout);
+		expect(seen.Digest).toBe(facts.manifestDigest);
+		expect(seen.Os).toBe("linux");
+		expect(seen.Architecture).toBe(facts.platform.architecture);
+		expect(seen.Layers).toEqual(
+			facts.layers.map((l: { digest: string }) => l.digest),
+		);
+		expect(seen.Layers).toHaveLength(3);
+		expect(seen.Env).toBeNull();
+		expect(seen.Labels).toBeNull();
+		expect(seen.Created).toBeNull();
+		expect(stdout).not.toContain("SECRET_TOKEN");
+		const config = JSON.parse(
+			(await sh("skopeo", ["inspect", "--config", "--tls-verify=false", ref]))
+				.stdout,
+		);
+		expect(config.config).toEqual({
+			Entrypoint: ["/.dadi/sealed-image-entrypoint"],
+		});
+		expect(config.rootfs.diff_ids).toEqual(seen.Layers);
+		expect(JSON.stringify(config)).not.toMatch(/s3cr3t|\/bin\/sh|created/);
+
+		// skopeo copy registry → registry and registry → layout; dadi-guest reads both copies
+		const copied = `docker://${reg.host}/copied/ctr:v3`;
+		await sh("skopeo", [
+			"copy",
+			"--src-tls-verify=false",
+			"--dest-tls-verify=false",
+			ref,
+			copied,
+		]);
+		const layout = join(dir, "skopeo-ctr");
+		await sh("skopeo", [
+			"copy",
+			"--src-tls-verify=false",
+			ref,
+			`oci:${layout}:v3`,
+		]);
+		const read = async (r: string, extra: string[] = []) =>
+			JSON.parse(
+				(
+					await ok(BIN.guest, [
+						"read",
+						r,
+						"--key",
+						keyPath,
+						"--offset",
+						"0",
+						"--length",
+						"4M",
+						"--json",
+						...extra,
+					])
+				).stdout,
+			).sha256;
+		const want = await read(ref, ["--insecure"]);
+		expect(await read(copied, ["--insecure"])).toBe(want);
+		expect(await read(`oci:${layout}:v3`)).toBe(want);
+		// the copies are the same image: same manifest digest, and the config decrypts
+		const again = JSON.parse(
+			(await ok(BIN.seal, ["inspect", copied, "--insecure", "--json"])).stdout,
+		);
+		expect(again.manifestDigest).toBe(facts.manifestDigest);
+		const cfg = JSON.parse(
+			(await ok(BIN.guest, ["config", `oci:${layout}:v3`, "--key", keyPath]))
+				.stdout,
+		);
+		expect(cfg.config.Env).toContain("SECRET_TOKEN=s3cr3t");
+		await ok(BIN.seal, [
+			"verify",
+			`oci:${layout}:v3`,
+			"--key",
+			keyPath,
+			"--quiet",
+		]);
+	});
+});
+
 describe("an untrusted registry", () => {
 	it("inspect and verify work on registry images; a byte changed in the registry's storage fails reads and verify", async () => {
 		const ins = await ok(BIN.seal, [

@@ -5,6 +5,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { DadiError } from "../src/errors.js";
 import { exportDisk } from "../src/image/export.js";
 import { openSealedImage } from "../src/image/open-image.js";
+import { sealDisk } from "../src/seal/seal-disk.js";
+import { DEFAULT_WRITER_POLICY } from "../src/seal/writer-policy.js";
 import {
 	cleanupTempDirs,
 	prng,
@@ -107,5 +109,46 @@ describe("reproducible sealing", () => {
 		expect(r2.manifest.digest).toBe(r1.manifest.digest);
 		expect(r2.layer.digest).toBe(r1.layer.digest);
 		expect(r3.layer.layerId).not.toBe(r1.layer.layerId);
+	});
+
+	it("two writers that differ only in their compression threshold never encrypt two payloads under one (chunk key, nonce)", async () => {
+		// Issue 14: the reproducible layer key did not depend on the 1/16 threshold, so a writer
+		// keeping zstd output only when it saves half the chunk stored chunk 0 raw where this writer
+		// stores it compressed — under the same key and nonce.
+		const dir = await tempDir();
+		const { key } = await writeKey(dir);
+		const cs = 4096;
+		const disk = Buffer.alloc(4 * cs);
+		for (let c = 0; c < 4; c++) prng(`c${c}`, (3 * cs) / 4).copy(disk, c * cs); // saves ~1/4
+		await writeDisk(join(dir, "d.img"), disk.length, [{ at: 0, bytes: disk }]);
+		const sealId = Buffer.alloc(16, 7);
+		const seal = (tag: string, minSavingShift: number) =>
+			sealDisk({
+				disk: join(dir, "d.img"),
+				dest: { transport: "oci", dir: join(dir, "oci"), tag },
+				key,
+				chunkSize: cs,
+				compression: "zstd",
+				sealId,
+				writerPolicy: { minSavingShift },
+			});
+		await seal("sixteenth", DEFAULT_WRITER_POLICY.minSavingShift);
+		await seal("half", 1);
+		const open = (tag: string) =>
+			openSealedImage({ transport: "oci", dir: join(dir, "oci"), tag }, key);
+		const a = await open("sixteenth");
+		const b = await open("half");
+		try {
+			const [la, lb] = [a.disk.layers[0], b.disk.layers[0]];
+			// the policies did store chunk 0 differently: compressed here, raw there
+			expect(la?.extents[0]?.flags).toBe(2);
+			expect(lb?.extents[0]?.flags).toBe(0);
+			// so they must not share the layer key (hence the chunk key): (key, nonce) never repeats
+			expect(a.layerKeys[0]?.equals(b.layerKeys[0] as Buffer)).toBe(false);
+			expect(a.config.layers[0]?.layerId).not.toBe(b.config.layers[0]?.layerId);
+		} finally {
+			await a.close();
+			await b.close();
+		}
 	});
 });

@@ -17,9 +17,10 @@ import {
 } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { decryptImageConfig } from "../src/crypto/config-auth.js";
-import { loadSealedImage } from "../src/image/open-image.js";
+import { parseImageKey } from "../src/crypto/image-key.js";
+import { loadSealedImage, openImageConfig } from "../src/image/open-image.js";
 import { RegistryClient } from "../src/registry/client.js";
+import { openSealParams } from "../src/seal/seal-params.js";
 import { BIN, cleanupTempDirs, runCli, tempDir } from "./helpers.js";
 import {
 	buildTestImage,
@@ -260,13 +261,10 @@ describe("sealing an OCI image layout", () => {
 			tag: "v2",
 		});
 		expect(image.configBytes.toString()).not.toContain("SECRET_TOKEN");
-		const jwk = JSON.parse(await readFile(keyPath, "utf8"));
-		const plain = decryptImageConfig(
-			Buffer.from(jwk.k, "base64url"),
-			image.config.sealId,
-			image.config.imageConfig as string,
-		);
-		const cfg = JSON.parse(plain.toString());
+		const key = parseImageKey(await readFile(keyPath, "utf8"), "key");
+		const cfg = openImageConfig(image, key) as {
+			config: { Env: string[]; Cmd: string[] };
+		};
 		expect(cfg.config.Env).toContain("SECRET_TOKEN=s3cr3t");
 		expect(cfg.config.Cmd).toEqual(["/bin/sh"]);
 		const inspect = await runCli(BIN.seal, [
@@ -305,6 +303,18 @@ describe("sealing an OCI image layout", () => {
 		expect(a.code, a.stderr).toBe(0);
 		expect(b.code, b.stderr).toBe(0);
 		expect(JSON.parse(a.stdout).manifest).toBe(JSON.parse(b.stdout).manifest);
+	});
+
+	it("refuses to seal a sealed image again", async () => {
+		const r = await runCli(BIN.seal, [
+			"seal",
+			`oci:${join(dir, "sealed-v2")}:v2`,
+			`oci:${join(dir, "twice")}:t`,
+			"--key",
+			keyPath,
+		]);
+		expect(r.code).toBe(3);
+		expect(r.stderr).toMatch(/already a sealed image.*\[INPUT_INVALID\]/);
 	});
 
 	it("--flatten seals one layer with the same tree", async () => {
@@ -372,9 +382,12 @@ describe("--base-image", () => {
 			tag: "v2",
 		});
 		expect(i2.config.layers[0]?.digest).toBe(i1.config.layers[0]?.digest);
-		expect(i2.config.layers.map((l) => l.sourceDiffIds?.length)).toEqual([
-			1, 1,
-		]);
+		// which source layers each sealed layer holds is in the encrypted seal parameters
+		const key = parseImageKey(await readFile(keyPath, "utf8"), "key");
+		expect(
+			openSealParams(key.key, i2.config)?.layers.map((l) => l.length),
+		).toEqual([1, 1]);
+		expect(i2.configBytes.toString()).not.toContain("sourceDiffIds");
 		const disk = join(dir, "shared-v2.img");
 		const e = await runCli(BIN.seal, [
 			"export",

@@ -31,6 +31,10 @@ import {
 	writeKey,
 } from "./helpers.js";
 
+/** A JSON document edited by hand (a forger's view: anything goes). */
+// biome-ignore lint/suspicious/noExplicitAny: hand-edited JSON documents
+type Doc = any;
+
 const INTEGRITY = [
 	"AUTH_FAILED",
 	"DIGEST_MISMATCH",
@@ -102,10 +106,10 @@ async function withModifiedFile(
 	}
 }
 
-async function manifestOf(tag: string): Promise<{ path: string; json: any }> {
+async function manifestOf(tag: string): Promise<{ path: string; json: Doc }> {
 	const index = JSON.parse(await readFile(join(oci, "index.json"), "utf8"));
 	const d = index.manifests.find(
-		(m: any) => m.annotations["org.opencontainers.image.ref.name"] === tag,
+		(m: Doc) => m.annotations["org.opencontainers.image.ref.name"] === tag,
 	);
 	const path = join(oci, "blobs/sha256", d.digest.slice(7));
 	return { path, json: JSON.parse(await readFile(path, "utf8")) };
@@ -113,23 +117,39 @@ async function manifestOf(tag: string): Promise<{ path: string; json: any }> {
 
 /**
  * An attacker with write access to the layout: rewrites the config (and so the manifest and
- * index.json) consistently, so every digest matches again.
+ * index.json) consistently, so every digest matches again. `mutate` edits the sealed config (the
+ * public config's "io.dadi.sealed" member), the manifest and the public config; afterwards the
+ * public part is made to agree with the sealed member again (diff_ids), and the manifest's layer
+ * annotations with the new config digest — as a careful forger would.
  */
 async function forgeConfig(
 	tag: string,
-	mutate: (config: any, manifest: any) => void,
+	mutate: (sealed: Doc, manifest: Doc, publicConfig: Doc) => void,
+	o: { keepPublicPart?: boolean } = {},
 ): Promise<string> {
 	const { json: manifest } = await manifestOf(tag);
-	const config = JSON.parse(
+	const publicConfig = JSON.parse(
 		await readFile(
 			join(oci, "blobs/sha256", manifest.config.digest.slice(7)),
 			"utf8",
 		),
 	);
-	mutate(config, manifest);
-	const cbytes = Buffer.from(JSON.stringify(config));
+	const sealed = publicConfig["io.dadi.sealed"];
+	mutate(sealed, manifest, publicConfig);
+	if (!o.keepPublicPart)
+		publicConfig.rootfs.diff_ids = sealed.layers.map((l: Doc) => l.digest);
+	const cbytes = Buffer.from(JSON.stringify(publicConfig));
 	manifest.config.digest = sha256Digest(cbytes);
 	manifest.config.size = cbytes.length;
+	if (!o.keepPublicPart)
+		manifest.layers.forEach((l: Doc, i: number) => {
+			l.annotations = {
+				...l.annotations,
+				"containerd.io/snapshot/dadi.sealed-layer": l.digest,
+				"containerd.io/snapshot/dadi.sealed-config": manifest.config.digest,
+				"containerd.io/snapshot/dadi.layer-index": `${i}/${manifest.layers.length}`,
+			};
+		});
 	await writeFile(
 		join(oci, "blobs/sha256", manifest.config.digest.slice(7)),
 		cbytes,
@@ -145,7 +165,7 @@ async function forgeConfig(
 		annotations: { "org.opencontainers.image.ref.name": "forged" },
 	});
 	index.manifests = index.manifests.filter(
-		(m: any, i: number, all: any[]) =>
+		(m: Doc, i: number, all: Doc[]) =>
 			m.annotations["org.opencontainers.image.ref.name"] !== "forged" ||
 			i === all.length - 1,
 	);
@@ -192,7 +212,7 @@ beforeAll(async () => {
 			path: join(oci, "blobs/sha256", m.config.digest.slice(7)),
 			digest: m.config.digest,
 		},
-		...m.layers.map((l: any, i: number) => ({
+		...m.layers.map((l: Doc, i: number) => ({
 			name: `layer${i}`,
 			path: join(oci, "blobs/sha256", l.digest.slice(7)),
 			digest: l.digest,
@@ -433,7 +453,7 @@ describe("substituting layers", () => {
 				join(dir, "oci-other/blobs/sha256", om.config.digest.slice(7)),
 				"utf8",
 			),
-		);
+		)["io.dadi.sealed"];
 		const tag = await forgeConfig("v2", (config, manifest) => {
 			config.layers[1] = oc.layers[0];
 			manifest.layers[1] = om.layers[0];
@@ -443,7 +463,7 @@ describe("substituting layers", () => {
 	});
 
 	it("reordering layers or editing any config field, with consistent digests, fails the config MAC", async () => {
-		const edits: ((c: any, m: any) => void)[] = [
+		const edits: ((c: Doc, m: Doc, p: Doc) => void)[] = [
 			(c, m) => {
 				c.layers.reverse();
 				m.layers.reverse();
@@ -461,6 +481,15 @@ describe("substituting layers", () => {
 			(c) => {
 				c.sealId = "00".repeat(16);
 			},
+			// the platform and public labels the public config shows are authenticated too
+			(c, _m, p) => {
+				c.platform.architecture = "arm64";
+				p.architecture = "arm64";
+			},
+			(c, _m, p) => {
+				c.publicLabels = { "org.opencontainers.image.title": "innocent" };
+				p.config.Labels = c.publicLabels;
+			},
 		];
 		for (const edit of edits) {
 			const tag = await forgeConfig("v2", edit);
@@ -475,6 +504,93 @@ describe("substituting layers", () => {
 			c.virtualSize = c.layers[0].virtualSize;
 		});
 		expect(await verifyCode(tag)).toBe("AUTH_FAILED");
+	});
+});
+
+describe("the public config and the manifest", () => {
+	it("a public part that says anything the sealed config does not is refused (LAYOUT_INVALID)", async () => {
+		const edits: ((c: Doc, m: Doc, p: Doc) => void)[] = [
+			(_c, _m, p) => {
+				p.architecture = "s390x";
+			},
+			(_c, _m, p) => {
+				p.config.Env = ["PATH=/evil"];
+			},
+			(_c, _m, p) => {
+				p.config.Entrypoint = ["/bin/sh"];
+			},
+			(_c, _m, p) => {
+				p.config.Labels = { "a.b": "c" };
+			},
+			(_c, _m, p) => {
+				p.created = "2024-01-01T00:00:00Z";
+			},
+			(_c, _m, p) => {
+				p.history = [{ created_by: "x" }];
+			},
+			(_c, _m, p) => {
+				p.rootfs.diff_ids.reverse();
+			},
+			(_c, _m, p) => {
+				p.rootfs.diff_ids.pop();
+			},
+			(_c, _m, p) => {
+				p.variant = "v8";
+			},
+			(_c, m) => {
+				m.layers[0].annotations["containerd.io/snapshot/dadi.layer-index"] =
+					"1/2";
+			},
+			(_c, m) => {
+				m.layers[1].annotations["containerd.io/snapshot/dadi.sealed-layer"] =
+					m.layers[0].digest;
+			},
+			(_c, m) => {
+				m.layers[0].annotations["containerd.io/snapshot/dadi.sealed-config"] =
+					`sha256:${"0".repeat(64)}`;
+			},
+			(_c, m) => {
+				m.layers[0].annotations["io.dadi.layer.id"] = "ab".repeat(32);
+			},
+		];
+		for (const [i, edit] of edits.entries()) {
+			const tag = await forgeConfig("v2", edit, { keepPublicPart: true });
+			expect(await verifyCode(tag), `edit ${i}`).toBe("LAYOUT_INVALID");
+		}
+	});
+
+	it("a manifest of another format version, or without one, is not read as this one", async () => {
+		const { path, json } = await manifestOf("v2");
+		const orig = await readFile(path);
+		const codes: string[] = [];
+		for (const v of ["3", "1", undefined]) {
+			const m = structuredClone(json);
+			if (v === undefined) delete m.annotations;
+			else m.annotations["io.dadi.format.version"] = v;
+			const tag = await (async () => {
+				const b = Buffer.from(JSON.stringify(m));
+				const d = sha256Digest(b);
+				await writeFile(join(oci, "blobs/sha256", d.slice(7)), b);
+				const index = JSON.parse(
+					await readFile(join(oci, "index.json"), "utf8"),
+				);
+				index.manifests.push({
+					mediaType: "application/vnd.oci.image.manifest.v1+json",
+					digest: d,
+					size: b.length,
+					annotations: { "org.opencontainers.image.ref.name": `fv${v}` },
+				});
+				await writeFile(join(oci, "index.json"), JSON.stringify(index));
+				return `fv${v}`;
+			})();
+			codes.push(await verifyCode(tag));
+		}
+		expect(codes).toEqual([
+			"FORMAT_UNSUPPORTED",
+			"FORMAT_UNSUPPORTED",
+			"INPUT_INVALID",
+		]);
+		expect((await readFile(path)).equals(orig)).toBe(true);
 	});
 });
 

@@ -5,6 +5,7 @@ import { installSignalCleanup } from "../temp-files.js";
 import { attestCommand } from "./attest-command.js";
 import { cleanupCommand } from "./cleanup-command.js";
 import { runProgram } from "./common.js";
+import { configCommand } from "./config-command.js";
 import { exportCommand } from "./export-command.js";
 import { readCommand } from "./read-command.js";
 import { serveCommand } from "./serve-command.js";
@@ -21,6 +22,7 @@ const program = new Command("dadi-guest")
 	);
 exportCommand(program, "dadi-guest");
 readCommand(program, "dadi-guest");
+configCommand(program, "dadi-guest");
 serveCommand(program, "dadi-guest");
 attestCommand(program);
 cleanupCommand(program, "dadi-guest");

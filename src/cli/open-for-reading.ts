@@ -1,14 +1,28 @@
 /** Opening a sealed image for reading from the command line, local or remote alike. */
 
 import { DadiError } from "../errors.js";
-import type { OpenedImage } from "../image/open-image.js";
-import { openSealedImage } from "../image/open-image.js";
-import { openRemoteSealedImage } from "../lazy/open-remote.js";
+import {
+	loadSealedImage,
+	type OpenedImage,
+	openImageConfigBytes,
+	openSealedImage,
+	resolveKey,
+	type SealedImageRef,
+} from "../image/open-image.js";
+import {
+	loadRemoteSealedImage,
+	openRemoteSealedImage,
+} from "../lazy/open-remote.js";
 import type { LazyStats } from "../lazy/stats.js";
 import { writeFileAtomic } from "../oci/layout.js";
 import { parseReference } from "../oci/reference.js";
 import { type KeyFlags, keySourceFrom } from "./key-options.js";
-import { type LazyFlags, lazyOpenOptions } from "./registry-options.js";
+import {
+	type LazyFlags,
+	lazyOpenOptions,
+	type RegistryFlags,
+	registryClientOptions,
+} from "./registry-options.js";
 
 export interface ReadableImage {
 	image: OpenedImage;
@@ -62,4 +76,45 @@ export async function openForReading(
 		);
 	const image = await openSealedImage(ref, key);
 	return { image, name: image.name, finish: () => image.close() };
+}
+
+export interface ImageConfigRead {
+	/** The image pinned to the manifest digest that was read. */
+	pinned: string;
+	/** The original OCI image config exactly as sealed, or null (a raw disk). */
+	bytes: Buffer | null;
+}
+
+/**
+ * The original OCI image config of a sealed image, decrypted: manifest and config fetched and
+ * checked, the key obtained (file or broker), the config authenticated. No layer is opened.
+ */
+export async function readOriginalConfig(
+	refText: string,
+	keyFlags: KeyFlags,
+	flags: RegistryFlags,
+	log?: (line: string) => void,
+): Promise<ImageConfigRead> {
+	const ref = parseReference(refText);
+	const key = await keySourceFrom(keyFlags, log);
+	let image: SealedImageRef;
+	let pinned: string;
+	if (ref.transport === "docker") {
+		image = await loadRemoteSealedImage(
+			ref,
+			await registryClientOptions(ref, flags),
+		);
+		pinned = image.name;
+	} else if (ref.transport === "oci") {
+		image = await loadSealedImage(ref);
+		pinned = `oci:${ref.dir}@${image.manifestDesc.digest}`;
+	} else
+		throw new DadiError(
+			"USAGE",
+			`"${refText}": a sealed image is read from oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@DIGEST]`,
+		);
+	return {
+		pinned,
+		bytes: openImageConfigBytes(image, await resolveKey(key, image)),
+	};
 }

@@ -4,6 +4,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { DadiError } from "../errors.js";
+import { decodeCanonicalBase64url } from "../oci/base64url.js";
 
 export interface ImageKey {
 	kid: string;
@@ -63,7 +64,12 @@ export function parseImageKey(text: string, source: string): ImageKey {
 		);
 	if (typeof o.k !== "string" || !/^[A-Za-z0-9_-]+$/.test(o.k))
 		throw new DadiError("KEY_INVALID", `${source}: "k" must be base64url text`);
-	const key = Buffer.from(o.k, "base64url");
+	const key = decodeCanonicalBase64url(o.k);
+	if (key === undefined)
+		throw new DadiError(
+			"KEY_INVALID",
+			`${source}: "k" is not canonical base64url (unpadded, unused bits zero)`,
+		);
 	if (key.length !== 32)
 		throw new DadiError(
 			"KEY_INVALID",

@@ -8,10 +8,11 @@
  * - Chunk nonce = u64 chunk index || u32 zero. The chunk key belongs to one layer key. A layer
  *   key is fresh randomness, or, in reproducible mode, derived from the image key, the seal id and
  *   a digest of everything that decides what the layer stores: the whole new disk, the chunk
- *   size, the codec and its version, and the exact layers below (seal/keys.ts). Within a layer the
- *   writer stores each chunk index at most once (it walks the disk once, in order; readers reject
- *   overlapping extents), and chunk i's payload is a function of the new disk's chunk i, the chunk
- *   size and the codec alone. So one (chunk key, nonce) pair only ever meets one payload; in
+ *   size, the codec and its version, the writer policy that chooses raw or compressed payloads, and
+ *   the exact layers below (seal/keys.ts). Within a layer the writer stores each chunk index at
+ *   most once (it walks the disk once, in order; readers reject overlapping extents), and chunk i's
+ *   payload is a function of the new disk's chunk i, the chunk size, the codec and the writer
+ *   policy alone. So one (chunk key, nonce) pair only ever meets one payload; in
  *   reproducible mode a repeat seal repeats the ciphertext too, revealing only that the inputs were
  *   identical, which is what reproducible output means.
  * - The index is sealed with a synthetic nonce (crypto/siv.ts): nonce = HMAC-SHA256(index SIV

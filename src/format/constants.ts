@@ -1,6 +1,10 @@
-/** Constants of the sealed layer format, version 1. docs/format.md is the specification. */
+/** Constants of the sealed layer format. docs/format.md is the specification. */
 
-export const FORMAT_VERSION = 1;
+/**
+ * The layer encoding version in every header and trailer. Format v2 of the image (its manifest and
+ * config) kept the layer encoding of v1, so layers still say 1 (docs/format.md §9).
+ */
+export const LAYER_VERSION = 1;
 
 export const HEADER_SIZE = 64;
 export const TRAILER_SIZE = 64;

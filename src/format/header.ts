@@ -6,10 +6,10 @@ import { DadiError } from "../errors.js";
 import { isZero, readU64, writeU64 } from "./bytes.js";
 import {
 	COMPRESSION_NAMES,
-	FORMAT_VERSION,
 	HEADER_MAGIC,
 	HEADER_SIZE,
 	LAYER_ID_SIZE,
+	LAYER_VERSION,
 	MAX_CHUNK_SHIFT,
 	MAX_CHUNKS,
 	MIN_CHUNK_SHIFT,
@@ -28,7 +28,7 @@ export function encodeHeader(h: LayerHeader): Buffer {
 	validateHeaderFields(h);
 	const b = Buffer.alloc(HEADER_SIZE);
 	HEADER_MAGIC.copy(b, 0);
-	b.writeUInt16LE(FORMAT_VERSION, 8);
+	b.writeUInt16LE(LAYER_VERSION, 8);
 	b.writeUInt16LE(HEADER_SIZE, 10);
 	b.writeUInt8(h.chunkShift, 12);
 	b.writeUInt8(h.suite, 13);
@@ -50,10 +50,10 @@ export function decodeHeader(b: Buffer): LayerHeader {
 			"layer header: bad magic (not a dadi sealed layer)",
 		);
 	const version = b.readUInt16LE(8);
-	if (version !== FORMAT_VERSION)
+	if (version !== LAYER_VERSION)
 		throw new DadiError(
 			"FORMAT_UNSUPPORTED",
-			`layer header: format version ${version} is not supported (this build reads version ${FORMAT_VERSION})`,
+			`layer header: layer encoding version ${version} is not supported (this build reads version ${LAYER_VERSION})`,
 		);
 	const size = b.readUInt16LE(10);
 	if (size !== HEADER_SIZE)

@@ -6,9 +6,9 @@ import { DadiError } from "../errors.js";
 import { isZero, readU64, writeU64 } from "./bytes.js";
 import {
 	EXTENT_SIZE,
-	FORMAT_VERSION,
 	HEADER_SIZE,
 	INDEX_NONCE_SIZE,
+	LAYER_VERSION,
 	TAG_SIZE,
 	TRAILER_MAGIC,
 	TRAILER_SIZE,
@@ -39,7 +39,7 @@ export function encodeTrailer(t: LayerTrailer): Buffer {
 	b.writeUInt32LE(indexLengthOf(t), 8);
 	b.writeUInt32LE(t.extentCount, 12);
 	writeU64(b, 16, t.dataLength);
-	b.writeUInt16LE(FORMAT_VERSION, 48);
+	b.writeUInt16LE(LAYER_VERSION, 48);
 	b.writeUInt16LE(TRAILER_SIZE, 50);
 	TRAILER_MAGIC.copy(b, 56);
 	return b;
@@ -58,10 +58,10 @@ export function decodeTrailer(b: Buffer, blobSize: number): LayerTrailer {
 			"layer trailer: bad magic (truncated or not a dadi sealed layer)",
 		);
 	const version = b.readUInt16LE(48);
-	if (version !== FORMAT_VERSION)
+	if (version !== LAYER_VERSION)
 		throw new DadiError(
 			"FORMAT_UNSUPPORTED",
-			`layer trailer: format version ${version} is not supported`,
+			`layer trailer: layer encoding version ${version} is not supported (this build reads version ${LAYER_VERSION})`,
 		);
 	if (b.readUInt16LE(50) !== TRAILER_SIZE)
 		throw new DadiError("FORMAT_INVALID", "layer trailer: wrong trailer size");

@@ -1,7 +1,7 @@
 /**
  * Opening a sealed image from an OCI image layout: manifest and config checked against their
- * digests, the config's MAC checked under the image key, layer keys unwrapped, layers opened and
- * merged into one virtual disk.
+ * digests, the public config checked against the sealed config it carries, the sealed config's MAC
+ * checked under the image key, layer keys unwrapped, layers opened and merged into one virtual disk.
  */
 
 import { checkConfigMac } from "../crypto/config-auth.js";
@@ -13,11 +13,16 @@ import type { Descriptor } from "../oci/digest.js";
 import { OciLayout, parseJson } from "../oci/layout.js";
 import { parseSealedManifest, type SealedManifest } from "../oci/manifest.js";
 import { ANNOTATION_LAYER_ID } from "../oci/media-types.js";
+import { parsePublicConfig } from "../oci/public-config.js";
 import { formatReference, type Reference } from "../oci/reference.js";
-import { parseSealedConfig, type SealedConfig } from "../oci/sealed-config.js";
+import type { SealedConfig } from "../oci/sealed-config.js";
 import { SealedLayer } from "../storage/sealed-layer.js";
 import type { RangeSource } from "../storage/source.js";
 import { VirtualDisk } from "../storage/virtual-disk.js";
+import {
+	decryptImageConfigBytes,
+	parseDecryptedImageConfig,
+} from "./image-config.js";
 
 export interface SealedImageRef {
 	/** Where the image is, for messages. */
@@ -26,7 +31,9 @@ export interface SealedImageRef {
 	layout?: OciLayout;
 	manifestDesc: Descriptor;
 	manifest: SealedManifest;
+	/** The sealed config (the public config's `io.dadi.sealed` member), parsed and checked. */
 	config: SealedConfig;
+	/** The config blob as stored: the public OCI image config. */
 	configBytes: Buffer;
 }
 
@@ -41,7 +48,7 @@ export async function loadSealedImage(ref: Reference): Promise<SealedImageRef> {
 	const manifestDesc = await layout.resolve(ref);
 	const manifestBytes = await layout.readBlob(manifestDesc, "manifest");
 	const manifest = parseManifestBytes(manifestBytes);
-	const configBytes = await layout.readBlob(manifest.config, "sealed config");
+	const configBytes = await layout.readBlob(manifest.config, "image config");
 	return {
 		...checkSealedImage(manifest, configBytes),
 		name: formatReference(ref),
@@ -54,12 +61,15 @@ export function parseManifestBytes(bytes: Buffer): SealedManifest {
 	return parseSealedManifest(parseJson(bytes, "manifest"), "manifest");
 }
 
-/** Checks that manifest and sealed config agree, layer by layer (pure). */
+/**
+ * Parses the config blob (the public config and the sealed config in it, which must agree) and
+ * checks that the manifest names the same layers, layer by layer (pure).
+ */
 export function checkSealedImage(
 	manifest: SealedManifest,
 	configBytes: Buffer,
 ): { manifest: SealedManifest; config: SealedConfig; configBytes: Buffer } {
-	const config = parseSealedConfig(parseJson(configBytes, "sealed config"));
+	const config = parsePublicConfig(configBytes);
 	if (config.layers.length !== manifest.layers.length)
 		throw new DadiError(
 			"LAYOUT_INVALID",
@@ -92,6 +102,27 @@ export function authenticateConfig(image: SealedImageRef, key: ImageKey): void {
 	checkConfigMac(key.key, image.config);
 }
 
+/**
+ * The original OCI image config, decrypted, after checking that `key` is the image's key and the
+ * sealed config authentic: the exact bytes that were sealed, or null for a raw disk.
+ */
+export function openImageConfigBytes(
+	image: SealedImageRef,
+	key: ImageKey,
+): Buffer | null {
+	authenticateConfig(image, key);
+	return decryptImageConfigBytes(image.config, key.key);
+}
+
+/** As openImageConfigBytes, parsed: a JSON object, or null for a raw disk. */
+export function openImageConfig(
+	image: SealedImageRef,
+	key: ImageKey,
+): Record<string, unknown> | null {
+	const bytes = openImageConfigBytes(image, key);
+	return bytes === null ? null : parseDecryptedImageConfig(bytes);
+}
+
 /** Unwraps every layer's key (after authenticateConfig). */
 export function unwrapLayerKeys(
 	image: SealedImageRef,
@@ -109,6 +140,11 @@ export function unwrapLayerKeys(
 export interface OpenedImage extends SealedImageRef {
 	disk: VirtualDisk;
 	layerKeys: Buffer[];
+	/**
+	 * The original OCI image config (entrypoint, env, labels, …) the image was sealed from,
+	 * decrypted; null for a raw disk. AUTH_FAILED if the encrypted record was changed.
+	 */
+	imageConfig(): Promise<Record<string, unknown> | null>;
 	/** Hashes a whole blob against its descriptor (DIGEST_MISMATCH), reporting bytes as it goes. */
 	checkBlobDigest(
 		desc: Descriptor,
@@ -192,6 +228,7 @@ export async function openLayers(
 			...image,
 			disk,
 			layerKeys,
+			imageConfig: async () => openImageConfig(image, key),
 			checkBlobDigest,
 			close: async () => {
 				await Promise.all(sources.map((s) => s.close()));

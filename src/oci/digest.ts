@@ -7,11 +7,26 @@ export function sha256Digest(bytes: Buffer): string {
 	return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 }
 
+/**
+ * A JSON value from an untrusted document, for a message: strings and numbers cut short, anything
+ * else by its type (String() of a parsed object can throw: {"toString":[]}).
+ */
+export function shown(v: unknown, max = 80): string {
+	if (typeof v === "string") return JSON.stringify(v.slice(0, max));
+	if (typeof v === "number" || typeof v === "boolean" || v === null)
+		return String(v);
+	return Array.isArray(v)
+		? "an array"
+		: typeof v === "object"
+			? "an object"
+			: typeof v;
+}
+
 export function checkDigest(d: unknown, what: string): string {
 	if (typeof d !== "string" || !DIGEST_RE.test(d))
 		throw new DadiError(
 			"LAYOUT_INVALID",
-			`${what}: "${String(d).slice(0, 80)}" is not a sha256 digest`,
+			`${what}: ${shown(d)} is not a sha256 digest`,
 		);
 	return d;
 }

@@ -4,12 +4,30 @@ export const MT_OCI_INDEX = "application/vnd.oci.image.index.v1+json";
 export const MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 export const MT_OCI_CONFIG = "application/vnd.oci.image.config.v1+json";
 
-export const MT_SEALED_CONFIG = "application/vnd.dadi.image.config.v1+json";
-export const MT_SEALED_LAYER = "application/vnd.dadi.image.layer.v1.sealed";
-export const ARTIFACT_TYPE = "application/vnd.dadi.image.v1";
+/**
+ * A sealed layer blob (layer encoding version 1, docs/format.md §2). containerd counts a manifest
+ * entry as a layer only when its media type starts with `application/vnd.oci.image.layer.`
+ * (images.IsLayerType), so the name lives there; it claims no tar.
+ */
+export const MT_SEALED_LAYER = "application/vnd.oci.image.layer.dadi.sealed.v1";
+/** Format v1 (refused): the sealed config was a blob of its own type, layers had this type. */
+export const MT_SEALED_CONFIG_V1 = "application/vnd.dadi.image.config.v1+json";
+export const MT_SEALED_LAYER_V1 = "application/vnd.dadi.image.layer.v1.sealed";
 
 export const ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name";
+/** Manifest annotation: the dadi image format version ("2"). */
+export const ANNOTATION_FORMAT_VERSION = "io.dadi.format.version";
+export const FORMAT_VERSION_TEXT = "2";
+/** Layer descriptor annotations. */
 export const ANNOTATION_LAYER_ID = "io.dadi.layer.id";
+/**
+ * containerd hands a layer descriptor's annotations to the snapshotter as labels during unpack,
+ * but only those under this prefix (snapshots.FilterInheritedLabels).
+ */
+export const SNAPSHOT_LABEL_PREFIX = "containerd.io/snapshot/";
+export const ANNOTATION_SEALED_LAYER = `${SNAPSHOT_LABEL_PREFIX}dadi.sealed-layer`;
+export const ANNOTATION_SEALED_CONFIG = `${SNAPSHOT_LABEL_PREFIX}dadi.sealed-config`;
+export const ANNOTATION_LAYER_INDEX = `${SNAPSHOT_LABEL_PREFIX}dadi.layer-index`;
 
 export const MT_DOCKER_MANIFEST =
 	"application/vnd.docker.distribution.manifest.v2+json";

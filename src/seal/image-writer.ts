@@ -4,11 +4,7 @@
  * the layer is opened again to serve as the lower disk of the next one. `finish` writes the config
  * and manifest and points the tag at them; until then the layout's tags are untouched.
  */
-import {
-	configMac,
-	decryptImageConfig,
-	encryptImageConfig,
-} from "../crypto/config-auth.js";
+import { configMac, openRecord, sealRecord } from "../crypto/config-auth.js";
 import type { ImageKey } from "../crypto/image-key.js";
 import { wrapLayerKey } from "../crypto/keywrap.js";
 import { DadiError } from "../errors.js";
@@ -20,19 +16,23 @@ import {
 } from "../format/constants.js";
 import type { OpenedImage } from "../image/open-image.js";
 import type { Descriptor } from "../oci/digest.js";
-import { OciLayout } from "../oci/layout.js";
+import { MAX_JSON_BLOB, OciLayout } from "../oci/layout.js";
 import { buildManifest } from "../oci/manifest.js";
 import {
+	MT_OCI_CONFIG,
 	MT_OCI_MANIFEST,
-	MT_SEALED_CONFIG,
 	MT_SEALED_LAYER,
 } from "../oci/media-types.js";
 import {
-	type FsParams,
+	parsePublicConfig,
+	serializePublicConfig,
+} from "../oci/public-config.js";
+import {
+	CONFIG_SCHEMA_VERSION,
 	type FsType,
 	type SealedConfig,
 	type SealedLayerEntry,
-	serializeSealedConfig,
+	type SealedPlatform,
 	WRAP_ALG,
 } from "../oci/sealed-config.js";
 import type { OnProgress } from "../progress.js";
@@ -49,6 +49,16 @@ import {
 	reproducibleLayer,
 } from "./keys.js";
 import { sealLayer } from "./layer-writer.js";
+import {
+	type FsParams,
+	openSealParams,
+	sealSealParams,
+} from "./seal-params.js";
+import {
+	DEFAULT_WRITER_POLICY,
+	type WriterPolicy,
+	writerPolicyId,
+} from "./writer-policy.js";
 
 export interface ImageWriterOptions {
 	destDir: string;
@@ -57,6 +67,8 @@ export interface ImageWriterOptions {
 	compression?: CompressionName;
 	/** A fixed seal id makes the output reproducible (seal/keys.ts). */
 	sealId?: Buffer;
+	/** What decides chunk payloads besides their bytes (tests; default: this writer's). */
+	writerPolicy?: WriterPolicy;
 	/**
 	 * An opened sealed image whose layers (the first `layers`, default all) become the bottom of
 	 * this one; their blobs must already be in the destination layout (BaseImage.place).
@@ -68,9 +80,16 @@ export interface FinishOptions {
 	tag: string;
 	fsType: FsType;
 	keyRef?: string;
+	/** The platform the public config states. */
+	platform: SealedPlatform;
+	/** Labels to publish in the public config (`--public-labels`); none by default. */
+	publicLabels?: Record<string, string>;
 	/** The original OCI image config; without one, the base's carries over. */
 	imageConfig?: Buffer;
-	/** Container images: the file-system parameters of the layers' disks. */
+	/**
+	 * Container images: the file-system parameters of the layers' disks; written, with each layer's
+	 * source diff_ids, into the encrypted seal parameters.
+	 */
 	fs?: FsParams;
 }
 
@@ -80,6 +99,8 @@ export function defaultKeyRef(key: ImageKey): string {
 
 export class ImageWriter {
 	readonly layers: SealedLayerEntry[] = [];
+	/** Per layer: the source diff_ids it adds (container images), aligned with `layers`. */
+	readonly sourceDiffIds: string[][] = [];
 	readonly #opened: SealedLayer[] = [];
 	readonly #sources: RangeSource[] = [];
 	readonly #sealId: Buffer;
@@ -115,8 +136,10 @@ export class ImageWriter {
 		const layout = await OciLayout.openOrCreate(o.destDir);
 		const w = new ImageWriter(layout, o, chunkSize, o.compression ?? "zstd");
 		if (base && o.base) {
-			// Reused base layers: same blobs (the caller placed them in the layout), keys re-wrapped.
+			// Reused base layers: same blobs (the caller placed them in the layout), keys re-wrapped,
+			// their source diff_ids carried over from the base's seal parameters.
 			const n = o.base.layers ?? base.config.layers.length;
+			const baseParams = openSealParams(o.base.key.key, base.config);
 			for (const [i, l] of base.config.layers.slice(0, n).entries()) {
 				const wrapped = wrapLayerKey(
 					o.key.key,
@@ -124,6 +147,7 @@ export class ImageWriter {
 					base.layerKeys[i] as Buffer,
 				);
 				w.layers.push({ ...l, wrappedKey: wrapped.toString("base64url") });
+				w.sourceDiffIds.push(baseParams?.layers[i] ?? []);
 			}
 			w.#opened.push(...base.disk.layers.slice(0, n));
 		}
@@ -161,6 +185,7 @@ export class ImageWriter {
 					position,
 					chunkSize: this.chunkSize,
 					codec: codecVersion(this.compression),
+					policy: writerPolicyId(this.o.writerPolicy ?? DEFAULT_WRITER_POLICY),
 					lower: lowerIdentity(this.layers),
 					diskDigest,
 				});
@@ -186,6 +211,7 @@ export class ImageWriter {
 					compression: this.compression,
 					layerKey,
 					layerId,
+					policy: this.o.writerPolicy,
 					sink: writer,
 					onProgress: (d, t) =>
 						onProgress?.({ phase: "sealing", done: d, total: t }),
@@ -206,7 +232,6 @@ export class ImageWriter {
 				),
 				storedChunks: sealed.storedChunks,
 				zeroChunks: sealed.zeroChunks,
-				...(sourceDiffIds ? { sourceDiffIds } : {}),
 			};
 			const src = await this.layout.openBlob(
 				desc,
@@ -222,6 +247,7 @@ export class ImageWriter {
 				}),
 			);
 			this.layers.push(entry);
+			this.sourceDiffIds.push(sourceDiffIds ?? []);
 			return entry;
 		} finally {
 			await disk.close();
@@ -237,22 +263,26 @@ export class ImageWriter {
 			throw new DadiError("INTERNAL", "an image needs at least one layer");
 		const sealIdHex = this.#sealId.toString("hex");
 		const base = this.o.base;
+		const key = this.o.key.key;
 		const imageConfig =
 			f.imageConfig ??
 			(base?.image.config.imageConfig
-				? decryptImageConfig(
+				? openRecord(
 						base.key.key,
+						"image-config",
 						base.image.config.sealId,
 						base.image.config.imageConfig,
 					)
 				: undefined);
 		const body: Omit<SealedConfig, "mac"> = {
-			schemaVersion: 1,
+			schemaVersion: CONFIG_SCHEMA_VERSION,
 			sealId: sealIdHex,
 			chunkSize: this.chunkSize,
 			suite: "AES256GCM-HKDFSHA256",
 			fsType: f.fsType,
 			virtualSize: top.virtualSize,
+			platform: f.platform,
+			...(f.publicLabels ? { publicLabels: f.publicLabels } : {}),
 			key: {
 				ref: f.keyRef ?? defaultKeyRef(this.o.key),
 				kid: this.o.key.kid,
@@ -260,18 +290,35 @@ export class ImageWriter {
 			},
 			layers: this.layers,
 			imageConfig: imageConfig
-				? encryptImageConfig(this.o.key.key, sealIdHex, imageConfig)
+				? sealRecord(key, "image-config", sealIdHex, imageConfig)
 				: null,
-			...(f.fs ? { fs: f.fs } : {}),
+			...(f.fs
+				? {
+						sealParams: sealSealParams(key, sealIdHex, {
+							fs: f.fs,
+							layers: this.sourceDiffIds,
+						}),
+					}
+				: {}),
 		};
-		const config: SealedConfig = {
-			...body,
-			mac: configMac(this.o.key.key, body),
-		};
-		const configDesc = await this.layout.writeBlob(
-			serializeSealedConfig(config),
-			MT_SEALED_CONFIG,
-		);
+		const config: SealedConfig = { ...body, mac: configMac(key, body) };
+		const configBytes = serializePublicConfig(config);
+		// Readers refuse larger JSON documents, platforms and labels they cannot check: say so now
+		// rather than write an image nobody can read.
+		if (configBytes.length > MAX_JSON_BLOB)
+			throw new DadiError(
+				"INPUT_INVALID",
+				`the sealed config would be ${configBytes.length} bytes, more than the ${MAX_JSON_BLOB} a reader accepts (is the image config or are the labels that large?)`,
+			);
+		try {
+			parsePublicConfig(configBytes);
+		} catch (e) {
+			throw new DadiError(
+				"INPUT_INVALID",
+				`cannot seal this image: a reader would refuse its config (${(e as Error).message})`,
+			);
+		}
+		const configDesc = await this.layout.writeBlob(configBytes, MT_OCI_CONFIG);
 		const manifest = await this.layout.writeBlob(
 			buildManifest(configDesc, this.layers),
 			MT_OCI_MANIFEST,

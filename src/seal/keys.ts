@@ -7,14 +7,17 @@
  * Reproducible sealing (a seal id given by the user): everything that decides the bytes a layer
  * stores is digested into the layer material
  *   M = SHA-256(u32 position || u32 chunk size || codec and library version || 0x00 ||
+ *               writer policy identity || 0x00 ||
  *               lower identity (32 bytes, zero without a base) || SHA-256 of the new disk)
  * and then
- *   layer key = HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-key" || 0x00 || M)
- *   layer id  = HKDF-SHA256(image key, salt = seal id, "dadi/v1/layer-id"  || 0x00 || M)
+ *   layer key = HKDF-SHA256(image key, salt = seal id, "dadi/v2/layer-key" || 0x00 || M)
+ *   layer id  = HKDF-SHA256(image key, salt = seal id, "dadi/v2/layer-id"  || 0x00 || M)
  * so a reused seal id with any different input gives another key (no (key, nonce) pair ever meets
  * two plaintexts), and the public layer id is keyed: without the image key nobody can confirm a
  * guess of the disk content from it. The lower identity digests the base layers' ids and blob
- * digests, which fix the lower disk and so which chunks the upper layer stores.
+ * digests, which fix the lower disk and so which chunks the upper layer stores. The writer policy
+ * identity (writer-policy.ts) covers the one choice besides the codec that decides a chunk's
+ * payload — raw or compressed; format v1 left it out (docs/format.md §5.6).
  */
 import { createHash, randomBytes } from "node:crypto";
 import { hkdf32, LABELS } from "../crypto/kdf.js";
@@ -38,7 +41,7 @@ export function layerIdOf(sealId: Buffer, position: number): Buffer {
 	const pos = Buffer.alloc(4);
 	pos.writeUInt32LE(position);
 	return createHash("sha256")
-		.update(LABELS.layerId)
+		.update(LABELS.layerIdHash)
 		.update(Buffer.from([0]))
 		.update(sealId)
 		.update(pos)
@@ -76,6 +79,8 @@ export interface LayerMaterial {
 	chunkSize: number;
 	/** codecVersion() of the layer's codec. */
 	codec: string;
+	/** writerPolicyId() of the policy the layer is written with (writer-policy.ts). */
+	policy: string;
 	lower: Buffer;
 	diskDigest: Buffer;
 }
@@ -87,6 +92,8 @@ export function layerMaterial(m: LayerMaterial): Buffer {
 	return createHash("sha256")
 		.update(nums)
 		.update(m.codec)
+		.update(Buffer.from([0]))
+		.update(m.policy)
 		.update(Buffer.from([0]))
 		.update(m.lower)
 		.update(m.diskDigest)

@@ -30,6 +30,7 @@ import {
 	type LayerTrailer,
 } from "../format/trailer.js";
 import type { RangeSource } from "../storage/source.js";
+import { compressionLimit, type WriterPolicy } from "./writer-policy.js";
 
 export interface ByteSink {
 	write(bytes: Buffer): Promise<void>;
@@ -53,6 +54,11 @@ export interface SealLayerOptions {
 	onProgress?: (done: number, total: number) => void;
 	/** Disk bytes read per batch (rounded to whole chunks). */
 	batchBytes?: number;
+	/**
+	 * What decides a chunk's payload besides its bytes (default: this writer's). A caller deriving
+	 * the layer key from the inputs must put the same policy's identity into them (seal/keys.ts).
+	 */
+	policy?: WriterPolicy;
 }
 
 export interface SealedLayerResult {
@@ -63,11 +69,6 @@ export interface SealedLayerResult {
 	zeroChunks: number;
 	compressedChunks: number;
 	blobSize: number;
-}
-
-/** Chunks a compressed chunk must save (1/16 of the chunk) to be stored compressed. */
-export function compressionLimit(chunkSize: number): number {
-	return chunkSize - (chunkSize >> 4);
 }
 
 export async function sealLayer(
@@ -102,7 +103,7 @@ export async function sealLayer(
 	const headerBytes = encodeHeader(header);
 	const cipher = new LayerCipher(o.layerKey, o.layerId, chunkSize);
 	const codec = createCodec(o.compression);
-	const limit = compressionLimit(chunkSize);
+	const limit = compressionLimit(chunkSize, o.policy);
 
 	const extents: Extent[] = [];
 	let open: Extent | undefined;

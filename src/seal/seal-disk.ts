@@ -17,12 +17,15 @@ import type {
 	FsType,
 	SealedConfig,
 	SealedLayerEntry,
+	SealedPlatform,
 } from "../oci/sealed-config.js";
 import type { OnProgress } from "../progress.js";
 import type { RegistryClientOptions } from "../registry/client.js";
+import { hostPlatform } from "../source/platform.js";
 import { FileSource } from "../storage/source.js";
 import { BaseImage } from "./base-image.js";
 import { ImageWriter } from "./image-writer.js";
+import type { WriterPolicy } from "./writer-policy.js";
 
 export { defaultKeyRef } from "./image-writer.js";
 
@@ -36,10 +39,14 @@ export interface SealDiskOptions {
 	fsType?: FsType;
 	/** Original OCI image config to carry encrypted. */
 	imageConfig?: Buffer;
+	/** The platform the public config states (default: the base's, else this host's). */
+	platform?: SealedPlatform;
 	/** The sealed image to build on: an OCI layout, or a registry (then `registry` says how to reach it). */
 	base?: { ref: Reference; key: ImageKey; registry?: RegistryClientOptions };
 	/** A fixed seal id makes the output reproducible (see seal/keys.ts). */
 	sealId?: Buffer;
+	/** What decides chunk payloads besides their bytes (tests; default: this writer's). */
+	writerPolicy?: WriterPolicy;
 	onProgress?: OnProgress;
 }
 
@@ -82,6 +89,7 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 			chunkSize: o.chunkSize,
 			compression: o.compression,
 			sealId: o.sealId,
+			writerPolicy: o.writerPolicy,
 			base: base && baseImage ? { image: base, key: baseImage.key } : undefined,
 		});
 		await baseImage?.place(n, writer.layout);
@@ -91,6 +99,7 @@ export async function sealDisk(o: SealDiskOptions): Promise<SealDiskResult> {
 			fsType: o.fsType ?? "raw",
 			keyRef: o.keyRef,
 			imageConfig: o.imageConfig,
+			platform: o.platform ?? base?.config.platform ?? hostPlatform(),
 		});
 		return {
 			manifest,

@@ -5,7 +5,6 @@
  * that changed. `flatten` seals only the final state, as one layer. The original image config
  * travels encrypted in the sealed config.
  */
-import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,11 +15,7 @@ import type { OpenedImage } from "../image/open-image.js";
 import { type LayerNumber, layerLabel } from "../layer-label.js";
 import type { Descriptor } from "../oci/digest.js";
 import type { Reference } from "../oci/reference.js";
-import type {
-	FsParams,
-	SealedConfig,
-	SealedLayerEntry,
-} from "../oci/sealed-config.js";
+import type { SealedConfig, SealedLayerEntry } from "../oci/sealed-config.js";
 import { announce, inLayer, type OnProgress } from "../progress.js";
 import type { RegistryClientOptions } from "../registry/client.js";
 import type { BlobOrigin } from "../registry/endpoints.js";
@@ -32,11 +27,15 @@ import {
 } from "../rootfs/ext4-update.js";
 import { buildFilesystem, type FsKind } from "../rootfs/mkfs.js";
 import { readTar } from "../rootfs/tar.js";
+import { labelsOf } from "../source/image-config.js";
 import type { Platform, SourceImage } from "../source/image-source.js";
 import { openSourceImage } from "../source/open-source.js";
+import { formatPlatform } from "../source/platform.js";
 import { trackTemp, untrackTemp } from "../temp-files.js";
 import { BaseImage } from "./base-image.js";
+import { fsIdentity } from "./fs-identity.js";
 import { ImageWriter } from "./image-writer.js";
+import { type FsParams, openSealParams } from "./seal-params.js";
 
 export interface SealImageOptions {
 	source: Reference;
@@ -49,6 +48,8 @@ export interface SealImageOptions {
 	fsType?: FsKind;
 	flatten?: boolean;
 	sealId?: Buffer;
+	/** Publish the source image's labels in the public config (default: publish nothing). */
+	publicLabels?: boolean;
 	/**
 	 * A sealed image (sealed from an image this one starts with) whose layers are reused: an OCI
 	 * layout or a registry image (`registry` says how to reach it).
@@ -182,40 +183,17 @@ export function ext4LeastFor(c: Census): { sizeBytes: number; inodes: number } {
 	};
 }
 
-/** File-system UUID and timestamp derived from the image, so the same image gives the same disks. */
-export function fsIdentity(config: Buffer): {
-	uuid: string;
-	timestamp: number;
-} {
-	const h = createHash("sha256")
-		.update("dadi/v1/fs-identity\0")
-		.update(config)
-		.digest("hex");
-	const v = `${h.slice(0, 8)}-${h.slice(8, 12)}-4${h.slice(13, 16)}-${((Number.parseInt(h.slice(16, 17), 16) & 3) | 8).toString(16)}${h.slice(17, 20)}-${h.slice(20, 32)}`;
-	let timestamp = 946684800; // 2000-01-01, when the config has no creation time
-	try {
-		const created = (
-			JSON.parse(config.toString("utf8")) as { created?: unknown }
-		).created;
-		if (typeof created === "string") {
-			const t = Math.floor(Date.parse(created) / 1000);
-			if (Number.isFinite(t) && t > 0 && t < 2 ** 32) timestamp = t;
-		}
-	} catch {
-		// readImageConfig has already refused configs that are not JSON
-	}
-	return { uuid: v, timestamp };
-}
-
-/** How many of the base's sealed layers the source image starts with, and how many source layers they cover. */
+/**
+ * How many of the base's sealed layers the source image starts with, and how many source layers
+ * they cover. `base` lists, per sealed layer, the source diff_ids it adds (its seal parameters).
+ */
 export function sharedPrefix(
-	base: SealedConfig,
+	base: readonly (readonly string[])[],
 	diffIds: readonly string[],
 ): { layers: number; sourceLayers: number } {
 	let layers = 0;
 	let covered = 0;
-	for (const l of base.layers) {
-		const ids = l.sourceDiffIds;
+	for (const ids of base) {
 		if (!ids || ids.length === 0) break;
 		if (
 			covered + ids.length > diffIds.length ||
@@ -261,12 +239,21 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 				`${image.description}: the image has no layers`,
 			);
 		const c = await census(image, o.onProgress);
-		let fs: FsParams = { ...ext4SizeFor(c), ...fsIdentity(image.config) };
+		// A source config that names no architecture is for the platform asked for.
+		const platform =
+			image.platform.architecture === "unknown" ? o.platform : image.platform;
+		let fs: FsParams = {
+			...ext4SizeFor(c),
+			...fsIdentity(o.key.key, image.config),
+		};
 		let reuse = { layers: 0, sourceLayers: 0 };
+		let baseSources: string[][] = [];
 		if (baseImage) {
-			reuse = checkBase(baseImage, image, c, fsType);
+			const checked = checkBase(baseImage, image, c, fsType, platform);
+			reuse = checked.reuse;
+			baseSources = checked.sources;
 			// Build the new layers exactly like the base's, so they stack on its disks chunk for chunk.
-			fs = baseImage.image.config.fs as FsParams;
+			fs = checked.fs;
 			base = await baseImage.open(reuse.layers, o.dest.dir, o.onProgress);
 		}
 		work = await mkdtemp(join(o.workDir ?? tmpdir(), "dadi-seal-"));
@@ -345,6 +332,8 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			fsType,
 			keyRef: o.keyRef,
 			imageConfig: image.config,
+			platform,
+			...(o.publicLabels ? { publicLabels: labelsOf(image.config) } : {}),
 			fs,
 		});
 		const origin = baseImage?.origin;
@@ -357,7 +346,7 @@ export async function sealImage(o: SealImageOptions): Promise<SealImageResult> {
 			fsBytes: fs.sizeBytes,
 			layers: reports,
 			reusedLayers: reuse.layers,
-			reused: reusedReport(config, reuse.layers),
+			reused: reusedReport(config, reuse.layers, baseSources),
 			blobOrigins: new Map(
 				origin
 					? config.layers
@@ -388,7 +377,8 @@ async function openBase(
 	announce(onProgress, "reading the base image");
 	const b = await BaseImage.open({ ...o, option: "--base-image" });
 	const bc = b.image.config;
-	if (!bc.fs || bc.fsType !== fsType) {
+	// The base's file-system parameters and source diff_ids are encrypted: its key opens them.
+	if (!openSealParams(b.key.key, bc) || bc.fsType !== fsType) {
 		await b.close();
 		throw new DadiError(
 			"INPUT_INVALID",
@@ -398,16 +388,39 @@ async function openBase(
 	return b;
 }
 
-/** How many of the base's layers this image reuses; INPUT_INVALID when none or its file system is too small. */
+/**
+ * How many of the base's layers this image reuses and the file-system parameters to build with;
+ * INPUT_INVALID when it shares none, is for another platform, or its file system is too small.
+ */
 function checkBase(
 	b: BaseImage,
 	image: SourceImage,
 	c: Census,
 	fsType: FsKind,
-): { layers: number; sourceLayers: number } {
+	platform: SealedConfig["platform"],
+): {
+	reuse: { layers: number; sourceLayers: number };
+	fs: FsParams;
+	sources: string[][];
+} {
 	const bc = b.image.config;
+	const params = openSealParams(b.key.key, bc);
+	if (!params || bc.fsType !== fsType)
+		throw new DadiError(
+			"INPUT_INVALID",
+			`--base-image: was not sealed from a container image as ${fsType}, so its layers cannot be shared`,
+		);
+	if (
+		bc.platform.os !== platform.os ||
+		bc.platform.architecture !== platform.architecture ||
+		bc.platform.variant !== platform.variant
+	)
+		throw new DadiError(
+			"INPUT_INVALID",
+			`--base-image: is for ${formatPlatform(bc.platform)}, ${image.description} for ${formatPlatform(platform)}`,
+		);
 	const reuse = sharedPrefix(
-		bc,
+		params.layers,
 		image.layers.map((l) => l.diffId),
 	);
 	if (reuse.layers === 0)
@@ -416,16 +429,15 @@ function checkBase(
 			`--base-image: ${image.description} does not start with the base image's first layer`,
 		);
 	const least = ext4LeastFor(c);
-	const fs = bc.fs as FsParams;
 	if (
 		fsType === "ext4" &&
-		(fs.sizeBytes < least.sizeBytes || fs.inodes < least.inodes)
+		(params.fs.sizeBytes < least.sizeBytes || params.fs.inodes < least.inodes)
 	)
 		throw new DadiError(
 			"INPUT_INVALID",
-			`--base-image: its file system (${fs.sizeBytes} bytes, ${fs.inodes} inodes) is too small for this image (at least ${least.sizeBytes} bytes, ${least.inodes} inodes); seal without --base-image`,
+			`--base-image: its file system (${params.fs.sizeBytes} bytes, ${params.fs.inodes} inodes) is too small for this image (at least ${least.sizeBytes} bytes, ${least.inodes} inodes); seal without --base-image`,
 		);
-	return reuse;
+	return { reuse, fs: params.fs, sources: params.layers };
 }
 
 /** Applies one source layer to the staging tree; returns the paths its entries named. */
@@ -499,10 +511,15 @@ async function buildLayerDisk(o: {
 }
 
 /** The base's layers the sealed image reuses, with the source layers they hold. */
-function reusedReport(config: SealedConfig, n: number): ReusedLayerReport[] {
+function reusedReport(
+	config: SealedConfig,
+	n: number,
+	/** Per base layer: the source diff_ids it holds (from the base's seal parameters). */
+	sources: readonly (readonly string[])[],
+): ReusedLayerReport[] {
 	let next = 1;
 	return config.layers.slice(0, n).map((l, i) => {
-		const count = l.sourceDiffIds?.length ?? 0;
+		const count = sources[i]?.length ?? 0;
 		const sourceLayers = Array.from({ length: count }, (_, k) => next + k);
 		next += count;
 		return { position: i + 1, sourceLayers, digest: l.digest };

@@ -35,3 +35,24 @@ export function readImageConfig(bytes: Buffer, what: string): ImageConfigFacts {
 	if (typeof c.variant === "string") platform.variant = c.variant;
 	return { platform, diffIds };
 }
+
+/**
+ * The labels of an image config (`config.Labels`), for `--public-labels`: string values only; an
+ * image without labels has none.
+ */
+export function labelsOf(bytes: Buffer): Record<string, string> {
+	let c: unknown;
+	try {
+		c = JSON.parse(bytes.toString("utf8"));
+	} catch {
+		return {};
+	}
+	const labels = (c as { config?: { Labels?: unknown } } | null)?.config
+		?.Labels;
+	const out: Record<string, string> = {};
+	if (typeof labels !== "object" || labels === null || Array.isArray(labels))
+		return out;
+	for (const [k, v] of Object.entries(labels))
+		if (typeof v === "string") out[k] = v;
+	return out;
+}

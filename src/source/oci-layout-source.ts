@@ -8,12 +8,14 @@ import { layerAt } from "../layer-label.js";
 import type { Descriptor } from "../oci/digest.js";
 import { OciLayout, parseDescriptor, parseJson } from "../oci/layout.js";
 import {
+	ANNOTATION_FORMAT_VERSION,
 	LAYER_COMPRESSION,
 	MT_DOCKER_MANIFEST,
 	MT_DOCKER_MANIFEST_LIST,
 	MT_OCI_INDEX,
 	MT_OCI_MANIFEST,
-	MT_SEALED_CONFIG,
+	MT_SEALED_CONFIG_V1,
+	MT_SEALED_LAYER,
 } from "../oci/media-types.js";
 import type { Reference } from "../oci/reference.js";
 import { readImageConfig } from "./image-config.js";
@@ -83,7 +85,7 @@ export async function openOciLayoutImage(
 		"manifest",
 	) as Record<string, unknown>;
 	const configDesc = parseDescriptor(manifest.config, "manifest config");
-	if (configDesc.mediaType === MT_SEALED_CONFIG)
+	if (isSealedManifest(manifest, configDesc))
 		throw new DadiError("INPUT_INVALID", `${name}: is already a sealed image`);
 	if (!Array.isArray(manifest.layers))
 		throw new DadiError(
@@ -140,4 +142,26 @@ export async function openOciLayoutImage(
 		layers,
 		close: async () => {},
 	};
+}
+
+/** A dadi sealed image of any version: not something to seal again. */
+function isSealedManifest(
+	manifest: Record<string, unknown>,
+	config: Descriptor,
+): boolean {
+	if (config.mediaType === MT_SEALED_CONFIG_V1) return true;
+	const ann = manifest.annotations as Record<string, unknown> | undefined;
+	if (
+		typeof ann === "object" &&
+		ann !== null &&
+		ANNOTATION_FORMAT_VERSION in ann
+	)
+		return true;
+	return (
+		Array.isArray(manifest.layers) &&
+		manifest.layers.some(
+			(l) =>
+				(l as { mediaType?: unknown } | null)?.mediaType === MT_SEALED_LAYER,
+		)
+	);
 }

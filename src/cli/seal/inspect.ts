@@ -4,6 +4,7 @@ import { summarize } from "../../image/inspect.js";
 import { loadSealedImage } from "../../image/open-image.js";
 import { loadRemoteSealedImage } from "../../lazy/open-remote.js";
 import { parseReference } from "../../oci/reference.js";
+import { formatPlatform } from "../../source/platform.js";
 import { formatBytes, printJson, runAction } from "../common.js";
 import {
 	addRegistryOptions,
@@ -15,7 +16,7 @@ export function inspectCommand(program: Command): void {
 	const c = program
 		.command("inspect")
 		.description(
-			"show a sealed image's public facts: layers, sizes, chunk counts (no key needed, nothing secret shown)",
+			"show what anyone without the key (registry, host, network) sees of a sealed image: platform, public config, layers, sizes, chunk counts, the encrypted records' sizes",
 		)
 		.argument(
 			"<REF>",
@@ -43,11 +44,16 @@ export function inspectCommand(program: Command): void {
 					printJson({ ok: true, ...s });
 					return;
 				}
+				const labels = s.publicLabels ? JSON.stringify(s.publicLabels) : "none";
 				const lines = [
 					`image     ${refText}`,
 					`manifest  ${s.manifestDigest}`,
+					`format    dadi v${s.formatVersion}: public OCI image config ${s.configDigest.slice(0, 19)}…, sealed config in its "${s.sealedMember}" member`,
+					`platform  ${formatPlatform(s.platform)}`,
+					`public    entrypoint ${s.entrypoint}; labels: ${labels}; no env, command, history or creation time`,
 					`disk      ${formatBytes(s.virtualSize)} (${s.virtualSize} bytes), ${s.fsType}, chunk size ${formatBytes(s.chunkSize)}`,
 					`crypto    ${s.suite}, key ${s.keyId} at ${s.keyRef}`,
+					`sealed    seal id ${s.sealId}; encrypted: image config ${s.hasImageConfig ? `${s.encrypted.imageConfigBytes} bytes` : "none"}, seal parameters ${s.encrypted.sealParamsBytes ? `${s.encrypted.sealParamsBytes} bytes` : "none"}`,
 					`stored    ${formatBytes(s.storedBytes)} in ${s.layers.length} layer(s), ${((s.storedBytes / s.virtualSize) * 100).toFixed(1)}% of the virtual size`,
 					"layers (bottom first, from 1):",
 					...s.layers.map(

@@ -49,6 +49,7 @@ interface SealOpts extends RegistryFlags {
 	brokerCa?: string;
 	sealId?: string;
 	platform?: string;
+	publicLabels?: boolean;
 	fs: string;
 	flatten?: boolean;
 	workDir?: string;
@@ -80,8 +81,12 @@ export function sealCommand(program: Command): void {
 		)
 		.option("--compress <ALG>", "per-chunk compression: zstd or none", "zstd")
 		.option(
-			"--platform <OS/ARCH>",
-			"container images: which platform of a multi-platform index (default: the host's)",
+			"--platform <OS/ARCH[/VARIANT]>",
+			"container images: which platform of a multi-platform index (default: the host's); raw disks: the platform the public image config states (default: the base's, else the host's)",
+		)
+		.option(
+			"--public-labels",
+			"container images: copy the source image's labels into the public image config (default: publish none; labels may say what the image is)",
 		)
 		.option(
 			"--fs <TYPE>",
@@ -186,15 +191,15 @@ export function sealCommand(program: Command): void {
 					);
 				if (
 					isDisk &&
-					(opts.platform ||
-						opts.flatten ||
+					(opts.flatten ||
 						opts.fs !== "ext4" ||
 						opts.workDir ||
-						opts.baseImage)
+						opts.baseImage ||
+						opts.publicLabels)
 				)
 					throw new DadiError(
 						"USAGE",
-						"--platform, --fs, --flatten, --work-dir and --base-image apply to container images, not raw: disks",
+						"--fs, --flatten, --work-dir, --base-image and --public-labels apply to container images, not raw: disks",
 					);
 				const baseRef = opts.base ? parseReference(opts.base) : undefined;
 				if (baseRef && baseRef.transport !== "oci")
@@ -290,6 +295,7 @@ export function sealCommand(program: Command): void {
 							...common,
 							disk: (src as Reference & { transport: "raw" }).path,
 							base: baseRef ? { ref: baseRef, key: baseKey } : undefined,
+							...(opts.platform ? { platform } : {}),
 						});
 						const published = await publish(r.config.key.ref);
 						progress.done();
@@ -310,6 +316,7 @@ export function sealCommand(program: Command): void {
 						platform,
 						fsType: opts.fs as FsKind,
 						flatten: opts.flatten,
+						publicLabels: opts.publicLabels,
 						workDir: opts.workDir,
 						baseImage,
 						registry,
