@@ -9,6 +9,9 @@ import {
 	type Serving,
 	startServing,
 } from "../guest/serve.js";
+import type { OpenedImage } from "../image/open-image.js";
+import { writeFileAtomic } from "../oci/layout.js";
+import { runConfigOf } from "../runtime/run-config.js";
 import { handleSignals } from "../temp-files.js";
 import { formatBytes, printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
@@ -21,6 +24,7 @@ interface ServeFlags extends LazyFlags, KeyFlags {
 	fuse?: string;
 	mountAt?: string;
 	metrics?: string;
+	runConfig?: string;
 	statsInterval?: string;
 	json?: boolean;
 }
@@ -54,6 +58,10 @@ export function serveCommand(program: Command, prog: string): void {
 		.option(
 			"--metrics <tcp:HOST:PORT>",
 			"serve Prometheus metrics at http://HOST:PORT/metrics",
+		)
+		.option(
+			"--run-config <FILE>",
+			"write the image's own run settings (entrypoint, cmd, env, workdir, user; decrypted) to FILE, mode 0600, before the ready line (for dadi-runc in host mode)",
 		)
 		.option(
 			"--stats-interval <SECONDS>",
@@ -119,6 +127,8 @@ export function serveCommand(program: Command, prog: string): void {
 				});
 				let serving: Serving | undefined;
 				try {
+					if (opts.runConfig)
+						await writeRunConfig(opts.runConfig, opened.image);
 					serving = await startServing({
 						source: opened.image.disk,
 						lazy: opened.stats,
@@ -163,4 +173,23 @@ export function serveCommand(program: Command, prog: string): void {
 				log("stopped");
 			}),
 	);
+}
+
+/** The decrypted image config's run settings only (entrypoint, cmd, env, workdir, user), 0600. */
+async function writeRunConfig(file: string, image: OpenedImage): Promise<void> {
+	const config = await image.imageConfig();
+	const run =
+		config === null ? undefined : runConfigOf(config, "the image config");
+	const doc = run
+		? {
+				config: {
+					Entrypoint: run.entrypoint,
+					Cmd: run.cmd,
+					Env: run.env,
+					WorkingDir: run.workingDir,
+					User: run.user,
+				},
+			}
+		: {};
+	await writeFileAtomic(file, `${JSON.stringify(doc)}\n`, 0o600);
 }

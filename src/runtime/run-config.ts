@@ -7,7 +7,7 @@
 import { DadiError } from "../errors.js";
 
 /** What the public config of a sealed image names as its entrypoint: no such file exists. */
-export const SEALED_ENTRYPOINT = "/.dadi/sealed-image-entrypoint";
+export { SEALED_ENTRYPOINT } from "../oci/public-config.js";
 
 export interface RunConfig {
 	entrypoint: string[];

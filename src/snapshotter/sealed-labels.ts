@@ -11,11 +11,17 @@ import {
 	type DockerReference,
 	parseDockerReference,
 } from "../oci/docker-reference.js";
+import {
+	ANNOTATION_LAYER_INDEX,
+	ANNOTATION_SEALED_CONFIG,
+	ANNOTATION_SEALED_LAYER,
+} from "../oci/media-types.js";
 import type { Labels } from "./types.js";
 
-export const LABEL_SEALED_LAYER = "containerd.io/snapshot/dadi.sealed-layer";
-export const LABEL_SEALED_CONFIG = "containerd.io/snapshot/dadi.sealed-config";
-export const LABEL_LAYER_INDEX = "containerd.io/snapshot/dadi.layer-index";
+/** The sealed layer's annotations, which containerd passes on as labels (docs/format.md §6). */
+export const LABEL_SEALED_LAYER = ANNOTATION_SEALED_LAYER;
+export const LABEL_SEALED_CONFIG = ANNOTATION_SEALED_CONFIG;
+export const LABEL_LAYER_INDEX = ANNOTATION_LAYER_INDEX;
 /** Set by containerd's CRI plugin (and by `dadi-snapshotter pull`). */
 export const LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref";
 export const LABEL_CRI_MANIFEST = "containerd.io/snapshot/cri.manifest-digest";
