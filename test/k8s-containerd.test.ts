@@ -104,7 +104,15 @@ describe("containerd configuration (parsed)", () => {
 		expect(c.snapshotter).toBeUndefined();
 		expect(c.runtimes.runc.snapshotter).toBeUndefined();
 		for (const name of CLASS_NAMES)
-			expect(c.runtimes[name].snapshotter, name).toBe("dadi");
+			expect(c.runtimes[name].snapshotter, name).toBe(
+				name.startsWith("kata-") ? "dadi-guest" : "dadi",
+			);
+		// Kata classes use the guest-mode snapshotter: a second proxy plugin with its own root.
+		expect(t.proxy_plugins["dadi-guest"]).toEqual({
+			type: "snapshot",
+			address: "/run/dadi-snapshotter/guest.sock",
+			exports: { root: "/var/lib/dadi-snapshotter-guest" },
+		});
 	});
 
 	it("2.x: config version 3, the split CRI plugins, runtime_platforms for pulls, no version-2 CRI section", () => {
@@ -119,11 +127,15 @@ describe("containerd configuration (parsed)", () => {
 		expect(images.snapshotter).toBeUndefined();
 		expect(Object.keys(images.runtime_platforms)).toEqual([...CLASS_NAMES]);
 		for (const name of CLASS_NAMES)
-			expect(images.runtime_platforms[name]).toEqual({ snapshotter: "dadi" });
+			expect(images.runtime_platforms[name]).toEqual({
+				snapshotter: name.startsWith("kata-") ? "dadi-guest" : "dadi",
+			});
 		const runtimes = t.plugins[CRI_RUNTIME_V3].containerd.runtimes;
 		expect(Object.keys(runtimes)).toEqual([...CLASS_NAMES]);
 		for (const name of CLASS_NAMES) {
-			expect(runtimes[name].snapshotter).toBe("dadi");
+			expect(runtimes[name].snapshotter).toBe(
+				name.startsWith("kata-") ? "dadi-guest" : "dadi",
+			);
 			// Only keys containerd 2.x's CRI runtime config has (internal/cri/config Runtime).
 			for (const k of Object.keys(runtimes[name]))
 				expect([
@@ -386,6 +398,7 @@ describe("the real containerd 1.6", () => {
 		expect(differences(want, have).sort()).toEqual(
 			[
 				"proxy_plugins.dadi.exports.root",
+				"proxy_plugins.dadi-guest.exports.root",
 				...CLASS_NAMES.map(
 					(n) => `plugins.${CRI_V2}.containerd.runtimes.${n}.snapshotter`,
 				),

@@ -24,7 +24,7 @@ import {
 	type ContainerdOptions,
 	checkContainerdOptions,
 } from "./containerd-options.js";
-import { runtimeTables } from "./containerd-runtimes.js";
+import { runtimeTables, snapshotterFor } from "./containerd-runtimes.js";
 import { type TomlEntry, type TomlTable, writeToml } from "./toml-writer.js";
 
 export const CRI_V2 = "io.containerd.grpc.v1.cri";
@@ -38,12 +38,18 @@ export interface ContainerdConfig {
 	runtimes: { name: ClassName; runtimeType: string; snapshotter: string }[];
 }
 
-function proxyPlugin(o: ContainerdOptions): TomlTable {
+function proxyPlugin(
+	o: ContainerdOptions,
+	name: string,
+	socket: string,
+	root: string,
+	comment: string,
+): TomlTable {
 	const entries: TomlEntry[] = [
 		{ key: "type", value: "snapshot" },
 		{
 			key: "address",
-			value: o.snapshotterSocket,
+			value: socket,
 			comment:
 				"dadi-snapshotter serve --address unix:<this path>; containerd connects when a snapshot is first needed",
 		},
@@ -51,15 +57,35 @@ function proxyPlugin(o: ContainerdOptions): TomlTable {
 	if (o.containerd !== "1.6")
 		entries.push({
 			key: "exports",
-			value: { root: o.snapshotterRoot },
+			value: { root },
 			comment:
 				"the snapshotter's --root: where CRI looks for the image file system's usage",
 		});
-	return {
-		path: ["proxy_plugins", o.snapshotterName],
-		comment: `The dadi snapshotter, a proxy plugin speaking containerd's snapshots API over gRPC.`,
-		entries,
-	};
+	return { path: ["proxy_plugins", name], comment, entries };
+}
+
+/** The host-mode snapshotter, and the guest-mode one when Kata classes can use it (1.7, 2.x). */
+function proxyPlugins(o: ContainerdOptions): TomlTable[] {
+	const out = [
+		proxyPlugin(
+			o,
+			o.snapshotterName,
+			o.snapshotterSocket,
+			o.snapshotterRoot,
+			"The dadi snapshotter (dadi-snapshotter serve --mode host), a proxy plugin speaking containerd's\nsnapshots API over gRPC.",
+		),
+	];
+	if (o.classes.some((c) => snapshotterFor(c, o) === o.guestSnapshotterName))
+		out.push(
+			proxyPlugin(
+				o,
+				o.guestSnapshotterName,
+				o.guestSnapshotterSocket,
+				o.guestSnapshotterRoot,
+				"The guest-mode dadi snapshotter for Kata (dadi-snapshotter serve --mode guest): a second process\nwith a root of its own; it fetches and decrypts nothing and never holds an image key.",
+			),
+		);
+	return out;
 }
 
 const ANNOTATIONS_COMMENT =
@@ -106,7 +132,7 @@ function version2(o: ContainerdOptions): TomlTable[] {
 	);
 	return [
 		{ path: [], entries: [{ key: "version", value: 2 }] },
-		proxyPlugin(o),
+		...proxyPlugins(o),
 		{ path: [...cri, "containerd"], entries: containerd },
 		{
 			path: [...cri, "containerd", "runtimes", "runc"],
@@ -132,7 +158,7 @@ function version3(o: ContainerdOptions): TomlTable[] {
 	const images = ["plugins", CRI_IMAGES_V3];
 	const tables: TomlTable[] = [
 		{ path: [], entries: [{ key: "version", value: 3 }] },
-		proxyPlugin(o),
+		...proxyPlugins(o),
 		{
 			path: images,
 			entries: [
@@ -156,7 +182,7 @@ function version3(o: ContainerdOptions): TomlTable[] {
 				name === o.classes[0]
 					? "Which snapshotter unpacks an image pulled for a runtime (the pull reads this, not the runtime's\nown snapshotter key); the runtime is known from the kubelet (RuntimeClassInImageCriApi, containerd\n2.3+) or from the pod annotation io.containerd.cri.runtime-handler."
 					: undefined,
-			entries: [{ key: "snapshotter", value: o.snapshotterName }],
+			entries: [{ key: "snapshotter", value: snapshotterFor(name, o) }],
 		});
 	return [...tables, ...runtimeTablesFor(o, ["plugins", CRI_RUNTIME_V3])];
 }
@@ -177,7 +203,7 @@ export function containerdConfig(o: ContainerdOptions): ContainerdConfig {
 		runtimes: o.classes.map((name) => ({
 			name,
 			runtimeType: runtimeTables(name, o).runtimeType,
-			snapshotter: o.snapshotterName,
+			snapshotter: snapshotterFor(name, o),
 		})),
 	};
 }

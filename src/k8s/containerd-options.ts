@@ -25,6 +25,13 @@ export interface ContainerdOptions {
 	snapshotterSocket: string;
 	/** The snapshotter's state directory (dadi-snapshotter serve --root), exported to CRI for image-fs stats. */
 	snapshotterRoot: string;
+	/**
+	 * The guest-mode snapshotter Kata classes use (`dadi-snapshotter serve --mode guest`: a second
+	 * process with a root of its own, which never holds keys): its name, socket and root.
+	 */
+	guestSnapshotterName: string;
+	guestSnapshotterSocket: string;
+	guestSnapshotterRoot: string;
 	/** runc-lazy's OCI runtime binary: the dadi wrapper in front of runc. */
 	runcBinary: string;
 	/** gvisor's OCI runtime binary: the dadi wrapper in front of runsc. */
@@ -52,6 +59,9 @@ export const CONTAINERD_DEFAULTS: Omit<
 	snapshotterName: "dadi",
 	snapshotterSocket: "/run/dadi-snapshotter/snapshotter.sock",
 	snapshotterRoot: "/var/lib/dadi-snapshotter",
+	guestSnapshotterName: "dadi-guest",
+	guestSnapshotterSocket: "/run/dadi-snapshotter/guest.sock",
+	guestSnapshotterRoot: "/var/lib/dadi-snapshotter-guest",
 	runcBinary: "/usr/local/bin/dadi-runc",
 	runscBinary: "/usr/local/bin/dadi-runsc",
 	gvisorShim: "runsc",

@@ -42,9 +42,11 @@ export function runtimeTables(
 			: [
 					{
 						key: "snapshotter",
-						value: o.snapshotterName,
+						value: snapshotterFor(name, o),
 						comment:
-							"containers of this runtime get their root file system from the dadi snapshotter",
+							info.mode === "guest"
+								? "containers of this runtime get their root file system from the guest-mode dadi snapshotter\n(it hands the sealed image to the sandbox and never holds a key)"
+								: "containers of this runtime get their root file system from the dadi snapshotter",
 					},
 				];
 	const cgroup: TomlEntry = {
@@ -148,4 +150,11 @@ export function runtimeTables(
 			},
 		],
 	};
+}
+
+/** The snapshotter a class's images are unpacked by: the guest-mode one for Kata classes. */
+export function snapshotterFor(name: ClassName, o: ContainerdOptions): string {
+	return classInfo(name).mode === "guest" && o.containerd !== "1.6"
+		? o.guestSnapshotterName
+		: o.snapshotterName;
 }

@@ -17,6 +17,9 @@ interface Flags extends OutputFlags {
 	snapshotterName: string;
 	snapshotterSocket: string;
 	snapshotterRoot: string;
+	guestSnapshotterName: string;
+	guestSnapshotterSocket: string;
+	guestSnapshotterRoot: string;
 	runcBinary: string;
 	runscBinary: string;
 	gvisorShim: string;
@@ -45,6 +48,9 @@ export function containerdOptionsFrom(f: Flags): ContainerdOptions {
 		snapshotterName: f.snapshotterName,
 		snapshotterSocket: f.snapshotterSocket,
 		snapshotterRoot: f.snapshotterRoot,
+		guestSnapshotterName: f.guestSnapshotterName,
+		guestSnapshotterSocket: f.guestSnapshotterSocket,
+		guestSnapshotterRoot: f.guestSnapshotterRoot,
 		runcBinary: f.runcBinary,
 		runscBinary: f.runscBinary,
 		gvisorShim: f.gvisorShim,
@@ -86,6 +92,21 @@ export function containerdConfigCommand(program: Command): void {
 			"--snapshotter-root <DIR>",
 			"the snapshotter's --root (exported to CRI for image-fs usage; 1.7 and 2.x)",
 			d.snapshotterRoot,
+		)
+		.option(
+			"--guest-snapshotter-name <NAME>",
+			"the guest-mode snapshotter Kata classes use (dadi-snapshotter serve --mode guest; 1.7 and 2.x)",
+			d.guestSnapshotterName,
+		)
+		.option(
+			"--guest-snapshotter-socket <PATH>",
+			"its gRPC socket",
+			d.guestSnapshotterSocket,
+		)
+		.option(
+			"--guest-snapshotter-root <DIR>",
+			"its --root",
+			d.guestSnapshotterRoot,
 		)
 		.option(
 			"--runc-binary <PATH>",
