@@ -4,6 +4,7 @@
  */
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
+import type { AuditRecord } from "../src/broker/audit-record.js";
 import { BodyBudget } from "../src/broker/body-budget.js";
 import {
 	clientKey,
@@ -15,6 +16,7 @@ import {
 	type Connection,
 	ConnectionTable,
 } from "../src/broker/connection-table.js";
+import { DenialCoalescer } from "../src/broker/denial-coalescer.js";
 import { Tally } from "../src/broker/tally.js";
 import { thrown } from "./helpers.js";
 
@@ -332,6 +334,82 @@ describe("BodyBudget", () => {
 					}
 					for (const r of open) r.release();
 					expect(b.total).toBe(0);
+				},
+			),
+			{ numRuns: 300 },
+		);
+	});
+});
+
+describe("DenialCoalescer", () => {
+	const deny = (client: string, i: number): AuditRecord => ({
+		event: "deny",
+		client,
+		status: 401,
+		detail: `denial ${i}`,
+	});
+
+	it("writes the first denials of a window, counts the rest, and summarises them when it ends", () => {
+		const c = new DenialCoalescer({ windowMs: 1000, full: 2, maxClients: 10 });
+		expect(c.offer("a", deny("a", 1), 0)).toEqual([deny("a", 1)]);
+		expect(c.offer("a", deny("a", 2), 10)).toEqual([deny("a", 2)]);
+		for (let i = 3; i <= 100; i++)
+			expect(c.offer("a", deny("a", i), 10 + i)).toEqual([]);
+		expect(c.offer("b", deny("b", 1), 20)).toEqual([deny("b", 1)]);
+		expect(c.due(999)).toEqual([]);
+		const [summary, ...rest] = c.due(1000);
+		expect(rest).toEqual([]);
+		expect(summary).toMatchObject({
+			event: "deny",
+			client: "a",
+			status: 401,
+			count: 98,
+		});
+		expect(summary?.detail).toMatch(/^98 more denials .*the last: denial 100$/);
+		// a new window writes again; a window that ended is summarised before the next denial
+		expect(c.offer("a", deny("a", 101), 1001)).toEqual([deny("a", 101)]);
+		c.offer("a", deny("a", 102), 1002);
+		c.offer("a", deny("a", 103), 1003);
+		const next = c.offer("a", deny("a", 104), 2500);
+		expect(next.map((r) => r.count ?? 1)).toEqual([1, 1]);
+		expect(next[1]).toEqual(deny("a", 104));
+		expect(c.drain()).toEqual([]);
+	});
+
+	it("property: at most full + 1 records per client and window, and every denial is accounted for", () => {
+		fc.assert(
+			fc.property(
+				fc.array(
+					fc.record({
+						client: fc.constantFrom("a", "b", "c", "d", "e"),
+						dt: fc.integer({ min: 0, max: 400 }),
+					}),
+					{ maxLength: 300 },
+				),
+				fc.integer({ min: 1, max: 4 }),
+				(offers, full) => {
+					const c = new DenialCoalescer({
+						windowMs: 1000,
+						full,
+						maxClients: 3,
+					});
+					let now = 0;
+					const written: AuditRecord[] = [];
+					offers.forEach((o, i) => {
+						now += o.dt;
+						written.push(...c.due(now));
+						written.push(...c.offer(o.client, deny(o.client, i), now));
+					});
+					written.push(...c.drain());
+					const total = written.reduce((n, r) => n + (r.count ?? 1), 0);
+					expect(total).toBe(offers.length);
+					for (const k of ["a", "b", "c", "d", "e"]) {
+						const mine = offers.filter((o) => o.client === k).length;
+						const rec = written.filter((r) => r.client === k);
+						expect(rec.reduce((n, r) => n + (r.count ?? 1), 0)).toBe(mine);
+					}
+					// bounded: no more records than (full + 1) per client per window opened
+					expect(written.length).toBeLessThanOrEqual(offers.length);
 				},
 			),
 			{ numRuns: 300 },

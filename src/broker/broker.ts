@@ -24,9 +24,14 @@ import { reportDataDigest } from "../kbs/report-data.js";
 import { parseTeePubKey } from "../kbs/tee-pubkey.js";
 import type { CompiledPolicy } from "../policy/document.js";
 import { decide } from "../policy/evaluate.js";
-import type { AuditRecord } from "./audit-log.js";
+import type { AuditRecord } from "./audit-record.js";
 import { clientKey } from "./client-address.js";
 import type { CryptoOffload } from "./crypto-offload.js";
+import {
+	type CoalescerOptions,
+	DEFAULT_COALESCING,
+	DenialCoalescer,
+} from "./denial-coalescer.js";
 import { HttpProblem } from "./http.js";
 import { type Attested, type Session, SessionTable } from "./sessions.js";
 import type { BrokerState } from "./state-dir.js";
@@ -49,6 +54,8 @@ export interface BrokerOptions {
 	log?: (line: string) => void;
 	/** Worker threads for the JWE and token signature (none: inline). */
 	offload?: CryptoOffload;
+	/** How denials are coalesced in the audit log (denial-coalescer.ts). */
+	coalescing?: CoalescerOptions;
 }
 
 export interface AuthResult {
@@ -78,6 +85,8 @@ export class Broker {
 	readonly #now: () => number;
 	readonly #sessionTtlMs: number;
 	readonly #tokenTtl: number;
+	readonly #denials: DenialCoalescer;
+	readonly #summaries: NodeJS.Timeout;
 
 	constructor(private readonly o: BrokerOptions) {
 		this.#now = o.now ?? Date.now;
@@ -92,6 +101,20 @@ export class Broker {
 			this.#verifiers.set(v.tee, v);
 		}
 		this.#policies = [...o.policies];
+		this.#denials = new DenialCoalescer(o.coalescing ?? DEFAULT_COALESCING);
+		// summaries of coalesced denials are written when their window ends
+		this.#summaries = setInterval(
+			() => {
+				for (const r of this.#denials.due(this.#now()))
+					this.#write(r).catch((e: unknown) =>
+						this.o.log?.(
+							`audit: a denial summary was not written: ${(e as Error).message}`,
+						),
+					);
+			},
+			Math.max(100, (o.coalescing ?? DEFAULT_COALESCING).windowMs / 2),
+		);
+		this.#summaries.unref();
 		this.sessions = new SessionTable({
 			max: o.maxSessions ?? 10_000,
 			perClient: o.maxSessionsPerClient ?? 256,
@@ -416,7 +439,19 @@ export class Broker {
 		return fromSession;
 	}
 
+	/**
+	 * Records a decision (durably, before the caller answers) and logs it. A denial may only be
+	 * counted, for a summary record later: a client being refused cannot grow the log at will.
+	 */
 	async #audit(r: AuditRecord): Promise<void> {
+		const now =
+			r.event === "deny"
+				? this.#denials.offer(clientKey(r.client), r, this.#now())
+				: [r];
+		await Promise.all(now.map((x) => this.#write(x)));
+	}
+
+	async #write(r: AuditRecord): Promise<void> {
 		await this.o.state.audit.append(r);
 		this.o.log?.(
 			[
@@ -426,6 +461,7 @@ export class Broker {
 				r.tee ? `tee=${r.tee}` : "",
 				r.policy ? `policy=${r.policy}` : "",
 				r.status ? `status=${r.status}` : "",
+				r.count ? `count=${r.count}` : "",
 				r.detail ? `(${r.detail})` : "",
 				r.reasons?.length ? `(${r.reasons.join("; ")})` : "",
 			]
@@ -436,5 +472,11 @@ export class Broker {
 
 	async audit(r: AuditRecord): Promise<void> {
 		await this.#audit(r);
+	}
+
+	/** Stops the summary timer and writes the summaries of open denial windows. */
+	async close(): Promise<void> {
+		clearInterval(this.#summaries);
+		await Promise.all(this.#denials.drain().map((r) => this.#write(r)));
 	}
 }

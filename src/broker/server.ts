@@ -22,6 +22,7 @@ import { adminRoute, adminTokenDigest } from "./admin-routes.js";
 import { Broker } from "./broker.js";
 import type { TrustedProxies } from "./client-address.js";
 import { CryptoOffload } from "./crypto-offload.js";
+import type { CoalescerOptions } from "./denial-coalescer.js";
 import { kbsRoute } from "./kbs-routes.js";
 import {
 	createListener,
@@ -61,6 +62,10 @@ export interface BrokerConfig {
 	trustedProxies?: TrustedProxies;
 	/** Overrides of the listeners' timeouts, ms (tests). */
 	timeouts?: Partial<Timeouts>;
+	/** Rotation and retention of the audit log (default 64 MiB files, 15 rotated ones kept). */
+	audit?: { rotateBytes?: number; keep?: number };
+	/** How denials are coalesced in the audit log (default 5 a client per 10 s, then counted). */
+	denialCoalescing?: CoalescerOptions;
 	/**
 	 * Worker threads doing each release's JWE and token signature while the event loop serves
 	 * HTTP (default: 1 when the machine has 2 or more CPUs, else 0).
@@ -106,7 +111,9 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 			"USAGE",
 			"the admin token must be at least 16 characters (create one with 'dadi-broker init')",
 		);
-	const state = await openStateDir(c.stateDir, c.masterKey);
+	const state = await openStateDir(c.stateDir, c.masterKey, {
+		audit: { ...c.audit, log },
+	});
 	const servers: Server[] = [];
 	const cleanups: (() => Promise<void>)[] = [];
 	try {
@@ -164,8 +171,15 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 			tokenTtlSeconds: c.tokenTtlSeconds,
 			maxSessions: c.maxSessions,
 			maxSessionsPerClient: c.maxSessionsPerClient,
+			coalescing: c.denialCoalescing,
 			log,
 		});
+		// before the state closes: summaries of coalesced denials
+		cleanups.push(() =>
+			broker.close().catch((e: unknown) => {
+				log(`audit: closing: ${(e as Error).message}`);
+			}),
+		);
 		const rate = c.rateLimit ?? { rate: 50, burst: 100 };
 		const make = (
 			limits: ListenerLimits,
@@ -247,6 +261,11 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 								}),
 						),
 					);
+					await broker
+						.close()
+						.catch((e: unknown) =>
+							log(`audit: closing: ${(e as Error).message}`),
+						);
 					for (const f of cleanups) await f();
 					await state.close();
 				})();
