@@ -3,7 +3,6 @@ import { readFile } from "node:fs/promises";
 import { CommanderError } from "commander";
 import { type ImageKey, parseImageKey } from "../crypto/image-key.js";
 import { DadiError, type ErrorCode, fromSystemError } from "../errors.js";
-import { printable } from "../printable.js";
 
 /** Exit codes, documented in docs/cli.md. */
 export const EXIT = {
@@ -82,10 +81,7 @@ export async function runAction(
 			process.stdout.write(
 				`${JSON.stringify({ ok: false, error: { code: err.code, message: err.message } })}\n`,
 			);
-		// Messages may quote what a remote peer or a file said: one printable line.
-		process.stderr.write(
-			`${prog}: error: ${printable(err.message)} [${err.code}]\n`,
-		);
+		process.stderr.write(`${prog}: error: ${err.message} [${err.code}]\n`);
 		process.exitCode = exitCodeFor(err.code);
 	}
 }

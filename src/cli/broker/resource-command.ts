@@ -117,7 +117,9 @@ export function resourceCommand(program: Command): void {
 			if (f.json) printJson({ ok: true, resources: r.resources });
 			else
 				for (const x of r.resources)
-					process.stdout.write(`${x.path}\t${x.size} B\t${x.updated}\n`);
+					process.stdout.write(
+						`${printable(x.path)}\t${printable(x.size)} B\t${printable(x.updated)}\n`,
+					);
 		}),
 	);
 	adminOptions(
