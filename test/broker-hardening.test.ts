@@ -8,7 +8,9 @@ import { readdir } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { parseTrustedProxies } from "../src/broker/client-address.js";
 import { auditTable } from "../src/cli/broker/resource-command.js";
+import { send } from "./broker/abuse.js";
 import {
 	ManualGuest,
 	raw,
@@ -274,6 +276,57 @@ describe("the audit log under a flood", { timeout: 120_000 }, () => {
 				Array.from({ length: seqs.length }, (_, i) => (seqs[0] as number) + i),
 			);
 			expect(seqs[0]).toBeGreaterThan(1); // the oldest files were removed
+		} finally {
+			await a.close();
+		}
+	});
+});
+
+describe("behind a reverse proxy (--trusted-proxy)", {
+	timeout: 60_000,
+}, () => {
+	it("counts and audits the forwarded client only when the peer is a trusted proxy", async () => {
+		const b = await broker({
+			rateLimit: { rate: 1, burst: 2 },
+			trustedProxies: parseTrustedProxies("127.0.0.1"),
+		});
+		const get = (from: string, xff?: string) =>
+			send(b.url, {
+				path: "/kbs/v0/nothing",
+				from,
+				headers: xff ? { "x-forwarded-for": xff } : {},
+			}).then((r) => r.status);
+		// each forwarded client has its own bucket behind the proxy
+		expect([
+			await get("127.0.0.1", "203.0.113.5"),
+			await get("127.0.0.1", "203.0.113.5"),
+		]).toEqual([404, 404]);
+		expect(await get("127.0.0.1", "203.0.113.5")).toBe(429);
+		expect(await get("127.0.0.1", "198.51.100.7, 203.0.113.6")).toBe(404);
+		// from a peer that is not trusted, the header names nobody
+		expect([
+			await get("127.0.0.2", "203.0.113.9"),
+			await get("127.0.0.2", "192.0.2.1"),
+		]).toEqual([404, 404]);
+		expect(await get("127.0.0.2", "192.0.2.2")).toBe(429);
+		// the audit log names the forwarded client
+		const g = new ManualGuest(b.url);
+		await g.auth();
+		await raw(`${b.url}/kbs/v0/attest`, {
+			method: "POST",
+			headers: {
+				"content-type": "application/json",
+				cookie: g.cookie,
+				"x-forwarded-for": "198.51.100.77",
+			},
+			body: "{}",
+		});
+		const a = await b.admin();
+		try {
+			const { records } = (await a.call("GET", "/admin/v0/audit?limit=1")) as {
+				records: { client: string }[];
+			};
+			expect(records[0]?.client).toBe("198.51.100.77");
 		} finally {
 			await a.close();
 		}
