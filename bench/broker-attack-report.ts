@@ -34,7 +34,7 @@ export const ATTACKS: { name: AttackName; label: string; what: string }[] = [
 	{
 		name: "slow",
 		label: "slow bodies",
-		what: "up to 128 TDX-session attests from 127.0.0.2 declaring 1 MiB, sending 1 MiB − 1 byte, then stalling; re-opened as they are closed",
+		what: "up to 128 TDX-session attests from each of 127.0.0.2–5, each declaring 1 MiB, sending 1 MiB − 1 byte, then stalling; re-opened as they are closed",
 	},
 ];
 

@@ -9,8 +9,9 @@
  *   cookie, from 127.0.0.2, about 9 requests a second in all (under the rate limit);
  * - `sessions`: POST /kbs/v0/auth as fast as each of 40 addresses (127.0.0.2–127.0.0.41) may — it
  *   waits out a 429's Retry-After, and retries a 503 after 100 ms — to fill the session table;
- * - `slow`: from 127.0.0.2, up to 128 connections at a time, each a TDX session's attest declaring
- *   1 MiB, of which 1 MiB − 1 byte is sent before it stalls; re-opened as the broker closes them.
+ * - `slow`: from 4 addresses (127.0.0.2–5), up to 128 connections each at a time, each a TDX
+ *   session's attest declaring 1 MiB, of which 1 MiB − 1 byte is sent before it stalls; re-opened
+ *   as the broker closes them.
  *
  * It runs until SIGTERM (or its stdin closes), then prints one JSON line of what it did and exits.
  */
@@ -191,8 +192,7 @@ async function sessions(url: URL): Promise<void> {
 async function slow(url: URL): Promise<void> {
 	const filler = Buffer.alloc((1 << 20) - 1, 0x20);
 	let held = 0;
-	const agent = new Agent({ keepAlive: false, localAddress: ADDRESS(0) });
-	const one = async (): Promise<void> => {
+	const one = async (from: string, agent: Agent): Promise<void> => {
 		const auth = await send(
 			url,
 			agent,
@@ -201,7 +201,7 @@ async function slow(url: URL): Promise<void> {
 			{ "content-type": "application/json" },
 			AUTH("tdx"),
 		);
-		if (!auth || auth.status !== 200) {
+		if (auth?.status !== 200) {
 			await sleep(auth?.status === 429 ? 1000 : 100);
 			return;
 		}
@@ -210,7 +210,7 @@ async function slow(url: URL): Promise<void> {
 			const s: Socket = connect({
 				port: Number(url.port),
 				host: url.hostname,
-				localAddress: ADDRESS(0),
+				localAddress: from,
 			});
 			stats.sent++;
 			let answered = "";
@@ -235,8 +235,14 @@ async function slow(url: URL): Promise<void> {
 		});
 	};
 	await Promise.all(
-		Array.from({ length: 128 }, async () => {
-			while (!stop) await one();
+		Array.from({ length: 4 }, async (_, a) => {
+			const from = ADDRESS(a);
+			const agent = new Agent({ keepAlive: false, localAddress: from });
+			await Promise.all(
+				Array.from({ length: 128 }, async () => {
+					while (!stop) await one(from, agent);
+				}),
+			);
 		}),
 	);
 }
