@@ -276,7 +276,7 @@ beforeEach(() => {
 	logMark = b.logs.length;
 });
 /** A client that went away mid-request (logged as an internal error: see the dedicated test). */
-const CLIENT_ABORT = /^internal error on \S+ \S+: Error: aborted\n/;
+const CLIENT_ABORT = /^internal error on \S+ \S+: Error: aborted(\n|\\n)/;
 /** No request since the last mark was an internal error (the broker logs every 5xx but 503). */
 function noInternalErrors(): void {
 	const fresh = b.logs.slice(logMark);
