@@ -33,7 +33,11 @@ import {
 	runCli,
 	tempDir,
 } from "./helpers.js";
-import { type FaultProxy, startFaultProxy } from "./registry/fault-proxy.js";
+import {
+	type FaultProxy,
+	faultOnce,
+	startFaultProxy,
+} from "./registry/fault-proxy.js";
 import { type RunningRegistry, startRegistry } from "./registry/harness.js";
 import { type Containerd, startContainerd } from "./snapshotter/containerd.js";
 import { DIR_LABEL, DirectoryLayers } from "./snapshotter/directory-layers.js";
@@ -344,15 +348,23 @@ describe("dadi-snapshotter pull", () => {
 			);
 			expect(proxy.requests.length).toBe(before);
 
-			// Pulling again: every layer is there already; only the manifest is asked for.
-			const again = await pull(["--json", "--quiet", lazyRef]);
+			// Pulling again (text output): every layer is there already; no blob is asked for.
+			const again = await pull(["--quiet", lazyRef]);
 			expect(again.code, again.stderr).toBe(0);
-			const doc2 = JSON.parse(again.stdout);
-			expect(doc2.image).toBe("updated");
-			expect(doc2.layers.map((l: { outcome: string }) => l.outcome)).toEqual([
-				"present",
-				"present",
-				"present",
+			expect(again.stderr).toBe("");
+			expect(again.stdout.split("\n")).toEqual([
+				expect.stringMatching(
+					new RegExp(
+						`^pulled ${lazyRef} \\(${lazy.manifest.digest}\\) into containerd \\S+ \\(namespace default, snapshotter dadi\\): 3 layers, 0 claimed by the snapshotter, 0 downloaded and applied, 3 already unpacked; .* downloaded in [\\d.]+ s$`,
+					),
+				),
+				expect.stringMatching(
+					/^ {2}layer 1\/3 sha256:\w+ \(.*\): already unpacked$/,
+				),
+				expect.stringMatching(/^ {2}layer 2\/3 /),
+				expect.stringMatching(/^ {2}layer 3\/3 /),
+				`run it: ctr run --snapshotter dadi ${lazyRef} ID`,
+				"",
 			]);
 			expect(requestsFor(claimedDigests)).toEqual([]);
 			expect(requestsFor([top.digest])).toHaveLength(1);
@@ -475,6 +487,97 @@ describe("dadi-snapshotter pull", () => {
 				async () => (await snapshotterRecords()).length === 0,
 			);
 			expect(await c.ctr(["content", "ls", "-q"])).toBe("");
+		}));
+
+	it("a layer the registry tampers with: DIGEST_MISMATCH (exit 5), no ingest, snapshot or lease left; a clean pull afterwards works", () =>
+		withLogs(async () => {
+			const c = ctd as Containerd;
+			const bottom = plain.amd64.layers[0] as BuiltImage["layers"][number];
+			proxy.setRule(
+				faultOnce((q) => q.method === "GET" && q.url.includes(bottom.digest), {
+					kind: "flip-byte",
+				}),
+			);
+			try {
+				const r = await pull(["--json", "--quiet", plainRef]);
+				expect(r.code, r.stderr).toBe(5);
+				expect(JSON.parse(r.stdout).error.code).toBe("DIGEST_MISMATCH");
+				expect(r.stderr).toContain(`layer 1/2 (${bottom.digest}):`);
+			} finally {
+				proxy.setRule(undefined);
+			}
+			expect(await c.ctr(["content", "active"])).not.toContain("layer-");
+			expect(
+				(await c.ctr(["snapshots", "--snapshotter", "dadi", "ls"]))
+					.trim()
+					.split("\n"),
+			).toHaveLength(1);
+			expect(await c.ctr(["leases", "ls", "-q"])).toBe("");
+			// The manifest and config stored before the failure are no image's: an image record is
+			// only written at the end.
+			expect(await c.ctr(["images", "ls", "-q"])).toBe("");
+			const again = await pull(["--json", "--quiet", plainRef]);
+			expect(again.code, again.stderr).toBe(0);
+			await c.ctr(["images", "rm", "--sync", plainRef]);
+			await waitFor(
+				"every snapshot to go",
+				async () => (await snapshotterRecords()).length === 0,
+			);
+		}));
+
+	it("two pulls of one image at once both succeed; each layer is unpacked once and the image runs", () =>
+		withLogs(async () => {
+			const c = ctd as Containerd;
+			const [one, two] = await Promise.all([
+				pull(["--json", "--quiet", plainRef]),
+				pull(["--json", "--quiet", plainRef]),
+			]);
+			expect(one?.code, one?.stderr).toBe(0);
+			expect(two?.code, two?.stderr).toBe(0);
+			const outcomes = [one, two].map((r) =>
+				JSON.parse(r?.stdout as string).layers.map(
+					(l: { outcome: string }) => l.outcome,
+				),
+			);
+			// Each layer was applied by at least one of the two; the other found it there (or lost
+			// the race to commit it, and removed its own copy).
+			for (const i of [0, 1])
+				expect(outcomes.map((o) => o[i])).toContain("applied");
+			// A losing pull's extraction snapshot is removed from containerd's records at once and
+			// from the snapshotter by containerd's garbage collector soon after.
+			await waitFor("extraction snapshots to go", async () =>
+				(await snapshotterRecords()).every((s) => s.kind === "committed"),
+			);
+			expect((await snapshotterRecords()).map((s) => s.kind)).toEqual([
+				"committed",
+				"committed",
+			]);
+			expect(
+				(await c.ctr(["snapshots", "--snapshotter", "dadi", "ls"]))
+					.trim()
+					.split("\n"),
+			).toHaveLength(3);
+			expect(await c.ctr(["leases", "ls", "-q"])).toBe("");
+			expect(
+				await c.ctr([
+					"run",
+					"--rm",
+					"--snapshotter",
+					"dadi",
+					plainRef,
+					"plain2",
+					"/bin/cat",
+					"/etc/layer2",
+				]),
+			).toBe("layer 2 was here\n");
+			await waitFor("the container's snapshot to go", async () =>
+				(await snapshotterRecords()).every((s) => s.kind === "committed"),
+			);
+			await c.ctr(["images", "rm", "--sync", plainRef]);
+			await waitFor(
+				"every snapshot to go",
+				async () => (await snapshotterRecords()).length === 0,
+			);
 		}));
 
 	it("(c) clear errors: containerd not running, unknown snapshotter, snapshotter down, unknown tag, missing platform", () =>
