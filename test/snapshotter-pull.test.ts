@@ -15,6 +15,7 @@
  *     `ctr images pull` produces for it. (c) errors: containerd not running, an unknown snapshotter,
  *     a snapshotter whose process is down, an unknown tag, a platform the index lacks.
  */
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
@@ -578,6 +579,70 @@ describe("dadi-snapshotter pull", () => {
 				"every snapshot to go",
 				async () => (await snapshotterRecords()).length === 0,
 			);
+		}));
+
+	it("interrupted (SIGINT) while a layer downloads: exit 130, the lease released, no image record; the garbage collector removes what was stored", () =>
+		withLogs(async () => {
+			const c = ctd as Containerd;
+			const bottom = plain.amd64.layers[0] as BuiltImage["layers"][number];
+			let release: () => void = () => {};
+			const held = new Promise<void>((r) => {
+				release = r;
+			});
+			proxy.setRule(
+				faultOnce((q) => q.method === "GET" && q.url.includes(bottom.digest), {
+					kind: "hold",
+					until: held,
+				}),
+			);
+			const child = spawn(
+				process.execPath,
+				[
+					BIN.snapshotter,
+					"pull",
+					"--insecure",
+					"--quiet",
+					"--address",
+					c.socket,
+					plainRef,
+				],
+				{ stdio: ["ignore", "pipe", "pipe"] },
+			);
+			let stderr = "";
+			child.stderr.on("data", (d) => {
+				stderr += d;
+			});
+			const exited = new Promise<number | null>((r) =>
+				child.once("exit", (code) => r(code)),
+			);
+			try {
+				await waitFor("the layer request", async () =>
+					proxy.requests.some((q) => q.fault === "hold"),
+				);
+				expect(await c.ctr(["leases", "ls", "-q"])).toMatch(/^dadi-pull-/);
+				child.kill("SIGINT");
+				expect(await exited).toBe(130);
+			} finally {
+				child.kill("SIGKILL");
+				release();
+				proxy.setRule(undefined);
+			}
+			expect(stderr).toMatch(
+				/interrupted \(SIGINT\); lease dadi-pull-\S+ released; no image record was written/,
+			);
+			expect(await c.ctr(["leases", "ls", "-q"])).toBe("");
+			expect(await c.ctr(["images", "ls", "-q"])).toBe("");
+			// A synchronous collection (through a lease of our own) removes the stored manifest and
+			// config and the extraction snapshot the pull had prepared.
+			const id = (await c.ctr(["leases", "create"]))
+				.trim()
+				.split(/\s+/)[0] as string;
+			await c.ctr(["leases", "rm", "--sync", id]);
+			await waitFor(
+				"the extraction snapshot to go",
+				async () => (await snapshotterRecords()).length === 0,
+			);
+			expect(await c.ctr(["content", "ls", "-q"])).toBe("");
 		}));
 
 	it("(c) clear errors: containerd not running, unknown snapshotter, snapshotter down, unknown tag, missing platform", () =>

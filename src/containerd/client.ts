@@ -113,6 +113,11 @@ export class ContainerdClient {
 		this.#lease = id;
 	}
 
+	/** The lease requests are made under, if any. */
+	get lease(): string | undefined {
+		return this.#lease;
+	}
+
 	#client(s: ServiceName): Client {
 		let c = this.#clients.get(s);
 		if (!c) {

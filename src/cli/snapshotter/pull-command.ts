@@ -11,6 +11,7 @@ import { registrySource } from "../../containerd/pull-source.js";
 import { layerAt } from "../../layer-label.js";
 import { RegistryClient } from "../../registry/client.js";
 import { hostPlatform, parsePlatform } from "../../source/platform.js";
+import { handleSignals } from "../../temp-files.js";
 import { formatBytes, printJson, runAction } from "../common.js";
 import { Progress } from "../progress.js";
 import {
@@ -103,6 +104,29 @@ export function pullCommand(program: Command): void {
 				await registryClientOptions(ref, flags),
 			);
 			const progress = new Progress(!flags.quiet, Boolean(flags.json));
+			// Interrupted: release the lease at once, or it would keep what was stored for a day.
+			handleSignals((sig) => {
+				progress.done();
+				const lease = containerd.lease;
+				const exit = (released: boolean) => {
+					process.stderr.write(
+						`\ninterrupted (${sig}); ${
+							!lease
+								? ""
+								: released
+									? `lease ${lease} released; `
+									: `lease ${lease} not released (containerd drops it within 24 h); `
+						}no image record was written\n`,
+					);
+					process.exit(sig === "SIGINT" ? 130 : 143);
+				};
+				if (!lease) exit(false);
+				else
+					void Promise.race([
+						containerd.leaseDelete(lease).then(() => true),
+						new Promise<boolean>((r) => setTimeout(() => r(false), 5000)),
+					]).then(exit, () => exit(false));
+			});
 			const started = performance.now();
 			let r: PullResult;
 			try {
@@ -116,6 +140,7 @@ export function pullCommand(program: Command): void {
 					warn: (line) => process.stderr.write(`${PROG}: warning: ${line}\n`),
 				});
 			} finally {
+				handleSignals(undefined);
 				progress.done();
 				containerd.close();
 				await registry.close();
