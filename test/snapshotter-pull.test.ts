@@ -12,8 +12,10 @@
  *     top — and after `ctr images rm --sync` containerd's garbage collector removes every snapshot
  *     and blob. (b) an ordinary two-platform image through the same command: this machine's image
  *     is downloaded and applied, runs, and its chain IDs and content labels are exactly what
- *     `ctr images pull` produces for it. (c) errors: containerd not running, an unknown snapshotter,
- *     a snapshotter whose process is down, an unknown tag, a platform the index lacks.
+ *     `ctr images pull` produces for it; the same image with docker's media types; a layer the
+ *     registry tampers with; two pulls at once; a pull interrupted. (c) errors: containerd not
+ *     running, an unknown snapshotter, a snapshotter whose process is down, an unknown tag, a
+ *     platform the index lacks.
  */
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -62,6 +64,7 @@ let plain: { amd64: BuiltImage; arm64: BuiltImage; index: string };
 /** The names the images are pulled by (through the counting proxy). */
 let lazyRef: string;
 let plainRef: string;
+let dockerRef: string;
 
 async function materialize(root: string, files: Files): Promise<void> {
 	for (const [path, v] of Object.entries(files)) {
@@ -194,8 +197,11 @@ beforeAll(async () => {
 	]);
 	await b.tag("v1", index);
 	await b.push("v1", `${reg.host}/pull/plain:v1`);
+	await b.tag("amd64", amd64.manifest);
+	await b.push("amd64", `${reg.host}/pull/docker:v1`, true);
 	plain = { amd64, arm64, index: index.digest };
 	plainRef = `${proxy.host}/pull/plain:v1`;
+	dockerRef = `${proxy.host}/pull/docker:v1`;
 
 	const socket = join(dir, "sn.sock");
 	sn = await Snapshotter.open({
@@ -483,6 +489,50 @@ describe("dadi-snapshotter pull", () => {
 
 			await c.ctr(["-n", "ctrpull", "images", "rm", "--sync", plainRef]);
 			await c.ctr(["images", "rm", "--sync", plainRef]);
+			await waitFor(
+				"every snapshot to go",
+				async () => (await snapshotterRecords()).length === 0,
+			);
+			expect(await c.ctr(["content", "ls", "-q"])).toBe("");
+		}));
+
+	it("an image with docker's media types (as Docker Hub serves them) pulls and runs the same way", () =>
+		withLogs(async () => {
+			const c = ctd as Containerd;
+			const r = await pull(["--json", "--quiet", dockerRef]);
+			expect(r.code, r.stderr).toBe(0);
+			const doc = JSON.parse(r.stdout);
+			expect(doc.target.mediaType).toBe(
+				"application/vnd.docker.distribution.manifest.v2+json",
+			);
+			expect(doc.config.mediaType).toBe(
+				"application/vnd.docker.container.image.v1+json",
+			);
+			expect(
+				doc.layers.map((l: { mediaType: string; outcome: string }) => [
+					l.mediaType,
+					l.outcome,
+				]),
+			).toEqual([
+				["application/vnd.docker.image.rootfs.diff.tar.gzip", "applied"],
+				["application/vnd.docker.image.rootfs.diff.tar.gzip", "applied"],
+			]);
+			expect(
+				await c.ctr([
+					"run",
+					"--rm",
+					"--snapshotter",
+					"dadi",
+					dockerRef,
+					"docker1",
+					"/bin/cat",
+					"/etc/hello",
+				]),
+			).toBe("hello from layer 1\n");
+			await waitFor("the container's snapshot to go", async () =>
+				(await snapshotterRecords()).every((s) => s.kind === "committed"),
+			);
+			await c.ctr(["images", "rm", "--sync", dockerRef]);
 			await waitFor(
 				"every snapshot to go",
 				async () => (await snapshotterRecords()).length === 0,

@@ -133,11 +133,15 @@ export class Layout {
 		);
 	}
 
-	/** skopeo copy (every image of an index) to a plain-HTTP registry. */
-	async push(tag: string, dest: string): Promise<void> {
+	/**
+	 * skopeo copy (every image of an index) to a plain-HTTP registry; `docker` converts to docker's
+	 * schema 2 media types (as Docker Hub serves images; layer annotations do not survive).
+	 */
+	async push(tag: string, dest: string, docker = false): Promise<void> {
 		await run("skopeo", [
 			"copy",
 			"--all",
+			...(docker ? ["--format", "v2s2"] : []),
 			"--dest-tls-verify=false",
 			`oci:${this.dir}:${tag}`,
 			`docker://${dest}`,
