@@ -36,6 +36,7 @@ import {
 	runCli,
 	tempDir,
 } from "./helpers.js";
+import { run } from "./image-fixtures.js";
 import {
 	type FaultProxy,
 	faultOnce,
@@ -693,6 +694,49 @@ describe("dadi-snapshotter pull", () => {
 				async () => (await snapshotterRecords()).length === 0,
 			);
 			expect(await c.ctr(["content", "ls", "-q"])).toBe("");
+		}));
+
+	it("a registry that wants credentials: refused without them (exit 8, saying to pass --creds), pulled with --creds", () =>
+		withLogs(async () => {
+			const c = ctd as Containerd;
+			const locked = await startRegistry({ auth: "htpasswd" });
+			try {
+				const creds = `${locked.username}:${locked.password}`;
+				await run("skopeo", [
+					"copy",
+					"--dest-tls-verify=false",
+					"--dest-creds",
+					creds,
+					`oci:${join(dir, "plain-oci")}:amd64`,
+					`docker://${locked.host}/pull/private:v1`,
+				]);
+				const ref = `${locked.host}/pull/private:v1`;
+				// No credentials anywhere (an auth file without entries, whatever the host has).
+				await writeFile(join(dir, "no-auths.json"), '{"auths":{}}');
+				const env = {
+					...process.env,
+					REGISTRY_AUTH_FILE: join(dir, "no-auths.json"),
+				};
+				const denied = await runCli(
+					BIN.snapshotter,
+					["pull", "--insecure", "--address", c.socket, ref],
+					undefined,
+					env,
+				);
+				expect(denied.code, denied.stderr).toBe(8);
+				expect(denied.stderr).toMatch(/--creds.*\[REMOTE_DENIED\]/);
+				expect(await c.ctr(["leases", "ls", "-q"])).toBe("");
+				const ok = await pull(["--quiet", "--creds", creds, ref]);
+				expect(ok.code, ok.stderr).toBe(0);
+				expect(ok.stdout).toContain("2 downloaded and applied");
+				await c.ctr(["images", "rm", "--sync", ref]);
+				await waitFor(
+					"every snapshot to go",
+					async () => (await snapshotterRecords()).length === 0,
+				);
+			} finally {
+				await locked.stop();
+			}
 		}));
 
 	it("(c) clear errors: containerd not running, unknown snapshotter, snapshotter down, unknown tag, missing platform", () =>
