@@ -21,7 +21,7 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { chainIds } from "../src/containerd/chain-id.js";
 import {
 	type SnapshotsServer,
@@ -94,7 +94,8 @@ async function content(
 	const out = await (ctd as Containerd).ctr(["-n", ns, "content", "ls"]);
 	const m = new Map<string, Record<string, string>>();
 	for (const line of out.trim().split("\n").slice(1)) {
-		const [digest, , , labels = ""] = line.split("\t");
+		// tabwriter pads with tabs: a column may be followed by several
+		const [digest, , , labels = ""] = line.split(/\t+/);
 		if (!digest) continue;
 		const l: Record<string, string> = {};
 		for (const kv of labels.split(",").filter(Boolean)) {
@@ -217,6 +218,22 @@ beforeAll(async () => {
 	});
 	await ctd.waitForSnapshotter();
 }, 300_000);
+
+// Each test starts from an empty containerd: what a failed test left is removed (best effort), so
+// one failure does not fail the tests after it.
+afterEach(async () => {
+	const c = ctd;
+	proxy?.setRule(undefined);
+	if (!c) return;
+	for (const ns of ["default", "ctrpull"]) {
+		const names = await c.ctr(["-n", ns, "images", "ls", "-q"]).catch(() => "");
+		for (const n of names.split("\n").filter(Boolean))
+			await c.ctr(["-n", ns, "images", "rm", "--sync", n]).catch(() => "");
+	}
+	await waitFor("every snapshot to go", async () =>
+		(await snapshotterRecords()).every((s) => s.kind === "committed"),
+	).catch(() => {});
+});
 
 afterAll(async () => {
 	await ctd?.stop();
