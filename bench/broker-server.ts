@@ -12,6 +12,10 @@
  *   body and answers 200 with JSON of about the broker's size for that endpoint: a POST gets its
  *   own body back (auth also gets a session cookie), a GET a fixed 600-byte document.
  *
+ * - `--defaults` (broker mode): the limits as `dadi-broker serve` has them by default (rate limit
+ *   50/s per client, 10,000 sessions, 256 per client, connection and body limits) — for the
+ *   "under attack" runs (bench/broker-attack-bench.ts), where the limits are what is measured.
+ *
  * Either way one JSON line goes to stdout — {"url", "pid"} and for the broker the resource's path
  * and the SHA-256 of its value (never the value) — and the process runs until SIGTERM or SIGINT
  * (or its stdin closes: the bench is gone), then closes its listeners and exits 0.
@@ -55,13 +59,17 @@ async function main(): Promise<void> {
 			mode: { type: "string" },
 			dir: { type: "string" },
 			profile: { type: "string" },
+			defaults: { type: "boolean", default: false },
 		},
 	});
 	const mode = values.mode;
 	const dir = values.dir;
 	if ((mode !== "broker" && mode !== "echo") || dir === undefined)
 		throw new Error("usage: broker-server.js --mode broker|echo --dir DIR");
-	const running = mode === "broker" ? await broker(dir) : await echo();
+	const running =
+		mode === "broker"
+			? await broker(dir, values.defaults === true)
+			: await echo();
 	const profileFile = values.profile;
 	let profiler: Promise<Session> | undefined;
 	if (profileFile !== undefined)
@@ -111,7 +119,7 @@ interface Running {
 	close(): Promise<void>;
 }
 
-async function broker(dir: string): Promise<Running> {
+async function broker(dir: string, defaults: boolean): Promise<Running> {
 	const stateDir = join(dir, "state");
 	const masterKey = parseMasterKey(generateMasterKeyText(), "bench");
 	await initStateDir(stateDir, masterKey);
@@ -127,9 +135,13 @@ async function broker(dir: string): Promise<Running> {
 		policiesDir: POLICIES,
 		insecureDev: true,
 		admin: { host: "127.0.0.1", port: 0, token },
-		rateLimit: { rate: 0, burst: 0 },
-		maxSessions: 1_000_000,
-		maxSessionsPerClient: 1_000_000,
+		...(defaults
+			? {}
+			: {
+					rateLimit: { rate: 0, burst: 0 },
+					maxSessions: 1_000_000,
+					maxSessionsPerClient: 1_000_000,
+				}),
 		log,
 	});
 	try {

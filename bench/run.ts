@@ -10,7 +10,9 @@
  * over NBD and FUSE (+ loop), read sequentially and at random with nbdcopy and fio, against the
  * plaintext disk and the AES-GCM decrypt limit. Then, unless --no-broker, the key-broker section
  * (bench/broker-bench.ts): KBS round trips (auth + attest + resource, sample verifier) per second
- * from 64 concurrent clients on loopback, against a bare HTTP echo server on the same stack.
+ * from 64 concurrent clients on loopback, against a bare HTTP echo server on the same stack; and,
+ * unless --no-broker-attack, the key broker under attack (bench/broker-attack-bench.ts): guests'
+ * latency while each attack of the abuse review runs, beside the quiet figure.
  * See docs/benchmarks.md.
  *
  *   node dist/bench/run.js [--quick] [--json] [--json-file FILE] [--reps N]
@@ -18,6 +20,7 @@
  *                          [--registry | --no-registry] [--registry-sweep]
  *                          [--guest | --no-guest] [--guest-seconds N] [--guest-profile DIR]
  *                          [--broker | --no-broker] [--broker-seconds N] [--broker-profile DIR]
+ *                          [--broker-attack | --no-broker-attack] [--broker-attack-seconds N]
  *                          [--attest | --no-attest]
  */
 import { spawnSync } from "node:child_process";
@@ -46,6 +49,8 @@ import {
 	opensslSpeed,
 	type Timing,
 } from "./baseline.js";
+import { runBrokerAttackBench } from "./broker-attack-bench.js";
+import type { AttackBenchReport } from "./broker-attack-report.js";
 import { runBrokerBench } from "./broker-bench.js";
 import type { BrokerBenchReport } from "./broker-report.js";
 import { guestBenchMissing, runGuestBench } from "./guest-bench.js";
@@ -111,6 +116,12 @@ interface Options {
 	brokerSeconds: number;
 	/** Profile each key-broker server once and write .cpuprofile files here. */
 	brokerProfile: string | undefined;
+	/** Run only the key broker under attack section (with the other "only" flags: those too). */
+	brokerAttack: boolean;
+	/** Skip the key broker under attack section. */
+	noBrokerAttack: boolean;
+	/** Timed seconds of each run under attack. */
+	brokerAttackSeconds: number;
 	/** --reps as given (the image section's default differs). */
 	repsGiven: number | undefined;
 }
@@ -145,6 +156,13 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --no-broker          skip the key-broker section
   --broker-seconds N   timed seconds of each key-broker run, after 1 s of warm-up (default 5, quick 3)
   --broker-profile DIR also profile each key-broker server once (main thread) into DIR/*.cpuprofile
+  --broker-attack      run only the key broker under attack section (4 guests' auth + attest + resource
+                       latency while each attack runs — idle connections, 1 MiB bodies without a session,
+                       a 40-address session flood, slow bodies — beside the quiet figure; default limits;
+                       broker, attacker and guests in separate processes); with the other "only" flags,
+                       those too
+  --no-broker-attack   skip the key broker under attack section
+  --broker-attack-seconds N  timed seconds of each run under attack (default 10, quick 4)
   --attest             run only the attestation section (SEV-SNP report and TDX quote verifications per
                        second on one core against the raw signature checks they contain; needs the
                        shared fixtures, $DADI_FIXTURES); with the other "only" flags, those too
@@ -176,6 +194,9 @@ function parseOptions(argv: string[]): Options {
 			"no-broker": { type: "boolean", default: false },
 			"broker-seconds": { type: "string" },
 			"broker-profile": { type: "string" },
+			"broker-attack": { type: "boolean", default: false },
+			"no-broker-attack": { type: "boolean", default: false },
+			"broker-attack-seconds": { type: "string" },
 			attest: { type: "boolean", default: false },
 			"no-attest": { type: "boolean", default: false },
 			help: { type: "boolean", default: false },
@@ -193,6 +214,10 @@ function parseOptions(argv: string[]): Options {
 		throw new Error("--guest and --no-guest exclude each other");
 	if (values.broker && values["no-broker"])
 		throw new Error("--broker and --no-broker exclude each other");
+	if (values["broker-attack"] && values["no-broker-attack"])
+		throw new Error(
+			"--broker-attack and --no-broker-attack exclude each other",
+		);
 	const quick = values.quick ?? false;
 	const reps =
 		values.reps === undefined ? (quick ? 1 : 3) : Number(values.reps);
@@ -220,6 +245,16 @@ function parseOptions(argv: string[]): Options {
 		throw new Error(
 			`--broker-seconds must be a positive integer, got ${values["broker-seconds"]}`,
 		);
+	const brokerAttackSeconds =
+		values["broker-attack-seconds"] === undefined
+			? quick
+				? 4
+				: 10
+			: Number(values["broker-attack-seconds"]);
+	if (!Number.isInteger(brokerAttackSeconds) || brokerAttackSeconds < 1)
+		throw new Error(
+			`--broker-attack-seconds must be a positive integer, got ${values["broker-attack-seconds"]}`,
+		);
 	return {
 		quick,
 		json: values.json ?? false,
@@ -242,6 +277,9 @@ function parseOptions(argv: string[]): Options {
 		noAttest: values["no-attest"] ?? false,
 		brokerSeconds,
 		brokerProfile: values["broker-profile"],
+		brokerAttack: values["broker-attack"] ?? false,
+		noBrokerAttack: values["no-broker-attack"] ?? false,
+		brokerAttackSeconds,
 		repsGiven: values.reps === undefined ? undefined : reps,
 	};
 }
@@ -341,7 +379,12 @@ async function main(): Promise<void> {
 		// --images, --registry, --guest and --broker each select their section alone (together:
 		// those).
 		const only =
-			opts.images || opts.registry || opts.guest || opts.broker || opts.attest;
+			opts.images ||
+			opts.registry ||
+			opts.guest ||
+			opts.broker ||
+			opts.brokerAttack ||
+			opts.attest;
 		const disk = only
 			? undefined
 			: await bench(opts, size, workDir, log, print);
@@ -425,6 +468,15 @@ async function main(): Promise<void> {
 				log,
 				print,
 			});
+		let brokerAttack: AttackBenchReport | undefined;
+		if (!opts.noBrokerAttack && (!only || opts.brokerAttack))
+			brokerAttack = await runBrokerAttackBench({
+				seconds: opts.brokerAttackSeconds,
+				quick: opts.quick,
+				workDir,
+				log,
+				print,
+			});
 		let attest: AttestBenchReport | { skipped: string } | undefined;
 		if (!opts.noAttest && (!only || opts.attest)) {
 			const fixtures = attestFixtures(REPO);
@@ -443,9 +495,15 @@ async function main(): Promise<void> {
 				if (opts.attest) process.exitCode = 1;
 			}
 		}
-		const sections = [disk, images, registry, guest, broker, attest].filter(
-			(x) => x !== undefined,
-		);
+		const sections = [
+			disk,
+			images,
+			registry,
+			guest,
+			broker,
+			brokerAttack,
+			attest,
+		].filter((x) => x !== undefined);
 		if (sections.length > 1)
 			log(
 				`whole bench took ${((performance.now() - started) / 1000).toFixed(0)} s`,
@@ -457,6 +515,7 @@ async function main(): Promise<void> {
 			...(registry === undefined ? {} : { registry }),
 			...(guest === undefined ? {} : { guest }),
 			...(broker === undefined ? {} : { broker }),
+			...(brokerAttack === undefined ? {} : { brokerAttack }),
 			...(attest === undefined ? {} : { attest }),
 		};
 		const report =

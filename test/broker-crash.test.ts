@@ -13,6 +13,7 @@ import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
+import { AuditLog } from "../src/broker/audit-log.js";
 import {
 	generateMasterKeyText,
 	parseMasterKey,
@@ -23,6 +24,7 @@ import { cleanupTempDirs, listFiles, ROOT, tempDir } from "./helpers.js";
 afterAll(cleanupTempDirs);
 
 const STATE_DIR_JS = join(ROOT, "dist/src/broker/state-dir.js");
+const AUDIT_LOG_JS = join(ROOT, "dist/src/broker/audit-log.js");
 
 /** The value stored for resource i: 32 to 160 bytes, different for every i. */
 function value(i: number): Buffer {
@@ -49,6 +51,20 @@ for (let i = Number(startText); ; i++) {
 		state.audit.append({ event: "attest", client: "noise-" + i, decision: "allow" }),
 	]);
 	process.stdout.write("ack " + i + "\\n");
+}
+`;
+
+/** Appends to a log that rotates every ~2 KB and keeps 3 rotated files: kills land in rotations. */
+const rotatingChildScript = (auditLogJs: string) => `
+import { AuditLog } from ${JSON.stringify(pathToFileURL(auditLogJs).href)};
+
+const [file] = process.argv.slice(2);
+const log = await AuditLog.open(file, { rotateBytes: 2000, keep: 3 });
+for (let i = 0; ; i++) {
+	const r = await Promise.all([0, 1, 2].map((k) =>
+		log.append({ event: "deny", client: "c" + k, detail: "crash " + i + " " + "x".repeat(40) }),
+	));
+	process.stdout.write("ack " + r[2].seq + "\\n");
 }
 `;
 
@@ -152,5 +168,43 @@ describe("broker state survives SIGKILL", () => {
 			}
 		}
 		expect(allAcked.length).toBeGreaterThanOrEqual(100);
+	}, 300_000);
+
+	it("a rotating audit log keeps its chain and every acknowledged record it retains across 5 kills", async () => {
+		if (!existsSync(AUDIT_LOG_JS))
+			throw new Error(
+				`${AUDIT_LOG_JS} is missing: run 'npm run build' first (npm test does)`,
+			);
+		const tmp = await tempDir();
+		const script = join(tmp, "rotating-child.mjs");
+		await writeFile(script, rotatingChildScript(AUDIT_LOG_JS));
+		const file = join(tmp, "audit.log");
+		let lastAcked = 0;
+		for (let round = 0; round < 5; round++) {
+			const killAfter = 20 + Math.floor(Math.random() * 181);
+			const r = await runChild(script, file, "", 0, killAfter);
+			expect(r.signal, `child failed: ${r.stderr}`).toBe("SIGKILL");
+			lastAcked = Math.max(lastAcked, ...r.acked);
+			const log = await AuditLog.open(file, { rotateBytes: 2000, keep: 3 });
+			try {
+				const chain = await log.verifyChain();
+				expect(chain.ok, JSON.stringify(chain)).toBe(true);
+				expect(log.lastSeq).toBeGreaterThanOrEqual(lastAcked);
+				expect(log.files.length).toBeLessThanOrEqual(4);
+				// every record from the first kept one to the last acknowledged is there, in order
+				const all = await log.query({ limit: 10_000 });
+				const first = chain.firstSeq ?? 1;
+				expect(all[0]?.seq).toBe(first);
+				expect(all.map((x) => x.seq)).toEqual(
+					Array.from({ length: log.lastSeq - first + 1 }, (_, i) => first + i),
+				);
+				expect(
+					(await log.append({ event: "admin", client: "parent" })).seq,
+				).toBe(log.lastSeq);
+			} finally {
+				await log.close();
+			}
+		}
+		expect(lastAcked).toBeGreaterThanOrEqual(100);
 	}, 300_000);
 });

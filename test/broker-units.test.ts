@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import type { Claims } from "../src/attest/claims.js";
 import { sampleVerifier } from "../src/attest/sample.js";
 import { RateLimiter } from "../src/broker/rate-limit.js";
-import { SessionTable } from "../src/broker/sessions.js";
+import { type Session, SessionTable } from "../src/broker/sessions.js";
 import {
 	generateSigningKey,
 	TOKEN_ISSUER,
@@ -627,26 +627,69 @@ describe("SessionTable", () => {
 		expect(t.size).toBe(1);
 	});
 
-	it("bounds sessions per client and in all", () => {
+	it("bounds sessions per client; a full table takes room from the client holding the most", () => {
 		const t = new SessionTable({ max: 3, perClient: 2, ttlMs: 1000 });
 		expect(t.create("a", "sample", "sha384", 0).ok).toBe(true);
 		expect(t.create("a", "sample", "sha384", 1).ok).toBe(true);
+		// a is at its own bound and none of its sessions has attested
 		expect(t.create("a", "sample", "sha384", 2)).toEqual({
 			ok: false,
 			reason: "client-full",
 		});
 		expect(t.create("b", "sample", "sha384", 3).ok).toBe(true);
-		expect(t.create("c", "sample", "sha384", 4)).toEqual({
+		// full: c (0 sessions) takes the oldest challenged session of a (2)
+		const c = t.create("c", "sample", "sha384", 4);
+		if (!c.ok) throw new Error("c refused");
+		expect(c.evicted?.client).toBe("a");
+		expect(t.heldBy("a")).toBe(1);
+		// now everyone holds one: a newcomer is refused rather than taking from an equal
+		expect(t.create("d", "sample", "sha384", 5)).toEqual({
 			ok: false,
 			reason: "full",
 		});
 		expect(t.size).toBe(3);
-		// the first of a's sessions expires at 1000: room again, for a and for others
-		expect(t.create("a", "sample", "sha384", 1000).ok).toBe(true);
-		// full again (the global bound is checked first)
-		expect(t.create("c", "sample", "sha384", 1000)).toEqual({
+	});
+
+	it("unattested sessions expire after the challenge TTL, attested ones after the TTL from their attest", () => {
+		const t = new SessionTable({
+			max: 10,
+			perClient: 10,
+			ttlMs: 10_000,
+			challengeTtlMs: 1000,
+		});
+		const a = t.create("a", "sample", "sha384", 0);
+		const b = t.create("a", "sample", "sha384", 0);
+		if (!a.ok || !b.ok) throw new Error("create failed");
+		expect(a.session.expiresMs).toBe(1000);
+		expect(t.beginAttest(b.session)).toBe(true);
+		expect(t.beginAttest(b.session)).toBe(false); // one attest per nonce
+		t.attest(b.session, {} as never, 500);
+		expect(b.session).toMatchObject({ state: "attested", expiresMs: 10_500 });
+		expect(t.get(a.session.id, 1000)).toBeUndefined();
+		expect(t.get(b.session.id, 10_499)).toBe(b.session);
+		t.sweep(10_500);
+		expect(t.size).toBe(0);
+	});
+
+	it("a failed attest frees its room; at its bound a client gives up its oldest attested session", () => {
+		const t = new SessionTable({ max: 100, perClient: 2, ttlMs: 1000 });
+		const x = t.create("nat", "sample", "sha384", 0);
+		const y = t.create("nat", "sample", "sha384", 0);
+		if (!x.ok || !y.ok) throw new Error("create failed");
+		t.beginAttest(x.session);
+		t.drop(x.session); // e.g. evidence refused: the nonce is spent, the room is free
+		expect(t.heldBy("nat")).toBe(1);
+		const z = t.create("nat", "sample", "sha384", 1);
+		if (!z.ok) throw new Error("create failed");
+		t.beginAttest(y.session);
+		t.attest(y.session, {} as never, 2);
+		// at the bound: y (attested; its token still works) makes room
+		const w = t.create("nat", "sample", "sha384", 3);
+		expect(w.ok && w.evicted?.id).toBe(y.session.id);
+		// both left are waiting for their attest: refused
+		expect(t.create("nat", "sample", "sha384", 4)).toEqual({
 			ok: false,
-			reason: "full",
+			reason: "client-full",
 		});
 	});
 
@@ -684,63 +727,165 @@ describe("SessionTable", () => {
 		});
 	});
 
-	it("property: agrees with a model under random creations, lookups and time steps", () => {
+	it("property: agrees with a model under random creations, attests, lookups and time steps", () => {
+		type M = {
+			id: string;
+			client: string;
+			state: "challenged" | "verifying" | "attested";
+			expires: number;
+			/** creation or attest order within its list */
+			order: number;
+		};
 		fc.assert(
 			fc.property(
 				fc.integer({ min: 1, max: 6 }),
 				fc.integer({ min: 1, max: 4 }),
 				fc.integer({ min: 1, max: 50 }),
+				fc.integer({ min: 1, max: 50 }),
 				fc.array(
 					fc.record({
-						op: fc.constantFrom("create", "create", "get", "sweep"),
+						op: fc.constantFrom(
+							"create",
+							"create",
+							"create",
+							"get",
+							"attest",
+							"fail",
+							"begin",
+							"sweep",
+						),
 						client: fc.constantFrom("a", "b", "c"),
 						dt: fc.integer({ min: 0, max: 20 }),
 						pick: fc.nat(),
 					}),
-					{ maxLength: 60 },
+					{ maxLength: 80 },
 				),
-				(max, perClient, ttlMs, ops) => {
-					const t = new SessionTable({ max, perClient, ttlMs });
-					let model: { id: string; client: string; expires: number }[] = [];
-					const created: string[] = [];
+				(max, perClient, ttlMs, challenge, ops) => {
+					const challengeTtlMs = Math.min(challenge, ttlMs);
+					const t = new SessionTable({
+						max,
+						perClient,
+						ttlMs,
+						challengeTtlMs: challenge,
+					});
+					let model: M[] = [];
+					const sessions = new Map<
+						string,
+						ReturnType<typeof t.create> & { ok: true }
+					>();
 					let now = 0;
+					let order = 0;
+					const count = (c: string) =>
+						model.filter((s) => s.client === c).length;
+					const live = () => {
+						model = model.filter((s) => s.expires > now);
+					};
 					for (const o of ops) {
 						now += o.dt;
+						const ids = [...sessions.keys()];
+						const pick = ids[o.pick % Math.max(1, ids.length)];
 						if (o.op === "create") {
-							model = model.filter((s) => s.expires > now);
-							const held = model.filter((s) => s.client === o.client).length;
-							const want =
-								model.length >= max
-									? { ok: false, reason: "full" }
-									: held >= perClient
-										? { ok: false, reason: "client-full" }
-										: { ok: true };
+							live();
+							let room = true;
+							let reason: string | undefined;
+							const held = count(o.client);
+							let ownEvict: M | undefined;
+							if (held >= perClient) {
+								ownEvict = model
+									.filter(
+										(s) => s.client === o.client && s.state === "attested",
+									)
+									.sort((x, y) => x.order - y.order)[0];
+								if (!ownEvict) {
+									room = false;
+									reason = "client-full";
+								}
+							}
+							const sizeAfterOwn = model.length - (ownEvict ? 1 : 0);
+							const heldAfterOwn = held - (ownEvict ? 1 : 0);
+							let needVictim = false;
+							if (room && sizeAfterOwn >= max) {
+								const counts = ["a", "b", "c"].map((c) =>
+									c === o.client ? heldAfterOwn : count(c),
+								);
+								const top = Math.max(...counts);
+								if (top < heldAfterOwn + 2) {
+									room = false;
+									reason = "full";
+								} else needVictim = true;
+							}
 							const r = t.create(o.client, "sample", "sha384", now);
-							expect(r.ok).toBe(want.ok);
-							if (r.ok) {
-								model.push({
-									id: r.session.id,
-									client: o.client,
-									expires: now + ttlMs,
-								});
-								created.push(r.session.id);
-							} else expect(r.reason).toBe(want.reason);
-						} else if (o.op === "get" && created.length > 0) {
-							const id = created[o.pick % created.length] as string;
-							const m = model.find((s) => s.id === id);
-							const live = m !== undefined && m.expires > now;
-							if (m && !live) model = model.filter((s) => s !== m);
-							const s = t.get(id, now);
-							expect(s?.id).toBe(live ? id : undefined);
-						} else if (o.op === "sweep") {
+							if (!room) {
+								// the own eviction happens only when the create succeeds or the table was not full
+								expect(r).toEqual({ ok: false, reason });
+								if (ownEvict && reason === "full")
+									model = model.filter((s) => s !== ownEvict);
+								continue;
+							}
+							expect(r.ok).toBe(true);
+							if (!r.ok) continue;
+							if (ownEvict) model = model.filter((s) => s !== ownEvict);
+							if (needVictim) {
+								const v = model.find((s) => s.id === r.evicted?.id) as M;
+								expect(v).toBeDefined();
+								const counts = ["a", "b", "c"].map(count);
+								expect(count(v.client)).toBe(Math.max(...counts));
+								const theirs = model
+									.filter((s) => s.client === v.client)
+									.sort((x, y) => x.order - y.order);
+								const challenged = theirs.filter(
+									(s) => s.state === "challenged",
+								);
+								const attested = theirs.filter((s) => s.state === "attested");
+								expect(v).toBe(challenged[0] ?? attested[0]);
+								model = model.filter((s) => s !== v);
+							} else if (!ownEvict) expect(r.evicted).toBeUndefined();
+							else expect(r.evicted?.id).toBe(ownEvict.id);
+							model.push({
+								id: r.session.id,
+								client: o.client,
+								state: "challenged",
+								expires: now + challengeTtlMs,
+								order: order++,
+							});
+							sessions.set(r.session.id, r);
+						} else if (pick !== undefined) {
+							const s = (sessions.get(pick) as { session: Session }).session;
+							const m = model.find((x) => x.id === pick);
+							if (o.op === "get") {
+								const alive = m !== undefined && m.expires > now;
+								if (m && !alive) model = model.filter((x) => x !== m);
+								expect(t.get(pick, now)?.id).toBe(alive ? pick : undefined);
+							} else if (o.op === "begin") {
+								const ok = t.beginAttest(s);
+								expect(ok).toBe(m?.state === "challenged");
+								if (ok && m) m.state = "verifying";
+							} else if (o.op === "attest" || o.op === "fail") {
+								// begin and finish at the same instant (no time passes)
+								const ok = t.beginAttest(s);
+								expect(ok).toBe(m?.state === "challenged");
+								if (!ok || !m) continue;
+								if (o.op === "attest") {
+									t.attest(s, {} as never, now);
+									m.state = "attested";
+									m.expires = now + ttlMs;
+									m.order = order++;
+								} else {
+									t.drop(s);
+									model = model.filter((x) => x !== m);
+								}
+							}
+						}
+						if (o.op === "sweep") {
 							t.sweep(now);
-							model = model.filter((s) => s.expires > now);
+							live();
 						}
 						expect(t.size).toBe(model.length);
+						for (const c of ["a", "b", "c"]) expect(t.heldBy(c)).toBe(count(c));
 					}
 				},
 			),
-			{ numRuns: 300 },
+			{ numRuns: 400 },
 		);
 	});
 });

@@ -1,8 +1,9 @@
 /** A client for the broker's admin API (used by `dadi-broker resource|audit` and `dadi-seal seal --broker`). */
-import { readFile } from "node:fs/promises";
-import { DadiError, fromSystemError } from "../errors.js";
+import { DadiError } from "../errors.js";
 import { openBrokerTransport } from "../kbs/broker-transport.js";
+import { printable } from "../printable.js";
 import { type HttpTransport, type Method, readBody } from "../registry/http.js";
+import { readSecretFile } from "./secret-file.js";
 
 export interface AdminClientOptions {
 	/** The admin listener's base URL. */
@@ -12,15 +13,24 @@ export interface AdminClientOptions {
 	timeoutMs?: number;
 }
 
-/** The admin token from --admin-token-file or $DADI_BROKER_ADMIN_TOKEN. */
+/** An admin token file is one short line. */
+const MAX_TOKEN_FILE = 4096;
+
+/**
+ * The admin token from --admin-token-file (a file only its owner may read) or
+ * $DADI_BROKER_ADMIN_TOKEN.
+ */
 export async function readAdminToken(
 	file: string | undefined,
 ): Promise<string> {
 	if (file) {
-		const text = await readFile(file, "utf8").catch((e) => {
-			throw fromSystemError(e, file, "reading the admin token file");
-		});
-		const t = text.trim();
+		const bytes = await readSecretFile(
+			file,
+			"admin token file",
+			MAX_TOKEN_FILE,
+		);
+		const t = bytes.toString("utf8").trim();
+		bytes.fill(0);
 		if (t.length < 16 || /\s/.test(t))
 			throw new DadiError(
 				"KEY_INVALID",
@@ -108,7 +118,10 @@ export class AdminClient {
 						: res.status === 400
 							? "INPUT_INVALID"
 							: "REMOTE_PROTOCOL";
-		throw new DadiError(code, `${what}: ${res.status} ${detail.slice(0, 500)}`);
+		throw new DadiError(
+			code,
+			`${what}: ${res.status} ${printable(detail.slice(0, 500))}`,
+		);
 	}
 
 	putResource(path: string, value: Buffer): Promise<unknown> {

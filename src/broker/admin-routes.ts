@@ -13,14 +13,9 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { resourcePathFromUrl } from "../kbs/protocol.js";
 import type { Broker } from "./broker.js";
-import {
-	clientOf,
-	HttpProblem,
-	readBody,
-	requestUrl,
-	sendJson,
-} from "./http.js";
+import { HttpProblem, readBody, requestUrl, sendJson } from "./http.js";
 import { decodePath, notAllowed } from "./kbs-routes.js";
+import type { RequestContext } from "./listener.js";
 import type { PolicyStore } from "./policy-store.js";
 import type { BrokerState } from "./state-dir.js";
 
@@ -55,6 +50,7 @@ export async function adminRoute(
 	ctx: AdminContext,
 	req: IncomingMessage,
 	res: ServerResponse,
+	rc: RequestContext,
 ): Promise<void> {
 	const url = requestUrl(req);
 	// A guest pointed at the admin port: say so (no secret in this, and no token needed to see it).
@@ -78,7 +74,7 @@ export async function adminRoute(
 		);
 	const method = req.method ?? "GET";
 	const p = url.pathname;
-	const client = clientOf(req);
+	const client = rc.client;
 	const note = (detail: string) =>
 		ctx.broker.audit({ event: "admin", client, detail });
 	if (p === "/admin/v0/resources") {
@@ -91,7 +87,7 @@ export async function adminRoute(
 			decodePath(p.slice("/admin/v0/resource/".length)),
 		);
 		if (method === "PUT") {
-			const body = await readBody(req, RESOURCE_LIMIT);
+			const body = await readBody(req, RESOURCE_LIMIT, rc.body());
 			if (body.length === 0)
 				throw new HttpProblem(
 					400,
@@ -149,7 +145,9 @@ export async function adminRoute(
 				"a policy name is 1-63 of a-z 0-9 . _ - starting with a letter or digit",
 			);
 		if (method === "PUT") {
-			const body = (await readBody(req, POLICY_LIMIT)).toString("utf8");
+			const body = (await readBody(req, POLICY_LIMIT, rc.body())).toString(
+				"utf8",
+			);
 			const r = await ctx.policies.put(name, body);
 			ctx.broker.setPolicies(ctx.policies.all());
 			await note(`put policy ${name}`);

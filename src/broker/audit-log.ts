@@ -1,12 +1,8 @@
 /**
- * The broker's audit log: an append-only JSON-lines file, one line per decision or admin action,
- *
- *   {"seq":n,"time":ISO,"prev":hex,"hash":hex,"event":...,"client":...,...}
- *
- * chained by hash = sha256hex(prev + "\n" + JSON of the record with seq and time, in a fixed key
- * order); the first record's prev is 64 zeros. Removing or editing a record in the middle breaks the
- * chain. (Cutting records off the end cannot be detected by a chain alone; it needs an anchor kept
- * elsewhere, e.g. the last hash shipped to a log collector.)
+ * The broker's audit log: append-only JSON lines, one per decision or admin action, hash-chained
+ * (audit-record.ts). Removing or editing a record in the middle breaks the chain. (Cutting records
+ * off the end cannot be detected by a chain alone; it needs an anchor kept elsewhere, e.g. the last
+ * hash shipped to a log collector.)
  *
  * Crash safety: `append` resolves only after its line is written and fsynced. A crash mid-append
  * leaves at most a torn tail — an incomplete last line or lines that are not records — which `open`
@@ -15,271 +11,77 @@
  *
  * Throughput: appends made while a write+fsync is in flight are queued and then written together
  * with one write and one fsync (group commit), so many concurrent clients share each fsync.
+ *
+ * Bounded size: when the active file (`audit.log`) reaches `rotateBytes` (64 MiB) after a commit,
+ * it is renamed to `audit.log.<seq of its first record, 12 digits>` and a new `audit.log` continues
+ * the chain — its first record's seq and prev follow the rotated file's last record. At most `keep`
+ * (15) rotated files are kept; before the oldest is removed, its last record's seq and hash are
+ * written to `audit.log.anchor`, where the kept chain starts. `open` checks that every rotated file
+ * continues the chain from the anchor (its first and last records; all of a file's records are
+ * checked when a query or `verifyChain` first reads it), finishes a removal a crash interrupted,
+ * and treats a missing `audit.log` after a rotation as a new, empty continuation. Queries and
+ * `verifyChain` span every kept file.
  */
 import { createHash } from "node:crypto";
-import { type FileHandle, open } from "node:fs/promises";
-import { dirname } from "node:path";
+import {
+	type FileHandle,
+	open,
+	readdir,
+	readFile,
+	rename,
+	stat,
+	unlink,
+} from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import { fsyncDir } from "../durable-file.js";
 import { DadiError, fromSystemError } from "../errors.js";
+import {
+	type AuditQuery,
+	type AuditRecord,
+	type Body,
+	bodyJson,
+	chainHash,
+	DEFAULT_QUERY_LIMIT,
+	MAX_QUERY_LIMIT,
+	parseLine,
+	type StoredRecord,
+	sanitize,
+	selfConsistent,
+	serialize,
+	ZERO_HASH,
+} from "./audit-record.js";
+import {
+	type ChainPoint,
+	headAndTail,
+	readLines,
+	Segment,
+	scanSegment,
+} from "./audit-segment.js";
+import { writeViaTemp } from "./keystore.js";
 
-export type AuditEvent = "auth" | "attest" | "release" | "deny" | "admin";
+export {
+	type AuditEvent,
+	type AuditQuery,
+	type AuditRecord,
+	MAX_AUDIT_REASONS,
+	MAX_AUDIT_STRING,
+	MAX_QUERY_LIMIT,
+	type StoredRecord,
+} from "./audit-record.js";
 
-export interface AuditRecord {
-	event: AuditEvent;
-	client: string;
-	tee?: string;
-	evidenceDigest?: string;
-	resource?: string;
-	decision?: "allow" | "deny";
-	policy?: string;
-	reasons?: string[];
-	status?: number;
-	detail?: string;
+export interface AuditLogOptions {
+	now?: () => Date;
+	/** Rotate the active file once it holds this many bytes (default 64 MiB; 0: never). */
+	rotateBytes?: number;
+	/** Rotated files kept (default 15); older ones are removed. */
+	keep?: number;
+	/** Told about rotations and removals (the broker's log). */
+	log?: (line: string) => void;
 }
 
-export interface StoredRecord extends AuditRecord {
-	seq: number;
-	time: string;
-	prev: string;
-	hash: string;
-}
-
-export interface AuditQuery {
-	/** only records with seq > sinceSeq; then the FIRST `limit` matches are returned (to page forward) */
-	sinceSeq?: number;
-	/** only records with time >= since (an ISO 8601 time) */
-	since?: string;
-	resource?: string;
-	event?: string;
-	decision?: string;
-	/** 1..10000, default 100; without sinceSeq the NEWEST `limit` matches are returned */
-	limit?: number;
-}
-
-export const MAX_AUDIT_STRING = 1024;
-export const MAX_AUDIT_REASONS = 32;
-export const MAX_QUERY_LIMIT = 10000;
-const DEFAULT_QUERY_LIMIT = 100;
-const ZERO_HASH = "0".repeat(64);
+export const DEFAULT_ROTATE_BYTES = 64 << 20;
+export const DEFAULT_KEEP = 15;
 const HEX64 = /^[0-9a-f]{64}$/;
-/** Far above the largest line `append` can produce (about 250 KB with every field at its cap). */
-const MAX_LINE_BYTES = 1 << 20;
-const READ_CHUNK = 1 << 20;
-const EVENTS = new Set(["auth", "attest", "release", "deny", "admin"]);
-const DECISIONS = new Set(["allow", "deny"]);
-const STRING_FIELDS = [
-	"client",
-	"tee",
-	"evidenceDigest",
-	"resource",
-	"policy",
-	"detail",
-] as const;
-/** The fixed key order of the hashed body. */
-const BODY_ORDER = [
-	"seq",
-	"time",
-	"event",
-	"client",
-	"tee",
-	"evidenceDigest",
-	"resource",
-	"decision",
-	"policy",
-	"reasons",
-	"status",
-	"detail",
-] as const;
-const STORED_KEYS = new Set<string>([...BODY_ORDER, "prev", "hash"]);
-
-type Body = Omit<StoredRecord, "prev" | "hash">;
-
-// --- records ---------------------------------------------------------------------------------
-
-/** Caps a string at MAX_AUDIT_STRING code units without splitting a surrogate pair. */
-function cap(v: unknown): string {
-	const s = typeof v === "string" ? v : String(v);
-	if (s.length <= MAX_AUDIT_STRING) return s;
-	let end = MAX_AUDIT_STRING;
-	const c = s.charCodeAt(end - 1);
-	if (c >= 0xd800 && c <= 0xdbff) end--;
-	return s.slice(0, end);
-}
-
-/** The record as stored: known fields only, strings and lists capped so no client bloats the log. */
-function sanitize(r: AuditRecord): Omit<Body, "seq" | "time"> {
-	if (typeof r !== "object" || r === null || !EVENTS.has(r.event))
-		throw new DadiError(
-			"INTERNAL",
-			`audit record with an unknown event ${JSON.stringify(cap(String(r?.event)).slice(0, 40))}`,
-		);
-	const out: Record<string, unknown> = { event: r.event };
-	for (const k of STRING_FIELDS) {
-		const v = r[k];
-		if (v !== undefined && v !== null) out[k] = cap(v);
-		else if (k === "client") out[k] = "";
-	}
-	if (r.decision !== undefined && r.decision !== null) {
-		if (!DECISIONS.has(r.decision))
-			throw new DadiError(
-				"INTERNAL",
-				"audit record with a decision other than allow or deny",
-			);
-		out.decision = r.decision;
-	}
-	if (Array.isArray(r.reasons))
-		out.reasons = r.reasons.slice(0, MAX_AUDIT_REASONS).map(cap);
-	if (Number.isSafeInteger(r.status)) out.status = r.status;
-	return out as Omit<Body, "seq" | "time">;
-}
-
-function bodyJson(r: Body): string {
-	const o: Record<string, unknown> = {};
-	for (const k of BODY_ORDER) if (r[k] !== undefined) o[k] = r[k];
-	return JSON.stringify(o);
-}
-
-function chainHash(prev: string, body: string): string {
-	return createHash("sha256").update(`${prev}\n${body}`, "utf8").digest("hex");
-}
-
-/** The one canonical line (without "\n") of a stored record. */
-function serialize(r: StoredRecord): string {
-	const o: Record<string, unknown> = {
-		seq: r.seq,
-		time: r.time,
-		prev: r.prev,
-		hash: r.hash,
-	};
-	for (const k of BODY_ORDER) if (r[k] !== undefined) o[k] = r[k];
-	return JSON.stringify(o);
-}
-
-function validString(v: unknown): v is string {
-	return typeof v === "string" && v.length <= MAX_AUDIT_STRING;
-}
-
-/** A line that is exactly a canonical stored record, else undefined. Does not check the hash. */
-function parseLine(line: Buffer): StoredRecord | undefined {
-	let o: unknown;
-	try {
-		o = JSON.parse(line.toString("utf8"));
-	} catch {
-		return undefined;
-	}
-	if (typeof o !== "object" || o === null || Array.isArray(o)) return undefined;
-	const r = o as Record<string, unknown>;
-	for (const k of Object.keys(r)) if (!STORED_KEYS.has(k)) return undefined;
-	if (
-		!Number.isSafeInteger(r.seq) ||
-		(r.seq as number) < 1 ||
-		typeof r.time !== "string" ||
-		r.time.length > 64 ||
-		Number.isNaN(Date.parse(r.time)) ||
-		typeof r.prev !== "string" ||
-		!HEX64.test(r.prev) ||
-		typeof r.hash !== "string" ||
-		!HEX64.test(r.hash) ||
-		typeof r.event !== "string" ||
-		!EVENTS.has(r.event) ||
-		!validString(r.client)
-	)
-		return undefined;
-	for (const k of STRING_FIELDS)
-		if (r[k] !== undefined && !validString(r[k])) return undefined;
-	if (
-		r.decision !== undefined &&
-		!(typeof r.decision === "string" && DECISIONS.has(r.decision))
-	)
-		return undefined;
-	if (
-		r.reasons !== undefined &&
-		!(
-			Array.isArray(r.reasons) &&
-			r.reasons.length <= MAX_AUDIT_REASONS &&
-			r.reasons.every(validString)
-		)
-	)
-		return undefined;
-	if (r.status !== undefined && !Number.isSafeInteger(r.status))
-		return undefined;
-	const rec = r as unknown as StoredRecord;
-	// Only the exact bytes we write are a record: no reordered keys, spacing or escapes.
-	if (serialize(rec) !== line.toString("utf8")) return undefined;
-	return rec;
-}
-
-function selfConsistent(r: StoredRecord): boolean {
-	return chainHash(r.prev, bodyJson(r)) === r.hash;
-}
-
-// --- reading lines ---------------------------------------------------------------------------
-
-interface Line {
-	offset: number;
-	/** null when the line is longer than any record can be */
-	bytes: Buffer | null;
-	/** false for a last line without its "\n" */
-	complete: boolean;
-}
-
-async function* readLines(
-	fh: FileHandle,
-	start: number,
-	end: number,
-): AsyncGenerator<Line> {
-	const buf = Buffer.alloc(READ_CHUNK);
-	let pos = start;
-	let lineStart = start;
-	let parts: Buffer[] = [];
-	let partsLen = 0;
-	let overlong = false;
-	while (pos < end) {
-		const { bytesRead } = await fh.read(
-			buf,
-			0,
-			Math.min(READ_CHUNK, end - pos),
-			pos,
-		);
-		if (bytesRead === 0) break;
-		const chunk = buf.subarray(0, bytesRead);
-		let i = 0;
-		while (i < chunk.length) {
-			const nl = chunk.indexOf(0x0a, i);
-			const stop = nl < 0 ? chunk.length : nl;
-			if (!overlong) {
-				if (partsLen + (stop - i) > MAX_LINE_BYTES) {
-					overlong = true;
-					parts = [];
-					partsLen = 0;
-				} else {
-					parts.push(Buffer.from(chunk.subarray(i, stop)));
-					partsLen += stop - i;
-				}
-			}
-			if (nl < 0) break;
-			yield {
-				offset: lineStart,
-				bytes: overlong ? null : Buffer.concat(parts, partsLen),
-				complete: true,
-			};
-			lineStart = pos + nl + 1;
-			parts = [];
-			partsLen = 0;
-			overlong = false;
-			i = nl + 1;
-		}
-		pos += bytesRead;
-	}
-	if (lineStart < pos)
-		yield {
-			offset: lineStart,
-			bytes: overlong ? null : Buffer.concat(parts, partsLen),
-			complete: false,
-		};
-}
-
-// --- the log ---------------------------------------------------------------------------------
 
 interface Pending {
 	body: Omit<Body, "seq">;
@@ -288,14 +90,18 @@ interface Pending {
 }
 
 export class AuditLog {
+	/** The active file. */
 	readonly file: string;
-	readonly #fh: FileHandle;
+	readonly #dir: string;
 	readonly #now: () => Date;
-	/** byte offset of record seq i+1 */
-	readonly #offsets: number[];
-	/** bytes of durable records: the file length, save for a write in flight */
-	#size: number;
-	#lastHash: string;
+	readonly #rotateBytes: number;
+	readonly #keep: number;
+	readonly #log: (line: string) => void;
+	#active: Segment;
+	/** Rotated files, oldest first. */
+	readonly #rotated: Segment[];
+	/** Where the kept chain starts, once retention removed files (else undefined). */
+	#anchor: ChainPoint | undefined;
 	#pending: Pending[] = [];
 	#flushing: Promise<void> = Promise.resolve();
 	#flushActive = false;
@@ -306,40 +112,51 @@ export class AuditLog {
 
 	private constructor(
 		file: string,
-		fh: FileHandle,
-		now: () => Date,
-		scan: {
-			offsets: number[];
-			size: number;
-			lastHash: string;
+		o: AuditLogOptions,
+		state: {
+			active: Segment;
+			rotated: Segment[];
+			anchor: ChainPoint | undefined;
 			repairedBytes: number;
 		},
 	) {
 		this.file = file;
-		this.#fh = fh;
-		this.#now = now;
-		this.#offsets = scan.offsets;
-		this.#size = scan.size;
-		this.#lastHash = scan.lastHash;
-		this.#repairedBytes = scan.repairedBytes;
+		this.#dir = dirname(file);
+		this.#now = o.now ?? (() => new Date());
+		this.#rotateBytes = o.rotateBytes ?? DEFAULT_ROTATE_BYTES;
+		this.#keep = Math.max(0, o.keep ?? DEFAULT_KEEP);
+		this.#log = o.log ?? (() => {});
+		this.#active = state.active;
+		this.#rotated = state.rotated;
+		this.#anchor = state.anchor;
+		this.#repairedBytes = state.repairedBytes;
 	}
 
 	/**
-	 * Opens (creating, mode 0600) the log, verifies the whole chain, and cuts a torn tail back to the
-	 * last good record. FORMAT_INVALID when intact records follow damage.
+	 * Opens (creating, mode 0600) the log: checks that the rotated files continue the chain, verifies
+	 * the whole active file, and cuts a torn tail back to the last good record. FORMAT_INVALID when
+	 * intact records follow damage, or a file does not continue the chain.
 	 */
-	static async open(
-		file: string,
-		o: { now?: () => Date } = {},
-	): Promise<AuditLog> {
+	static async open(file: string, o: AuditLogOptions = {}): Promise<AuditLog> {
+		const dir = dirname(file);
+		let anchor: ChainPoint | undefined;
+		const rotated: Segment[] = [];
 		let fh: FileHandle | undefined;
 		try {
+			anchor = await readAnchor(file);
+			let expected: ChainPoint = anchor ?? { seq: 0, hash: ZERO_HASH };
+			for (const { path, firstSeq } of await rotatedFiles(file)) {
+				const seg = await checkRotated(path, firstSeq, expected, anchor);
+				if (seg === "removed") continue;
+				rotated.push(seg);
+				expected = seg.last;
+			}
 			try {
 				fh = await open(file, "r+");
 			} catch (e) {
 				if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
 				fh = await open(file, "wx+", 0o600);
-				await fsyncDir(dirname(file));
+				await fsyncDir(dir);
 			}
 			const st = await fh.stat();
 			if (!st.isFile())
@@ -347,12 +164,28 @@ export class AuditLog {
 					"INPUT_INVALID",
 					`audit log ${file}: not a regular file`,
 				);
-			const scan = await scanLog(fh, file, st.size);
+			const scan = await scanSegment(fh, file, st.size, expected);
 			if (scan.size < st.size) {
 				await fh.truncate(scan.size);
 				await fh.sync();
 			}
-			return new AuditLog(file, fh, o.now ?? (() => new Date()), scan);
+			const active = new Segment({
+				path: file,
+				before: expected,
+				last: scan.last,
+				size: scan.size,
+				offsets: scan.offsets,
+				fh,
+			});
+			const log = new AuditLog(file, o, {
+				active,
+				rotated,
+				anchor,
+				repairedBytes: scan.repairedBytes,
+			});
+			// a crash between a rotation and its retention left one file too many
+			await log.#retain();
+			return log;
 		} catch (e) {
 			await fh?.close().catch(() => {});
 			throw fromSystemError(e, file, "opening the audit log");
@@ -361,7 +194,7 @@ export class AuditLog {
 
 	/** The seq of the last durable record (0 for an empty log). */
 	get lastSeq(): number {
-		return this.#offsets.length;
+		return this.#active.last.seq;
 	}
 
 	/** How many bytes of torn tail `open` cut off (0 normally); worth a line in the broker's log. */
@@ -372,6 +205,11 @@ export class AuditLog {
 	/** How many write+fsync rounds have run: fewer than appends when they were group-committed. */
 	get commits(): number {
 		return this.#commits;
+	}
+
+	/** The files of the log, oldest first (the active file last). */
+	get files(): string[] {
+		return [...this.#rotated.map((s) => s.path), this.#active.path];
 	}
 
 	/** Appends one record; resolves with its seq once it is written and fsynced. */
@@ -397,9 +235,9 @@ export class AuditLog {
 	}
 
 	/**
-	 * Writes queued appends batch by batch until none are left. `#flushActive` is cleared in the
-	 * same synchronous step that finds the queue empty, so an append never waits on a loop that
-	 * has already decided to stop.
+	 * Writes queued appends batch by batch until none are left, rotating between batches. The
+	 * flag is cleared in the same synchronous step that finds the queue empty, so an append never
+	 * waits on a loop that has already decided to stop.
 	 */
 	async #flushLoop(): Promise<void> {
 		for (;;) {
@@ -410,6 +248,12 @@ export class AuditLog {
 			const batch = this.#pending.splice(0);
 			try {
 				await this.#commit(batch);
+				if (
+					this.#rotateBytes > 0 &&
+					this.#active.size >= this.#rotateBytes &&
+					!this.#broken
+				)
+					await this.#rotate();
 			} catch (e) {
 				// not expected (#commit reports its own failures); never leave an append hanging
 				for (const p of batch) p.reject(e);
@@ -423,10 +267,11 @@ export class AuditLog {
 			for (const p of batch) p.reject(this.#broken);
 			return;
 		}
+		const a = this.#active;
 		// Seqs and hashes are assigned here, from the durable state, so a failed batch leaves
 		// nothing to undo in memory and the next batch chains onto what is on disk.
-		let seq = this.#offsets.length;
-		let prev = this.#lastHash;
+		let seq = a.last.seq;
+		let prev = a.last.hash;
 		const lines: string[] = [];
 		const seqs: number[] = [];
 		for (const p of batch) {
@@ -438,23 +283,24 @@ export class AuditLog {
 			prev = hash;
 		}
 		const bytes = Buffer.from(lines.join(""), "utf8");
+		const fh = a.fh as FileHandle;
 		try {
 			let off = 0;
 			while (off < bytes.length) {
-				const { bytesWritten } = await this.#fh.write(
+				const { bytesWritten } = await fh.write(
 					bytes,
 					off,
 					bytes.length - off,
-					this.#size + off,
+					a.size + off,
 				);
 				off += bytesWritten;
 			}
-			await this.#fh.datasync();
+			await fh.datasync();
 		} catch (e) {
 			const err = fromSystemError(e, this.file, "appending to the audit log");
 			try {
-				await this.#fh.truncate(this.#size);
-				await this.#fh.datasync();
+				await fh.truncate(a.size);
+				await fh.datasync();
 			} catch {
 				this.#broken = new DadiError(
 					"IO",
@@ -466,22 +312,87 @@ export class AuditLog {
 			return;
 		}
 		this.#commits++;
-		let at = this.#size;
+		const offsets = a.offsets as number[];
+		let at = a.size;
 		for (const l of lines) {
-			this.#offsets.push(at);
+			offsets.push(at);
 			at += Buffer.byteLength(l, "utf8");
 		}
-		this.#size += bytes.length;
-		this.#lastHash = prev;
+		a.size += bytes.length;
+		a.last = { seq, hash: prev };
 		batch.forEach((p, i) => {
 			p.resolve({ seq: seqs[i] as number });
 		});
 	}
 
 	/**
-	 * Records matching every given filter, in seq order (newest last). With `sinceSeq` the first
-	 * `limit` matches after it (page forward by passing the last seq seen); otherwise the newest
-	 * `limit` matches.
+	 * The active file becomes `audit.log.<first seq>` and a new, empty one continues the chain;
+	 * then retention. A failure leaves the log refusing appends (fail closed) until a restart.
+	 */
+	async #rotate(): Promise<void> {
+		const old = this.#active;
+		if (old.count === 0) return;
+		const to = rotatedName(this.file, old.firstSeq);
+		let fh: FileHandle | undefined;
+		try {
+			await rename(this.file, to);
+			old.path = to;
+			await fsyncDir(this.#dir);
+			fh = await open(this.file, "wx+", 0o600);
+			await fsyncDir(this.#dir);
+		} catch (e) {
+			await fh?.close().catch(() => {});
+			this.#broken = new DadiError(
+				"IO",
+				`audit log ${this.file}: rotating it failed (${(e as Error).message}); restart the broker`,
+				{ cause: e },
+			);
+			this.#log(this.#broken.message);
+			return;
+		}
+		this.#rotated.push(old);
+		this.#active = new Segment({
+			path: this.file,
+			before: old.last,
+			last: old.last,
+			size: 0,
+			offsets: [],
+			fh,
+		});
+		this.#log(
+			`audit log: records ${old.firstSeq}-${old.last.seq} moved to ${basename(to)}`,
+		);
+		await this.#retain();
+	}
+
+	/** Removes the oldest rotated files beyond `keep`, anchoring the chain first. */
+	async #retain(): Promise<void> {
+		while (this.#rotated.length > this.#keep) {
+			const s = this.#rotated[0] as Segment;
+			try {
+				await writeAnchor(this.file, s.last);
+				this.#anchor = s.last;
+				await unlink(s.path);
+				await fsyncDir(this.#dir);
+			} catch (e) {
+				this.#log(
+					`audit log: could not remove ${basename(s.path)} (${(e as Error).message}); kept`,
+				);
+				return;
+			}
+			this.#rotated.shift();
+			s.removed = true;
+			if (s.readers === 0) await s.closeFile();
+			this.#log(
+				`audit log: removed ${basename(s.path)} (records ${s.firstSeq}-${s.last.seq}; retention keeps ${this.#keep} rotated files)`,
+			);
+		}
+	}
+
+	/**
+	 * Records matching every given filter, in seq order (newest last), across all kept files. With
+	 * `sinceSeq` the first `limit` matches after it (page forward by passing the last seq seen);
+	 * otherwise the newest `limit` matches (with `since`, reading back stops at older records).
 	 */
 	async query(f: AuditQuery = {}): Promise<StoredRecord[]> {
 		this.#checkOpen();
@@ -515,169 +426,246 @@ export class AuditLog {
 			(sinceMs === undefined || Date.parse(r.time) >= sinceMs);
 
 		// A snapshot of the durable records; appends during the scan are not included.
-		const n = this.#offsets.length;
-		const endSize = this.#size;
-		const out: StoredRecord[] = [];
-		if (f.sinceSeq !== undefined) {
-			let i = Math.min(f.sinceSeq, n);
-			while (i < n && out.length < limit) {
-				const j = this.#blockEnd(i, n);
-				for (const r of await this.#readRecords(i, j, n, endSize))
-					if (match(r) && out.length < limit) out.push(r);
-				i = j;
+		const snap = [...this.#rotated, this.#active].map((seg) => ({
+			seg,
+			n: seg.count,
+			endSize: seg.size,
+		}));
+		for (const s of snap) s.seg.readers++;
+		try {
+			const out: StoredRecord[] = [];
+			if (f.sinceSeq !== undefined) {
+				const since = f.sinceSeq;
+				for (const { seg, n, endSize } of snap) {
+					if (out.length >= limit) break;
+					if (seg.firstSeq + n - 1 <= since || n === 0) continue;
+					if (seg.removed && !seg.fh) continue; // retention took it meanwhile
+					await seg.ready();
+					let i = Math.max(0, since - seg.firstSeq + 1);
+					while (i < n && out.length < limit) {
+						const j = seg.blockEnd(i, n);
+						for (const r of await seg.read(i, j, n, endSize))
+							if (match(r) && out.length < limit) out.push(r);
+						i = j;
+					}
+				}
+				return out;
+			}
+			// Newest first, in blocks growing from 64 KiB, so "the last 100" reads only the end.
+			let older = false;
+			for (
+				let k = snap.length - 1;
+				k >= 0 && out.length < limit && !older;
+				k--
+			) {
+				const { seg, n, endSize } = snap[k] as (typeof snap)[0];
+				if (n === 0 || (seg.removed && !seg.fh)) continue;
+				await seg.ready();
+				let j = n;
+				let blockBytes = 64 * 1024;
+				while (j > 0 && out.length < limit) {
+					const i = seg.blockStart(j, blockBytes);
+					blockBytes = Math.min(blockBytes * 2, 1 << 20);
+					const block = await seg.read(i, j, n, endSize);
+					const hits = block.filter(match);
+					out.unshift(
+						...hits.slice(Math.max(0, hits.length - (limit - out.length))),
+					);
+					if (
+						sinceMs !== undefined &&
+						Date.parse((block[0] as StoredRecord).time) < sinceMs
+					) {
+						older = true;
+						break;
+					}
+					j = i;
+				}
 			}
 			return out;
+		} finally {
+			for (const s of snap) await s.seg.release();
 		}
-		// Newest first, in blocks growing from 64 KiB, so "the last 100" reads only the file's end.
-		let j = n;
-		let blockBytes = 64 * 1024;
-		while (j > 0 && out.length < limit) {
-			const i = this.#blockStart(j, blockBytes);
-			blockBytes = Math.min(blockBytes * 2, READ_CHUNK);
-			const block = (await this.#readRecords(i, j, n, endSize)).filter(match);
-			out.unshift(
-				...block.slice(Math.max(0, block.length - (limit - out.length))),
-			);
-			j = i;
-		}
-		return out;
 	}
 
-	/** Re-reads the whole file and checks every record and link of the chain. */
+	/** Re-reads every kept file and checks every record and link of the chain. */
 	async verifyChain(): Promise<{
 		records: number;
 		ok: boolean;
 		brokenAt?: number;
+		/** The first kept record's seq, when retention removed older files. */
+		firstSeq?: number;
 	}> {
 		this.#checkOpen();
-		const endSize = this.#size;
-		let prev = ZERO_HASH;
+		const start = this.#anchor ?? { seq: 0, hash: ZERO_HASH };
+		const snap = [...this.#rotated, this.#active].map((seg) => ({
+			seg,
+			endSize: seg.size,
+		}));
+		for (const s of snap) s.seg.readers++;
+		let prev = start;
 		let records = 0;
-		for await (const l of readLines(this.#fh, 0, endSize)) {
-			const r = l.complete && l.bytes ? parseLine(l.bytes) : undefined;
-			if (!r || r.seq !== records + 1 || r.prev !== prev || !selfConsistent(r))
-				return { records, ok: false, brokenAt: records + 1 };
-			prev = r.hash;
-			records++;
+		try {
+			for (const { seg, endSize } of snap) {
+				try {
+					seg.fh ??= await open(seg.path, "r");
+				} catch (e) {
+					throw fromSystemError(e, seg.path, "reading the audit log");
+				}
+				for await (const l of readLines(seg.fh, 0, endSize)) {
+					const r = l.complete && l.bytes ? parseLine(l.bytes) : undefined;
+					if (
+						!r ||
+						r.seq !== prev.seq + 1 ||
+						r.prev !== prev.hash ||
+						!selfConsistent(r)
+					)
+						return { records, ok: false, brokenAt: prev.seq + 1 };
+					prev = { seq: r.seq, hash: r.hash };
+					records++;
+				}
+			}
+		} finally {
+			for (const s of snap) await s.seg.release();
 		}
-		return { records, ok: true };
+		return this.#anchor
+			? { records, ok: true, firstSeq: start.seq + 1 }
+			: { records, ok: true };
 	}
 
-	/** Waits for queued appends, then closes the file. */
+	/** Waits for queued appends, then closes the files. */
 	async close(): Promise<void> {
 		if (this.#closed) return;
 		this.#closed = true;
 		while (this.#flushActive) await this.#flushing;
-		await this.#fh.close();
+		for (const s of [...this.#rotated, this.#active]) await s.closeFile();
 	}
 
 	#checkOpen(): void {
 		if (this.#closed)
 			throw new DadiError("INTERNAL", `audit log ${this.file} is closed`);
 	}
+}
 
-	#end(j: number, n: number, endSize: number): number {
-		return j < n ? (this.#offsets[j] as number) : endSize;
-	}
+function rotatedName(file: string, firstSeq: number): string {
+	return `${file}.${String(firstSeq).padStart(12, "0")}`;
+}
 
-	/** Records [i, j) spanning about one read chunk (at least one record). */
-	#blockEnd(i: number, n: number): number {
-		const start = this.#offsets[i] as number;
-		let j = i + 1;
-		while (j < n && (this.#offsets[j] as number) - start < READ_CHUNK) j++;
-		return j;
+/** The rotated files beside `file`, by first seq. */
+async function rotatedFiles(
+	file: string,
+): Promise<{ path: string; firstSeq: number }[]> {
+	const base = basename(file);
+	const out: { path: string; firstSeq: number }[] = [];
+	let names: string[];
+	try {
+		names = await readdir(dirname(file));
+	} catch (e) {
+		if ((e as NodeJS.ErrnoException).code === "ENOENT") return [];
+		throw e;
 	}
-
-	/** Records [i, j) spanning about `bytes` (at least one record). */
-	#blockStart(j: number, bytes: number): number {
-		const end = this.#offsets[j - 1] as number;
-		let i = j - 1;
-		while (i > 0 && end - (this.#offsets[i - 1] as number) < bytes) i--;
-		return i;
+	for (const n of names) {
+		if (!n.startsWith(`${base}.`)) continue;
+		const digits = n.slice(base.length + 1);
+		if (!/^\d{12,16}$/.test(digits)) continue;
+		out.push({ path: join(dirname(file), n), firstSeq: Number(digits) });
 	}
-
-	async #readRecords(
-		i: number,
-		j: number,
-		n: number,
-		endSize: number,
-	): Promise<StoredRecord[]> {
-		const start = this.#offsets[i] as number;
-		const end = this.#end(j, n, endSize);
-		const buf = Buffer.alloc(end - start);
-		let off = 0;
-		try {
-			while (off < buf.length) {
-				const { bytesRead } = await this.#fh.read(
-					buf,
-					off,
-					buf.length - off,
-					start + off,
-				);
-				if (bytesRead === 0) break;
-				off += bytesRead;
-			}
-		} catch (e) {
-			throw fromSystemError(e, this.file, "reading the audit log");
-		}
-		const out: StoredRecord[] = [];
-		let p = 0;
-		for (let k = i; k < j; k++) {
-			const nl = buf.indexOf(0x0a, p);
-			const r = nl < 0 ? undefined : parseLine(buf.subarray(p, nl));
-			if (!r || r.seq !== k + 1)
-				throw new DadiError(
-					"FORMAT_INVALID",
-					`audit log ${this.file} changed underneath the broker at line ${k + 1}`,
-				);
-			out.push(r);
-			p = nl + 1;
-		}
-		return out;
-	}
+	return out.sort((a, b) => a.firstSeq - b.firstSeq);
 }
 
 /**
- * Walks the file: the chained prefix, and what follows it. What follows is a torn tail (cut off)
- * when it holds no complete, self-consistent record; otherwise the file was damaged in the middle.
+ * A rotated file that must continue the chain after `expected` (a rotated file is complete: its
+ * first and last records are checked here, the rest when it is first read). A file wholly before
+ * the anchor is what a crash left of a removal: removed now.
  */
-async function scanLog(
-	fh: FileHandle,
-	file: string,
-	fileSize: number,
-): Promise<{
-	offsets: number[];
-	size: number;
-	lastHash: string;
-	repairedBytes: number;
-}> {
-	const offsets: number[] = [];
-	let lastHash = ZERO_HASH;
-	let good = 0;
-	let lineNo = 0;
-	let badLine: number | undefined;
-	for await (const l of readLines(fh, 0, fileSize)) {
-		lineNo++;
-		const r = l.complete && l.bytes ? parseLine(l.bytes) : undefined;
-		if (badLine === undefined) {
-			if (
-				r &&
-				r.seq === offsets.length + 1 &&
-				r.prev === lastHash &&
-				selfConsistent(r)
-			) {
-				offsets.push(l.offset);
-				lastHash = r.hash;
-				good = l.offset + (l.bytes as Buffer).length + 1;
-				continue;
-			}
-			badLine = lineNo;
-		}
-		if (r && selfConsistent(r))
-			throw new DadiError(
-				"FORMAT_INVALID",
-				`audit log ${file} is damaged at line ${badLine}; it was edited or the disk corrupted it; move it aside to start a new one`,
-			);
+async function checkRotated(
+	path: string,
+	firstSeq: number,
+	expected: ChainPoint,
+	anchor: ChainPoint | undefined,
+): Promise<Segment | "removed"> {
+	const fh = await open(path, "r");
+	let ends: Awaited<ReturnType<typeof headAndTail>>;
+	let size: number;
+	try {
+		const st = await fh.stat();
+		if (!st.isFile())
+			throw new DadiError("FORMAT_INVALID", `audit log ${path}: not a file`);
+		size = st.size;
+		ends = await headAndTail(fh, size);
+	} finally {
+		await fh.close();
 	}
-	return { offsets, size: good, lastHash, repairedBytes: fileSize - good };
+	if (!ends)
+		throw new DadiError(
+			"FORMAT_INVALID",
+			`audit log ${path} is damaged: the first or last record of a rotated file is not intact; move the log files aside to start a new chain`,
+		);
+	if (anchor && ends.tail.seq <= anchor.seq) {
+		await unlink(path);
+		await fsyncDir(dirname(path));
+		return "removed";
+	}
+	if (
+		ends.head.seq !== firstSeq ||
+		ends.head.seq !== expected.seq + 1 ||
+		ends.head.prev !== expected.hash ||
+		ends.tail.seq < ends.head.seq
+	)
+		throw new DadiError(
+			"FORMAT_INVALID",
+			`audit log ${path} does not continue the chain (it should start at record ${expected.seq + 1}); a file was removed, edited or put in its place`,
+		);
+	return new Segment({
+		path,
+		before: expected,
+		last: { seq: ends.tail.seq, hash: ends.tail.hash },
+		size,
+	});
+}
+
+/** Where the kept chain starts after retention: `FILE.anchor`, {"seq","hash"}; undefined if none. */
+async function readAnchor(file: string): Promise<ChainPoint | undefined> {
+	const path = `${file}.anchor`;
+	let text: string;
+	try {
+		const st = await stat(path);
+		if (!st.isFile() || st.size > 4096)
+			throw new DadiError("FORMAT_INVALID", `${path}: not an audit anchor`);
+		text = await readFile(path, "utf8");
+	} catch (e) {
+		if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+		throw e;
+	}
+	let v: unknown;
+	try {
+		v = JSON.parse(text);
+	} catch {
+		v = undefined;
+	}
+	const a = v as { seq?: unknown; hash?: unknown } | undefined;
+	if (
+		typeof a !== "object" ||
+		a === null ||
+		!Number.isSafeInteger(a.seq) ||
+		(a.seq as number) < 1 ||
+		typeof a.hash !== "string" ||
+		!HEX64.test(a.hash)
+	)
+		throw new DadiError(
+			"FORMAT_INVALID",
+			`${path}: not an audit anchor ({"seq","hash"} of the last removed record)`,
+		);
+	return { seq: a.seq as number, hash: a.hash };
+}
+
+function writeAnchor(file: string, at: ChainPoint): Promise<void> {
+	const path = `${file}.anchor`;
+	return writeViaTemp(
+		path,
+		Buffer.from(`${JSON.stringify({ seq: at.seq, hash: at.hash })}\n`),
+		async (tmp) => {
+			await rename(tmp, path);
+			await fsyncDir(dirname(path));
+		},
+	);
 }

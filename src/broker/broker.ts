@@ -24,10 +24,16 @@ import { reportDataDigest } from "../kbs/report-data.js";
 import { parseTeePubKey } from "../kbs/tee-pubkey.js";
 import type { CompiledPolicy } from "../policy/document.js";
 import { decide } from "../policy/evaluate.js";
-import type { AuditRecord } from "./audit-log.js";
+import type { AuditRecord } from "./audit-record.js";
+import { clientKey } from "./client-address.js";
 import type { CryptoOffload } from "./crypto-offload.js";
+import {
+	type CoalescerOptions,
+	DEFAULT_COALESCING,
+	DenialCoalescer,
+} from "./denial-coalescer.js";
 import { HttpProblem } from "./http.js";
-import { type Session, SessionTable } from "./sessions.js";
+import { type Attested, type Session, SessionTable } from "./sessions.js";
 import type { BrokerState } from "./state-dir.js";
 import type { TokenSigner } from "./token.js";
 
@@ -39,6 +45,8 @@ export interface BrokerOptions {
 	policies: CompiledPolicy[];
 	insecureDev: boolean;
 	sessionTtlMs?: number;
+	/** How long a session may wait for its attest (default 60 s, at most the session TTL). */
+	challengeTtlMs?: number;
 	tokenTtlSeconds?: number;
 	maxSessions?: number;
 	maxSessionsPerClient?: number;
@@ -46,6 +54,8 @@ export interface BrokerOptions {
 	log?: (line: string) => void;
 	/** Worker threads for the JWE and token signature (none: inline). */
 	offload?: CryptoOffload;
+	/** How denials are coalesced in the audit log (denial-coalescer.ts). */
+	coalescing?: CoalescerOptions;
 }
 
 export interface AuthResult {
@@ -75,6 +85,8 @@ export class Broker {
 	readonly #now: () => number;
 	readonly #sessionTtlMs: number;
 	readonly #tokenTtl: number;
+	readonly #denials: DenialCoalescer;
+	readonly #summaries: NodeJS.Timeout;
 
 	constructor(private readonly o: BrokerOptions) {
 		this.#now = o.now ?? Date.now;
@@ -89,10 +101,25 @@ export class Broker {
 			this.#verifiers.set(v.tee, v);
 		}
 		this.#policies = [...o.policies];
+		this.#denials = new DenialCoalescer(o.coalescing ?? DEFAULT_COALESCING);
+		// summaries of coalesced denials are written when their window ends
+		this.#summaries = setInterval(
+			() => {
+				for (const r of this.#denials.due(this.#now()))
+					this.#write(r).catch((e: unknown) =>
+						this.o.log?.(
+							`audit: a denial summary was not written: ${(e as Error).message}`,
+						),
+					);
+			},
+			Math.max(100, (o.coalescing ?? DEFAULT_COALESCING).windowMs / 2),
+		);
+		this.#summaries.unref();
 		this.sessions = new SessionTable({
 			max: o.maxSessions ?? 10_000,
 			perClient: o.maxSessionsPerClient ?? 256,
 			ttlMs: this.#sessionTtlMs,
+			challengeTtlMs: o.challengeTtlMs,
 		});
 	}
 
@@ -122,11 +149,12 @@ export class Broker {
 					? "the sample TEE is for development only and this broker runs without --insecure-dev"
 					: `this broker has no verifier for TEE "${req.tee}" (it verifies: ${this.tees.join(", ") || "none"})`,
 			);
+		const now = this.#now();
 		const made = this.sessions.create(
-			client,
+			clientKey(client),
 			verifier.tee,
 			req.hash,
-			this.#now(),
+			now,
 		);
 		if (!made.ok)
 			throw new HttpProblem(
@@ -139,7 +167,8 @@ export class Broker {
 			);
 		return {
 			sessionId: made.session.id,
-			expiresMs: made.session.expiresMs,
+			// the cookie outlives the challenge: it also fetches resources once attested
+			expiresMs: now + this.#sessionTtlMs,
 			body: challengeBody(made.session.nonce, req),
 		};
 	}
@@ -150,12 +179,62 @@ export class Broker {
 		sessionId: string | undefined,
 		body: unknown,
 	): Promise<string> {
+		const session = this.attestSession(sessionId);
+		this.beginAttest(session);
+		return this.finishAttest(client, session, body);
+	}
+
+	/**
+	 * The session an attest names, which must be waiting for its attest; 401 otherwise. The cheap
+	 * check, made before the request body is read: nothing is spent yet.
+	 */
+	attestSession(sessionId: string | undefined): Session {
 		const session = this.#session(sessionId);
 		if (session.state !== "challenged")
 			throw unauth(
 				"this session's nonce was already used; start again with /kbs/v0/auth",
 			);
-		session.state = "spent";
+		return session;
+	}
+
+	/** The attest's one use of the session's nonce begins (401 if another attest took it). */
+	beginAttest(session: Session): void {
+		if (!this.sessions.beginAttest(session))
+			throw unauth(
+				"this session's nonce was already used; start again with /kbs/v0/auth",
+			);
+	}
+
+	/** An attest that began and will not finish (its body was refused or cut off): spent. */
+	abandonAttest(session: Session): void {
+		this.sessions.drop(session);
+	}
+
+	/** The rest of an attest that began: parse, bind, verify; the token, or the session is dropped. */
+	async finishAttest(
+		client: string,
+		session: Session,
+		body: unknown,
+	): Promise<string> {
+		try {
+			const { attested, token } = await this.#verifyAttest(
+				client,
+				session,
+				body,
+			);
+			this.sessions.attest(session, attested, this.#now());
+			return await token;
+		} catch (e) {
+			this.sessions.drop(session);
+			throw e;
+		}
+	}
+
+	async #verifyAttest(
+		client: string,
+		session: Session,
+		body: unknown,
+	): Promise<{ attested: Attested; token: Promise<string> }> {
 		let req: AttestRequest;
 		try {
 			req = parseAttestRequest(body);
@@ -244,9 +323,7 @@ export class Broker {
 				new DadiError("EVIDENCE_INVALID", "the evidence could not be verified"),
 			);
 		}
-		session.state = "attested";
-		session.attested = { claims, teePubKey, evidenceDigest };
-		return this.o.signer.issueAsync(
+		const token = this.o.signer.issueAsync(
 			{
 				claims,
 				teePubKey: teePubKey.jwk,
@@ -259,6 +336,7 @@ export class Broker {
 				? (input) => (this.o.offload as CryptoOffload).sign(input)
 				: undefined,
 		);
+		return { attested: { claims, teePubKey, evidenceDigest }, token };
 	}
 
 	/** GET /kbs/v0/resource/REPO/TYPE/TAG */
@@ -361,7 +439,19 @@ export class Broker {
 		return fromSession;
 	}
 
+	/**
+	 * Records a decision (durably, before the caller answers) and logs it. A denial may only be
+	 * counted, for a summary record later: a client being refused cannot grow the log at will.
+	 */
 	async #audit(r: AuditRecord): Promise<void> {
+		const now =
+			r.event === "deny"
+				? this.#denials.offer(clientKey(r.client), r, this.#now())
+				: [r];
+		await Promise.all(now.map((x) => this.#write(x)));
+	}
+
+	async #write(r: AuditRecord): Promise<void> {
 		await this.o.state.audit.append(r);
 		this.o.log?.(
 			[
@@ -371,6 +461,7 @@ export class Broker {
 				r.tee ? `tee=${r.tee}` : "",
 				r.policy ? `policy=${r.policy}` : "",
 				r.status ? `status=${r.status}` : "",
+				r.count ? `count=${r.count}` : "",
 				r.detail ? `(${r.detail})` : "",
 				r.reasons?.length ? `(${r.reasons.join("; ")})` : "",
 			]
@@ -381,5 +472,11 @@ export class Broker {
 
 	async audit(r: AuditRecord): Promise<void> {
 		await this.#audit(r);
+	}
+
+	/** Stops the summary timer and writes the summaries of open denial windows. */
+	async close(): Promise<void> {
+		clearInterval(this.#summaries);
+		await Promise.all(this.#denials.drain().map((r) => this.#write(r)));
 	}
 }

@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { DadiError, type ErrorCode } from "../errors.js";
+import type { BodyReservation } from "./body-budget.js";
 
 export class HttpProblem extends Error {
 	constructor(
@@ -67,11 +68,16 @@ export function sendJson(
 	res.end(text);
 }
 
+/**
+ * An RFC 7807 answer. When the request's body has not been read (refused before it was), the
+ * connection is closed after the answer rather than drained for the next request.
+ */
 export function sendProblem(res: ServerResponse, p: HttpProblem): void {
-	if (res.headersSent) {
+	if (res.headersSent || res.destroyed) {
 		res.destroy();
 		return;
 	}
+	const unread = res.req !== undefined && !res.req.complete;
 	sendJson(
 		res,
 		p.status,
@@ -81,17 +87,16 @@ export function sendProblem(res: ServerResponse, p: HttpProblem): void {
 			status: p.status,
 			detail: p.detail,
 		},
-		p.headers,
+		unread ? { ...p.headers, connection: "close" } : p.headers,
 		"application/problem+json",
 	);
 }
 
-/** Reads a JSON request body of at most `limit` bytes; 413/415/400 otherwise. */
-export async function readJson(
-	req: IncomingMessage,
-	limit: number,
-): Promise<unknown> {
-	const raw = await readBody(req, limit);
+/**
+ * 415 unless the request says its body is JSON: checked from the headers, before any of the body
+ * is read.
+ */
+export function requireJson(req: IncomingMessage): void {
 	const type = (req.headers["content-type"] ?? "")
 		.split(";")[0]
 		?.trim()
@@ -102,6 +107,27 @@ export async function readJson(
 			"InvalidRequest",
 			`the request body must be application/json (got "${String(type).slice(0, 64)}")`,
 		);
+}
+
+/** 413 when the request declares a body longer than `limit` (before reading any of it). */
+export function refuseDeclaredOver(req: IncomingMessage, limit: number): void {
+	const declared = Number(req.headers["content-length"] ?? "0");
+	if (declared > limit) throw tooLarge(limit);
+}
+
+/** Reads a JSON request body of at most `limit` bytes; 415/413/503/400 otherwise. */
+export async function readJson(
+	req: IncomingMessage,
+	limit: number,
+	budget?: BodyReservation,
+): Promise<unknown> {
+	try {
+		requireJson(req);
+	} catch (e) {
+		budget?.release();
+		throw e;
+	}
+	const raw = await readBody(req, limit, budget);
 	try {
 		return JSON.parse(raw.toString("utf8"));
 	} catch {
@@ -113,67 +139,77 @@ export async function readJson(
 	}
 }
 
-export function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-	const declared = Number(req.headers["content-length"] ?? "0");
-	if (declared > limit) {
-		req.resume();
-		return Promise.reject(
-			new HttpProblem(
-				413,
-				"InvalidRequest",
-				`the request body is larger than ${limit} bytes`,
-				{
-					connection: "close",
-				},
-			),
-		);
+function tooLarge(limit: number): HttpProblem {
+	return new HttpProblem(
+		413,
+		"InvalidRequest",
+		`the request body is larger than ${limit} bytes`,
+		{ connection: "close" },
+	);
+}
+
+/**
+ * Reads a request body of at most `limit` bytes: 413 when it declares or turns out to be longer;
+ * 503 when `budget` (this client's share of the memory for bodies being received) cannot hold what
+ * arrives. The budget is released when the body is read, refused or broken off.
+ */
+export function readBody(
+	req: IncomingMessage,
+	limit: number,
+	budget?: BodyReservation,
+): Promise<Buffer> {
+	try {
+		refuseDeclaredOver(req, limit);
+	} catch (e) {
+		budget?.release();
+		return Promise.reject(e);
 	}
 	return new Promise((resolve, reject) => {
 		const chunks: Buffer[] = [];
 		let size = 0;
 		let done = false;
-		req.on("data", (c: Buffer) => {
+		const finish = (e: HttpProblem | undefined) => {
+			if (done) return;
+			done = true;
+			budget?.release();
+			req.off("data", onData);
+			if (e) {
+				chunks.length = 0;
+				reject(e);
+			} else resolve(Buffer.concat(chunks, size));
+		};
+		const onData = (c: Buffer) => {
 			if (done) return;
 			size += c.length;
-			if (size > limit) {
-				done = true;
-				req.resume();
-				reject(
+			if (size > limit) return finish(tooLarge(limit));
+			if (budget && !budget.grow(c.length))
+				return finish(
 					new HttpProblem(
-						413,
-						"InvalidRequest",
-						`the request body is larger than ${limit} bytes`,
-						{
-							connection: "close",
-						},
+						503,
+						"ServiceUnavailable",
+						"the broker is receiving too much from this client at once; retry shortly",
+						{ "retry-after": "1", connection: "close" },
 					),
 				);
-				return;
-			}
 			chunks.push(c);
-		});
-		req.on("end", () => {
-			if (!done) {
-				done = true;
-				resolve(Buffer.concat(chunks, size));
-			}
-		});
-		// A client that goes away mid-body (or breaks chunked framing) is its problem, not ours.
-		const broken = () => {
-			if (!done) {
-				done = true;
-				reject(
-					new HttpProblem(
-						400,
-						"InvalidRequest",
-						"the request body was cut off or malformed",
-						{ connection: "close" },
-					),
-				);
-			}
 		};
+		req.on("data", onData);
+		req.on("end", () => finish(undefined));
+		// A client that goes away mid-body (or breaks chunked framing) is its problem, not ours.
+		const broken = () =>
+			finish(
+				new HttpProblem(
+					400,
+					"InvalidRequest",
+					"the request body was cut off or malformed",
+					{ connection: "close" },
+				),
+			);
 		req.on("error", broken);
 		req.on("aborted", broken);
+		req.on("close", () => {
+			if (!req.complete) broken();
+		});
 	});
 }
 
@@ -214,9 +250,4 @@ export function bearer(req: IncomingMessage): string | undefined {
 	if (!h) return undefined;
 	const m = /^Bearer ([A-Za-z0-9._~+/=-]+)$/i.exec(h);
 	return m ? m[1] : "";
-}
-
-/** The client's address: the TCP peer (proxies are not trusted to name clients). */
-export function clientOf(req: IncomingMessage): string {
-	return req.socket.remoteAddress ?? "unknown";
 }

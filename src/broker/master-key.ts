@@ -4,8 +4,8 @@
  * in a message: errors name where the key came from, never what it held.
  */
 import { randomBytes } from "node:crypto";
-import { type FileHandle, open } from "node:fs/promises";
-import { DadiError, fromSystemError } from "../errors.js";
+import { DadiError } from "../errors.js";
+import { readSecretFile } from "./secret-file.js";
 
 export const MASTER_KEY_BYTES = 32;
 const ENV_NAME = "DADI_BROKER_MASTER_KEY";
@@ -45,7 +45,7 @@ export function generateMasterKeyText(): string {
 
 /**
  * The master key from a file (wins when both are given) or from the value of
- * DADI_BROKER_MASTER_KEY. A key file that group or others may access is refused.
+ * DADI_BROKER_MASTER_KEY. A key file that group or others may access is refused (secret-file.ts).
  */
 export async function readMasterKey(o: {
 	file?: string;
@@ -61,47 +61,7 @@ export async function readMasterKey(o: {
 }
 
 async function readKeyFile(file: string): Promise<Buffer> {
-	let fh: FileHandle | undefined;
-	let bytes: Buffer;
-	try {
-		fh = await open(file, "r");
-		const st = await fh.stat();
-		if (!st.isFile())
-			throw new DadiError(
-				"KEY_INVALID",
-				`master key file ${file}: not a regular file`,
-			);
-		if ((st.mode & 0o077) !== 0)
-			throw new DadiError(
-				"KEY_INVALID",
-				`master key file ${file}: group or others may read it; run 'chmod 600 ${file}' (and consider the key exposed if others could read it)`,
-			);
-		if (st.size > MAX_KEY_FILE)
-			throw new DadiError(
-				"KEY_INVALID",
-				`master key file ${file}: too large to be a master key file`,
-			);
-		bytes = Buffer.alloc(MAX_KEY_FILE + 1);
-		let n = 0;
-		for (;;) {
-			const { bytesRead } = await fh.read(bytes, n, bytes.length - n, n);
-			if (bytesRead === 0) break;
-			n += bytesRead;
-			if (n > MAX_KEY_FILE) break;
-		}
-		if (n > MAX_KEY_FILE) {
-			bytes.fill(0);
-			throw new DadiError(
-				"KEY_INVALID",
-				`master key file ${file}: too large to be a master key file`,
-			);
-		}
-		bytes = bytes.subarray(0, n);
-	} catch (e) {
-		throw fromSystemError(e, file, "reading the master key");
-	} finally {
-		await fh?.close().catch(() => {});
-	}
+	const bytes = await readSecretFile(file, "master key file", MAX_KEY_FILE);
 	try {
 		return parseMasterKey(bytes.toString("utf8"), `master key file ${file}`);
 	} finally {

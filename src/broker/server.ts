@@ -1,15 +1,11 @@
 /**
  * Starting and stopping a broker: state directory, signing key, policies, verifiers, the KBS
- * listener (HTTP or HTTPS) and, only when asked for with a token, the admin listener. Limits:
- * per-client request rate, bounded sessions, body sizes, header/request timeouts.
+ * listener (HTTP or HTTPS) and, only when asked for with a token, the admin listener. Each
+ * listener has its own limits (listener.ts): connections, request rate and body memory per client
+ * and in all, timeouts; the broker bounds sessions (sessions.ts). Every log line is made printable
+ * (clients choose some of its text).
  */
-import {
-	createServer as createHttp,
-	type IncomingMessage,
-	type Server,
-	type ServerResponse,
-} from "node:http";
-import { createServer as createHttps } from "node:https";
+import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import type { Verifier } from "../attest/claims.js";
@@ -21,19 +17,20 @@ import { sampleVerifier } from "../attest/sample.js";
 import { createSnpVerifier } from "../attest/snp/verifier.js";
 import { tdxVerifier } from "../attest/tdx/verifier.js";
 import { DadiError } from "../errors.js";
+import { printable } from "../printable.js";
 import { adminRoute, adminTokenDigest } from "./admin-routes.js";
 import { Broker } from "./broker.js";
+import type { TrustedProxies } from "./client-address.js";
 import { CryptoOffload } from "./crypto-offload.js";
-import {
-	clientOf,
-	HttpProblem,
-	PROBLEM_BASE,
-	problemFor,
-	sendProblem,
-} from "./http.js";
+import type { CoalescerOptions } from "./denial-coalescer.js";
 import { kbsRoute } from "./kbs-routes.js";
+import {
+	createListener,
+	type Listener,
+	type ListenerLimits,
+	type Timeouts,
+} from "./listener.js";
 import { PolicyStore } from "./policy-store.js";
-import { RateLimiter } from "./rate-limit.js";
 import { openStateDir } from "./state-dir.js";
 import { generateSigningKey, tokenSigner } from "./token.js";
 
@@ -50,11 +47,25 @@ export interface BrokerConfig {
 	admin?: { host: string; port: number; token: string };
 	tls?: { cert: Buffer; key: Buffer };
 	sessionTtlSeconds?: number;
+	/** How long a session may wait for its attest (default 60 s, at most the session TTL). */
+	challengeTtlSeconds?: number;
 	tokenTtlSeconds?: number;
 	maxSessions?: number;
 	maxSessionsPerClient?: number;
-	/** Requests per second per client address (0: unlimited) and burst. */
+	/** Requests per second per client (0: unlimited) and burst; each listener has its own buckets. */
 	rateLimit?: { rate: number; burst: number };
+	/** Open connections of the KBS listener, in all and per client (default 4096 / 128). */
+	maxConnections?: { max: number; perClient: number };
+	/** Memory for request bodies being received by the KBS listener (default 128 MiB / 8 MiB per client). */
+	bodyMemory?: { total: number; perClient: number };
+	/** Peers (reverse proxies) whose X-Forwarded-For names the client. */
+	trustedProxies?: TrustedProxies;
+	/** Overrides of the listeners' timeouts, ms (tests). */
+	timeouts?: Partial<Timeouts>;
+	/** Rotation and retention of the audit log (default 64 MiB files, 15 rotated ones kept). */
+	audit?: { rotateBytes?: number; keep?: number };
+	/** How denials are coalesced in the audit log (default 5 a client per 10 s, then counted). */
+	denialCoalescing?: CoalescerOptions;
 	/**
 	 * Worker threads doing each release's JWE and token signature while the event loop serves
 	 * HTTP (default: 1 when the machine has 2 or more CPUs, else 0).
@@ -77,19 +88,32 @@ export interface RunningBroker {
 	url: string;
 	adminUrl?: string;
 	broker: Broker;
+	/** Live counts: connections and body bytes per listener, sessions. */
+	stats(): {
+		kbs: { connections: number; bodyBytes: number };
+		admin?: { connections: number; bodyBytes: number };
+		sessions: number;
+	};
 	close(): Promise<void>;
 }
+
+/** The admin listener serves a few operators: small fixed limits of its own. */
+const ADMIN_CONNECTIONS = { max: 64, perClient: 16 };
+const ADMIN_BODIES = { total: 16 << 20, perClient: 4 << 20 };
 
 const SIGNING_KEY = "token-signing-key";
 
 export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
-	const log = c.log ?? (() => {});
+	const sink = c.log ?? (() => {});
+	const log = (line: string) => sink(printable(line));
 	if (c.admin && c.admin.token.trim().length < 16)
 		throw new DadiError(
 			"USAGE",
 			"the admin token must be at least 16 characters (create one with 'dadi-broker init')",
 		);
-	const state = await openStateDir(c.stateDir, c.masterKey);
+	const state = await openStateDir(c.stateDir, c.masterKey, {
+		audit: { ...c.audit, log },
+	});
 	const servers: Server[] = [];
 	const cleanups: (() => Promise<void>)[] = [];
 	try {
@@ -140,72 +164,39 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 				c.sessionTtlSeconds !== undefined
 					? c.sessionTtlSeconds * 1000
 					: undefined,
+			challengeTtlMs:
+				c.challengeTtlSeconds !== undefined
+					? c.challengeTtlSeconds * 1000
+					: undefined,
 			tokenTtlSeconds: c.tokenTtlSeconds,
 			maxSessions: c.maxSessions,
 			maxSessionsPerClient: c.maxSessionsPerClient,
+			coalescing: c.denialCoalescing,
 			log,
 		});
-		const limiter = new RateLimiter(c.rateLimit ?? { rate: 50, burst: 100 });
-		const handle =
-			(route: (req: IncomingMessage, res: ServerResponse) => Promise<void>) =>
-			(req: IncomingMessage, res: ServerResponse) => {
-				const wait = limiter.take(clientOf(req), Date.now());
-				const go =
-					wait > 0
-						? Promise.reject(
-								new HttpProblem(
-									429,
-									"TooManyRequests",
-									`too many requests from this client; retry in ${wait} s`,
-									{
-										"retry-after": String(wait),
-									},
-								),
-							)
-						: route(req, res);
-				go.catch((e) => {
-					const p = problemFor(e);
-					if (p.status >= 500 && p.status !== 503)
-						log(
-							`internal error on ${req.method} ${req.url?.slice(0, 200)}: ${(e as Error)?.stack ?? e}`,
-						);
-					sendProblem(res, p);
-				});
-			};
+		// before the state closes: summaries of coalesced denials
+		cleanups.push(() =>
+			broker.close().catch((e: unknown) => {
+				log(`audit: closing: ${(e as Error).message}`);
+			}),
+		);
+		const rate = c.rateLimit ?? { rate: 50, burst: 100 };
 		const make = (
-			fn: (req: IncomingMessage, res: ServerResponse) => void,
-		): Server => {
-			const opts = { maxHeaderSize: 16 << 10 };
-			const s = c.tls
-				? createHttps({ ...opts, cert: c.tls.cert, key: c.tls.key }, fn)
-				: createHttp(opts, fn);
-			s.headersTimeout = 10_000;
-			s.requestTimeout = 30_000;
-			s.keepAliveTimeout = 5_000;
-			s.maxConnections = 4096;
-			s.on("clientError", (e: NodeJS.ErrnoException, socket) => {
-				if (!socket.writable) {
-					socket.destroy();
-					return;
-				}
-				const [status, text] =
-					e.code === "HPE_HEADER_OVERFLOW"
-						? [431, "Request Header Fields Too Large"]
-						: e.code === "ERR_HTTP_REQUEST_TIMEOUT"
-							? [408, "Request Timeout"]
-							: [400, "Bad Request"];
-				const body = JSON.stringify({
-					type: `${PROBLEM_BASE}InvalidRequest`,
-					title: "InvalidRequest",
-					status,
-					detail: text.toLowerCase(),
-				});
-				socket.end(
-					`HTTP/1.1 ${status} ${text}\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-				);
-			});
-			servers.push(s);
-			return s;
+			limits: ListenerLimits,
+			route: Parameters<typeof createListener>[1],
+		): Listener => {
+			const l = createListener(
+				{
+					limits,
+					tls: c.tls,
+					trustedProxies: c.trustedProxies,
+					log,
+					timeouts: c.timeouts,
+				},
+				route,
+			);
+			servers.push(l.server);
+			return l;
 		};
 		const listen = (s: Server, host: string, port: number) =>
 			new Promise<number>((resolve, reject) => {
@@ -223,10 +214,16 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 		const fmt = (host: string, port: number) =>
 			`${scheme}://${host.includes(":") ? `[${host}]` : host}:${port}`;
 		const kbs = make(
-			handle((req, res) => kbsRoute(broker, req, res, Boolean(c.tls))),
+			{
+				connections: c.maxConnections ?? { max: 4096, perClient: 128 },
+				rate,
+				bodies: c.bodyMemory ?? { total: 128 << 20, perClient: 8 << 20 },
+			},
+			(req, res, rc) => kbsRoute(broker, req, res, Boolean(c.tls), rc),
 		);
-		const port = await listen(kbs, c.host, c.port);
+		const port = await listen(kbs.server, c.host, c.port);
 		let adminUrl: string | undefined;
+		let admin: Listener | undefined;
 		if (c.admin) {
 			const ctx = {
 				broker,
@@ -234,10 +231,13 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 				policies,
 				tokenDigest: adminTokenDigest(c.admin.token),
 			};
-			const admin = make(handle((req, res) => adminRoute(ctx, req, res)));
+			admin = make(
+				{ connections: ADMIN_CONNECTIONS, rate, bodies: ADMIN_BODIES },
+				(req, res, rc) => adminRoute(ctx, req, res, rc),
+			);
 			adminUrl = fmt(
 				c.admin.host,
-				await listen(admin, c.admin.host, c.admin.port),
+				await listen(admin.server, c.admin.host, c.admin.port),
 			);
 		}
 		let closed: Promise<void> | undefined;
@@ -245,6 +245,11 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 			url: fmt(c.host, port),
 			adminUrl,
 			broker,
+			stats: () => ({
+				kbs: kbs.stats(),
+				...(admin ? { admin: admin.stats() } : {}),
+				sessions: broker.sessions.size,
+			}),
 			close: () => {
 				closed ??= (async () => {
 					await Promise.all(
@@ -256,6 +261,11 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 								}),
 						),
 					);
+					await broker
+						.close()
+						.catch((e: unknown) =>
+							log(`audit: closing: ${(e as Error).message}`),
+						);
 					for (const f of cleanups) await f();
 					await state.close();
 				})();

@@ -11,7 +11,7 @@ import {
 import { dirname, join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
 import { acquirePidLock, releasePidLock } from "../pid-lock.js";
-import { AuditLog } from "./audit-log.js";
+import { AuditLog, type AuditLogOptions } from "./audit-log.js";
 import {
 	decodeB64u,
 	deriveSubkey,
@@ -165,7 +165,12 @@ async function checkStateFile(dir: string, masterKey: Buffer): Promise<void> {
 export async function openStateDir(
 	dir: string,
 	masterKey: Buffer,
-	o: { create?: boolean; now?: () => Date } = {},
+	o: {
+		create?: boolean;
+		now?: () => Date;
+		/** Rotation and retention of the audit log (audit-log.ts). */
+		audit?: Omit<AuditLogOptions, "now">;
+	} = {},
 ): Promise<BrokerState> {
 	deriveSubkey(masterKey, CHECK_INFO).fill(0); // KEY_INVALID for a key of the wrong size
 	let hasState = true;
@@ -193,7 +198,10 @@ export async function openStateDir(
 	try {
 		const now = o.now ? { now: o.now } : {};
 		keystore = await KeyStore.open(dir, masterKey, now);
-		const audit = await AuditLog.open(join(dir, "audit.log"), now);
+		const audit = await AuditLog.open(join(dir, "audit.log"), {
+			...o.audit,
+			...now,
+		});
 		const ks = keystore;
 		let closing: Promise<void> | undefined;
 		return {

@@ -7,6 +7,7 @@
 import type { Attester } from "../attest/attester.js";
 import { DadiError, type ErrorCode } from "../errors.js";
 import { parseResourcePath } from "../policy/resource-pattern.js";
+import { printable } from "../printable.js";
 import { type HttpTransport, header, readBody } from "../registry/http.js";
 import {
 	backoffMs,
@@ -285,7 +286,8 @@ function brokerError(
 	let type = "";
 	try {
 		const j = JSON.parse(text) as { detail?: unknown; type?: unknown };
-		if (typeof j.detail === "string") detail = j.detail.slice(0, 500);
+		if (typeof j.detail === "string")
+			detail = printable(j.detail.slice(0, 500));
 		if (typeof j.type === "string") type = j.type.slice(0, 200);
 	} catch {
 		// not a problem document

@@ -29,9 +29,13 @@ export interface Containerd {
 	shims(): number[];
 }
 
+/**
+ * `extraProxies`: more proxy snapshotters by name → socket (e.g. one whose process is not running).
+ */
 export async function startContainerd(
 	dir: string,
 	snapshotterSocket: string,
+	extraProxies: Record<string, string> = {},
 ): Promise<Containerd> {
 	const socket = join(dir, "containerd.sock");
 	const logFile = join(dir, "containerd.log");
@@ -55,6 +59,11 @@ export async function startContainerd(
 			"[proxy_plugins.dadi]",
 			'  type = "snapshot"',
 			`  address = "${snapshotterSocket}"`,
+			...Object.entries(extraProxies).flatMap(([name, address]) => [
+				`[proxy_plugins.${name}]`,
+				'  type = "snapshot"',
+				`  address = "${address}"`,
+			]),
 			"",
 		].join("\n"),
 	);

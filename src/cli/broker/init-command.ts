@@ -1,10 +1,11 @@
 /** `dadi-broker init`: a new state directory, master key and admin token. */
 import { randomBytes } from "node:crypto";
-import { access, readFile } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import type { Command } from "commander";
 import {
 	generateMasterKeyText,
 	parseMasterKey,
+	readMasterKey,
 } from "../../broker/master-key.js";
 import { initStateDir } from "../../broker/state-dir.js";
 import { DadiError, fromSystemError } from "../../errors.js";
@@ -41,10 +42,8 @@ export function initCommand(program: Command): void {
 					let master: Buffer;
 					let created = false;
 					try {
-						master = parseMasterKey(
-							await readFile(opts.masterKey, "utf8"),
-							opts.masterKey,
-						);
+						// an existing key file must be the owner's alone, as at serve
+						master = await readMasterKey({ file: opts.masterKey });
 					} catch (e) {
 						const err = fromSystemError(
 							e,

@@ -5,6 +5,7 @@ import { AdminClient, readAdminToken } from "../../broker/admin-client.js";
 import { parseImageKey, toJwk } from "../../crypto/image-key.js";
 import { DadiError, fromSystemError } from "../../errors.js";
 import { resourcePathOf } from "../../kbs/client.js";
+import { printable } from "../../printable.js";
 import { printJson, runAction } from "../common.js";
 
 interface AdminFlags {
@@ -116,7 +117,9 @@ export function resourceCommand(program: Command): void {
 			if (f.json) printJson({ ok: true, resources: r.resources });
 			else
 				for (const x of r.resources)
-					process.stdout.write(`${x.path}\t${x.size} B\t${x.updated}\n`);
+					process.stdout.write(
+						`${printable(x.path)}\t${printable(x.size)} B\t${printable(x.updated)}\n`,
+					);
 		}),
 	);
 	adminOptions(
@@ -182,11 +185,15 @@ const AUDIT_COLUMNS = [
 	"REASONS / DETAIL",
 ] as const;
 
-/** Audit records as a table with headings, one record a line, tab-separated. */
+/**
+ * Audit records as a table with headings, one record a line, tab-separated. Every cell is made
+ * printable (clients choose some of the text: a newline, tab or terminal escape stays visible and
+ * inert).
+ */
 export function auditTable(records: Record<string, unknown>[]): string {
 	if (records.length === 0) return "no audit records match\n";
 	const cell = (v: unknown) =>
-		v === undefined || v === null || v === "" ? "-" : String(v);
+		v === undefined || v === null || v === "" ? "-" : printable(v);
 	const rows = records.map((x) => [
 		cell(x.seq),
 		cell(x.time),

@@ -2,6 +2,7 @@
 import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { readAdminToken } from "../../broker/admin-client.js";
+import { parseTrustedProxies } from "../../broker/client-address.js";
 import { readMasterKey } from "../../broker/master-key.js";
 import { type BrokerConfig, startBroker } from "../../broker/server.js";
 import { DadiError, fromSystemError } from "../../errors.js";
@@ -27,6 +28,10 @@ interface ServeFlags {
 	cryptoWorkers?: string;
 	snpCerts?: string;
 	tdxCollateral?: string;
+	maxConnections?: string;
+	trustedProxy?: string;
+	auditFileMib?: string;
+	auditKeep?: string;
 	json?: boolean;
 }
 
@@ -47,6 +52,10 @@ const CONFIG_KEYS: (keyof ServeFlags)[] = [
 	"cryptoWorkers",
 	"snpCerts",
 	"tdxCollateral",
+	"maxConnections",
+	"trustedProxy",
+	"auditFileMib",
+	"auditKeep",
 ];
 
 export function serveCommand(program: Command): void {
@@ -97,7 +106,23 @@ export function serveCommand(program: Command): void {
 		.option("--max-sessions <N>", "open sessions at most (default 10000)")
 		.option(
 			"--rate-limit <N[/BURST]>",
-			"requests per second per client address (default 50/100; 0 = off)",
+			"requests per second per client address (default 50/100; 0 = off); the admin listener counts apart",
+		)
+		.option(
+			"--max-connections <N[/PER-CLIENT]>",
+			"open connections of the KBS listener, in all and per client address (default 4096/128)",
+		)
+		.option(
+			"--trusted-proxy <ADDR[/BITS],…>",
+			"reverse proxies whose X-Forwarded-For names the client (per-client limits then count the client, not the proxy)",
+		)
+		.option(
+			"--audit-file-mib <N>",
+			"rotate the audit log when it reaches N MiB (default 64)",
+		)
+		.option(
+			"--audit-keep <N>",
+			"rotated audit log files kept; older ones are removed (default 15)",
 		)
 		.option(
 			"--snp-certs <DIR>",
@@ -144,6 +169,15 @@ export function serveCommand(program: Command): void {
 					cryptoWorkers: workers(opts.cryptoWorkers),
 					snpCertsDir: opts.snpCerts,
 					tdxCollateralDir: opts.tdxCollateral,
+					maxConnections: connections(opts.maxConnections),
+					trustedProxies:
+						opts.trustedProxy === undefined
+							? undefined
+							: parseTrustedProxies(opts.trustedProxy),
+					audit: {
+						rotateBytes: mib(opts.auditFileMib),
+						keep: whole(opts.auditKeep, "--audit-keep", 0, 10_000),
+					},
 					log,
 				};
 				if (opts.adminListen) {
@@ -279,6 +313,42 @@ function workers(v: string | undefined): number | undefined {
 			`--crypto-workers "${v}": a whole number from 0 to 64`,
 		);
 	return n;
+}
+
+function whole(
+	v: string | undefined,
+	what: string,
+	min: number,
+	max: number,
+): number | undefined {
+	if (v === undefined) return undefined;
+	const n = Number(v);
+	if (!Number.isInteger(n) || n < min || n > max)
+		throw new DadiError(
+			"USAGE",
+			`${what} "${v}": a whole number from ${min} to ${max}`,
+		);
+	return n;
+}
+
+function mib(v: string | undefined): number | undefined {
+	const n = whole(v, "--audit-file-mib", 1, 65_536);
+	return n === undefined ? undefined : n * (1 << 20);
+}
+
+function connections(
+	v: string | undefined,
+): { max: number; perClient: number } | undefined {
+	if (v === undefined) return undefined;
+	const m = /^(\d{1,6})(?:\/(\d{1,6}))?$/.exec(v);
+	const max = m ? Number(m[1]) : 0;
+	const perClient = m?.[2] ? Number(m[2]) : Math.min(max, 128);
+	if (!m || max < 1 || perClient < 1 || perClient > max)
+		throw new DadiError(
+			"USAGE",
+			`--max-connections "${v}": N or N/PER-CLIENT, 1 ≤ PER-CLIENT ≤ N`,
+		);
+	return { max, perClient };
 }
 
 function rate(
