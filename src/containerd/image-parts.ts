@@ -6,7 +6,7 @@
 import { DadiError } from "../errors.js";
 import type { Descriptor } from "../oci/digest.js";
 import { parseDescriptor, parseJson } from "../oci/layout.js";
-import { MT_SEALED_CONFIG } from "../oci/media-types.js";
+import { MT_SEALED_CONFIG_V1 } from "../oci/media-types.js";
 import { readImageConfig } from "../source/image-config.js";
 import type { Platform } from "../source/image-source.js";
 import { formatPlatform, platformMatches } from "../source/platform.js";
@@ -98,10 +98,10 @@ export function parseImageManifest(bytes: Buffer, what: string): ImageManifest {
 	if (doc.schemaVersion !== 2)
 		throw new DadiError("LAYOUT_INVALID", `${what}: schemaVersion must be 2`);
 	const config = parseDescriptor(doc.config, `${what}: config`);
-	if (config.mediaType === MT_SEALED_CONFIG)
+	if (config.mediaType === MT_SEALED_CONFIG_V1)
 		throw new DadiError(
 			"FORMAT_UNSUPPORTED",
-			`${what}: a dadi sealed image; its layers are not container layers containerd can unpack (a sealed image runs in a sandbox through dadi-guest, docs/guest.md)`,
+			`${what}: a dadi sealed image of format v1, which this build does not read; re-seal it (format v2 images pull through dadi-snapshotter)`,
 		);
 	if (!isConfigType(config.mediaType))
 		throw new DadiError(
