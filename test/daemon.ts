@@ -18,14 +18,19 @@ export function killDaemons(): void {
 	for (const c of running) c.kill("SIGKILL");
 }
 
-/** Starts `node BIN ARGS…` (which must print one JSON ready document on stdout) and waits for it. */
+/**
+ * Starts `node BIN ARGS…` (which must print one JSON ready document on stdout) and waits for it.
+ * With `wrap` (e.g. ["strace", "-f", …]) the node command runs under that program.
+ */
 export async function startDaemon(
 	bin: string,
 	args: string[],
 	env?: NodeJS.ProcessEnv,
 	cwd?: string,
+	wrap: string[] = [],
 ): Promise<Daemon> {
-	const child = spawn(process.execPath, [bin, ...args], {
+	const argv = [...wrap, process.execPath, bin, ...args];
+	const child = spawn(argv[0] as string, argv.slice(1), {
 		stdio: ["ignore", "pipe", "pipe"],
 		env: env ?? process.env,
 		cwd,

@@ -17,6 +17,8 @@ export interface WrapperOptions {
 	program: string;
 	/** dadi-snapshotter's --root: only run settings under it are trusted. */
 	snapshotterRoot: string;
+	/** Global options put before every call's own arguments (runsc: --network=none, --platform=…). */
+	runtimeArgs?: readonly string[];
 }
 
 /** A path safe to put in single quotes in a shell script. */
@@ -34,6 +36,16 @@ export function wrapperScript(o: WrapperOptions): string {
 	const node = quoted(o.node, "node");
 	const program = quoted(o.program, "the patch program");
 	const root = quoted(o.snapshotterRoot, "the snapshotter root");
+	const extra = (o.runtimeArgs ?? [])
+		.map((arg) => {
+			if (!/^-[A-Za-z0-9_=.,:/+-]+$/.test(arg))
+				throw new DadiError(
+					"USAGE",
+					`runtime option "${arg}": expected an option such as --network=none (letters, digits, and = . , : / + - _)`,
+				);
+			return ` ${arg}`;
+		})
+		.join("");
 	return `#!/bin/sh
 # dadi OCI runtime wrapper, written by 'dadi-snapshotter install-runtime'. Before 'create' and
 # 'run' it fills a sealed image's own entrypoint, env, workdir and user into the bundle (host mode),
@@ -65,6 +77,6 @@ done
 if [ "$command" = create ] || [ "$command" = run ]; then
 	${node} ${program} patch-bundle --root ${root} -- "$bundle" >&2 || exit $?
 fi
-exec "$runtime" "$@"
+exec "$runtime"${extra} "$@"
 `;
 }

@@ -30,6 +30,12 @@ export function runtimeCommands(program: Command): void {
 		.option("--root <DIR>", "the snapshotter's --root", DEFAULT_ROOT)
 		.option("--runc <PATH>", "the real runc", "/usr/sbin/runc")
 		.option("--runsc <PATH>", "the real runsc (gVisor)", "/usr/bin/runsc")
+		.option(
+			"--runsc-arg <OPTION>",
+			"a global runsc option for dadi-runsc (repeatable), e.g. --network=none where containers get no network namespace of their own (ctr run), --platform=ptrace",
+			(v: string, all: string[]) => [...all, v],
+			[],
+		)
 		.option("--json", "print what was written as JSON")
 		.action(
 			async (o: {
@@ -37,6 +43,7 @@ export function runtimeCommands(program: Command): void {
 				root: string;
 				runc: string;
 				runsc: string;
+				runscArg: string[];
 				json?: boolean;
 			}) =>
 				runAction(
@@ -47,9 +54,9 @@ export function runtimeCommands(program: Command): void {
 							new URL("../dadi-snapshotter.js", import.meta.url),
 						);
 						const written: string[] = [];
-						for (const [name, runtime] of [
-							["dadi-runc", o.runc],
-							["dadi-runsc", o.runsc],
+						for (const [name, runtime, runtimeArgs] of [
+							["dadi-runc", o.runc, [] as string[]],
+							["dadi-runsc", o.runsc, o.runscArg],
 						] as const) {
 							const file = join(resolve(o.dir), name);
 							await writeFileAtomic(
@@ -59,6 +66,7 @@ export function runtimeCommands(program: Command): void {
 									node: process.execPath,
 									program,
 									snapshotterRoot: resolve(o.root),
+									runtimeArgs,
 								}),
 								0o755,
 							);
