@@ -23,6 +23,7 @@
  *                          [--broker-attack | --no-broker-attack] [--broker-attack-seconds N]
  *                          [--attest | --no-attest]
  */
+
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { constants, rmSync, statfsSync } from "node:fs";
@@ -53,6 +54,11 @@ import { runBrokerAttackBench } from "./broker-attack-bench.js";
 import type { AttackBenchReport } from "./broker-attack-report.js";
 import { runBrokerBench } from "./broker-bench.js";
 import type { BrokerBenchReport } from "./broker-report.js";
+import {
+	type ContainerBenchReport,
+	containerBenchMissing,
+	runContainerBench,
+} from "./container-bench.js";
 import { guestBenchMissing, runGuestBench } from "./guest-bench.js";
 import type { GuestBenchReport } from "./guest-report.js";
 import { prepareImage, type TestImage } from "./image.js";
@@ -116,6 +122,10 @@ interface Options {
 	brokerSeconds: number;
 	/** Profile each key-broker server once and write .cpuprofile files here. */
 	brokerProfile: string | undefined;
+	/** Run only the container section (with the other "only" flags: those too). */
+	containers: boolean;
+	/** Skip the container section. */
+	noContainers: boolean;
 	/** Run only the key broker under attack section (with the other "only" flags: those too). */
 	brokerAttack: boolean;
 	/** Skip the key broker under attack section. */
@@ -163,6 +173,10 @@ const USAGE = `usage: node dist/bench/run.js [options]
                        those too
   --no-broker-attack   skip the key broker under attack section
   --broker-attack-seconds N  timed seconds of each run under attack (default 10, quick 4)
+  --containers         run only the container section (pull + start to first output of a sealed image
+                       through dadi-snapshotter vs the same image plain through containerd's overlayfs;
+                       root, containerd, runc); with the other "only" flags, those too
+  --no-containers      skip the container section
   --attest             run only the attestation section (SEV-SNP report and TDX quote verifications per
                        second on one core against the raw signature checks they contain; needs the
                        shared fixtures, $DADI_FIXTURES); with the other "only" flags, those too
@@ -199,6 +213,8 @@ function parseOptions(argv: string[]): Options {
 			"broker-attack-seconds": { type: "string" },
 			attest: { type: "boolean", default: false },
 			"no-attest": { type: "boolean", default: false },
+			containers: { type: "boolean", default: false },
+			"no-containers": { type: "boolean", default: false },
 			help: { type: "boolean", default: false },
 		},
 	});
@@ -275,6 +291,8 @@ function parseOptions(argv: string[]): Options {
 		noBroker: values["no-broker"] ?? false,
 		attest: values.attest ?? false,
 		noAttest: values["no-attest"] ?? false,
+		containers: values.containers ?? false,
+		noContainers: values["no-containers"] ?? false,
 		brokerSeconds,
 		brokerProfile: values["broker-profile"],
 		brokerAttack: values["broker-attack"] ?? false,
@@ -384,7 +402,8 @@ async function main(): Promise<void> {
 			opts.guest ||
 			opts.broker ||
 			opts.brokerAttack ||
-			opts.attest;
+			opts.attest ||
+			opts.containers;
 		const disk = only
 			? undefined
 			: await bench(opts, size, workDir, log, print);
@@ -495,6 +514,24 @@ async function main(): Promise<void> {
 				if (opts.attest) process.exitCode = 1;
 			}
 		}
+		let containers: ContainerBenchReport | { skipped: string } | undefined;
+		if (!opts.noContainers && (!only || opts.containers)) {
+			const missing = containerBenchMissing();
+			if (missing === null)
+				containers = await runContainerBench({
+					repo: REPO,
+					cacheDir: process.env.DADI_BENCH_CACHE ?? join(REPO, ".bench-cache"),
+					workDir,
+					reps: opts.repsGiven ?? (opts.quick ? 1 : 3),
+					log,
+					print,
+				});
+			else {
+				log(`container section skipped: ${missing}`);
+				containers = { skipped: missing };
+				if (opts.containers) process.exitCode = 1;
+			}
+		}
 		const sections = [
 			disk,
 			images,
@@ -503,6 +540,7 @@ async function main(): Promise<void> {
 			broker,
 			brokerAttack,
 			attest,
+			containers,
 		].filter((x) => x !== undefined);
 		if (sections.length > 1)
 			log(
@@ -517,6 +555,7 @@ async function main(): Promise<void> {
 			...(broker === undefined ? {} : { broker }),
 			...(brokerAttack === undefined ? {} : { brokerAttack }),
 			...(attest === undefined ? {} : { attest }),
+			...(containers === undefined ? {} : { containers }),
 		};
 		const report =
 			disk !== undefined
