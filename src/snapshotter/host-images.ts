@@ -33,8 +33,11 @@ export interface HostImagesOptions {
 	root: string;
 	/** The dadi-guest program (dist/src/cli/dadi-guest.js). */
 	guestProgram: string;
-	/** Key and registry flags for every serve (--key-dir/--broker…, --insecure, --ca-file…). */
-	serveArgs: readonly string[];
+	/**
+	 * Key and registry flags for every serve (--key-dir/--broker…, --insecure, --ca-file…);
+	 * undefined when the snapshotter was given no key source (sealed images then cannot start).
+	 */
+	serveArgs: readonly string[] | undefined;
 	/** A base directory for persistent chunk caches: one subdirectory per instance. */
 	cacheDir?: string;
 	/** How long a serve may take to attest, fetch the index and mount (default 120 s). */
@@ -67,6 +70,13 @@ export class HostImages {
 
 	/** The mounted file system of the image up to `layers`, serving it first if needed. */
 	ensure(image: string, layers: number): Promise<string> {
+		if (!this.o.serveArgs)
+			return Promise.reject(
+				new DadiError(
+					"USAGE",
+					`${image} is sealed, and this dadi-snapshotter has no key source: start it with --key-dir DIR or --broker URL (host mode), or use a runtime class whose snapshotter runs with --mode guest`,
+				),
+			);
 		const id = HostImages.idOf(image, layers);
 		let p = this.#starting.get(id);
 		if (!p) {
@@ -110,7 +120,7 @@ export class HostImages {
 					...(this.o.cacheDir
 						? ["--cache-dir", join(this.o.cacheDir, id)]
 						: []),
-					...this.o.serveArgs,
+					...(this.o.serveArgs ?? []),
 				],
 				{ detached: true, stdio: ["ignore", out, err] },
 			);

@@ -171,25 +171,26 @@ function sealedLayersFor(
 	}
 	if (o.mode !== "host")
 		throw new DadiError("USAGE", `--mode "${o.mode}": expected host or guest`);
-	if (Boolean(o.keyDir) === Boolean(o.broker))
-		throw new DadiError(
-			"USAGE",
-			"host mode serves sealed images and needs their keys: give --key-dir DIR or --broker URL",
-		);
+	if (o.keyDir && o.broker)
+		throw new DadiError("USAGE", "give either --key-dir or --broker, not both");
+	// Without a key source ordinary images work as ever; a sealed image is still claimed (so it is
+	// never downloaded) but its containers fail to start with what to configure.
 	const keys = o.keyDir
 		? ["--key-dir", resolve(o.keyDir)]
-		: [
-				"--broker",
-				o.broker as string,
-				...(o.attester ? ["--attester", o.attester] : []),
-				...(o.brokerCa ? ["--broker-ca", resolve(o.brokerCa)] : []),
-			];
+		: o.broker
+			? [
+					"--broker",
+					o.broker,
+					...(o.attester ? ["--attester", o.attester] : []),
+					...(o.brokerCa ? ["--broker-ca", resolve(o.brokerCa)] : []),
+				]
+			: undefined;
 	return new SealedLayers({
 		mode: "host",
 		host: new HostImages({
 			root,
 			guestProgram: fileURLToPath(new URL("../dadi-guest.js", import.meta.url)),
-			serveArgs: [...keys, ...registry],
+			serveArgs: keys ? [...keys, ...registry] : undefined,
 			cacheDir: o.cacheDir ? resolve(o.cacheDir) : undefined,
 			log,
 		}),
