@@ -19,11 +19,11 @@ import {
 	sleep,
 } from "./broker/abuse.js";
 import {
-	POLICIES,
+	startBrokerProgram,
 	startTestBroker,
 	type TestBroker,
 } from "./broker/harness.js";
-import { type Daemon, killDaemons, startDaemon } from "./daemon.js";
+import { type Daemon, killDaemons } from "./daemon.js";
 import { BIN, cleanupTempDirs, must, runCli, tempDir } from "./helpers.js";
 
 const RES = "default/image-key/abuse";
@@ -242,23 +242,11 @@ describe("slow bodies", { timeout: 180_000 }, () => {
 				token,
 			]),
 		);
-		const d = await startDaemon(BIN.broker, [
-			"serve",
-			"--state",
+		const d = await startBrokerProgram({
 			state,
-			"--master-key",
-			master,
-			"--listen",
-			"tcp:127.0.0.1:0",
-			"--policies",
-			POLICIES,
-			"--insecure-dev",
-			"--admin-listen",
-			"tcp:127.0.0.1:0",
-			"--admin-token-file",
-			token,
-			"--json",
-		]);
+			masterKey: master,
+			adminTokenFile: token,
+		});
 		daemons.push(d);
 		const url = String(d.ready.url);
 		const { readAdminToken } = await import("../src/broker/admin-client.js");

@@ -8,7 +8,7 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { buildFilesystem } from "../src/rootfs/mkfs.js";
-import { POLICIES } from "./broker/harness.js";
+import { startBrokerProgram } from "./broker/harness.js";
 import { type Daemon, killDaemons, startDaemon } from "./daemon.js";
 import {
 	BIN,
@@ -31,23 +31,10 @@ let disk: Buffer;
 const RES = "kbs:///default/image-key/flow";
 
 function startBrokerCli(extra: string[] = ["--insecure-dev"]): Promise<Daemon> {
-	return startDaemon(BIN.broker, [
-		"serve",
-		"--state",
-		state,
-		"--master-key",
-		master,
-		"--listen",
-		"tcp:127.0.0.1:0",
-		"--policies",
-		POLICIES,
-		"--admin-listen",
-		"tcp:127.0.0.1:0",
-		"--admin-token-file",
-		token,
-		"--json",
-		...extra,
-	]);
+	return startBrokerProgram(
+		{ state, masterKey: master, adminTokenFile: token },
+		extra,
+	);
 }
 
 const url = () => String(broker.ready.url);

@@ -16,8 +16,8 @@ import {
 	openSealedImage,
 } from "../src/image/open-image.js";
 import { sha256Digest } from "../src/oci/digest.js";
-import { POLICIES } from "./broker/harness.js";
-import { type Daemon, killDaemons, startDaemon } from "./daemon.js";
+import { startBrokerProgram } from "./broker/harness.js";
+import { type Daemon, killDaemons } from "./daemon.js";
 import {
 	BIN,
 	cleanupTempDirs,
@@ -230,23 +230,11 @@ describe("from a registry, and with a key from a broker", () => {
 				token,
 			]),
 		);
-		broker = await startDaemon(BIN.broker, [
-			"serve",
-			"--state",
+		broker = await startBrokerProgram({
 			state,
-			"--master-key",
-			master,
-			"--listen",
-			"tcp:127.0.0.1:0",
-			"--policies",
-			POLICIES,
-			"--admin-listen",
-			"tcp:127.0.0.1:0",
-			"--admin-token-file",
-			token,
-			"--json",
-			"--insecure-dev",
-		]);
+			masterKey: master,
+			adminTokenFile: token,
+		});
 		await must(
 			runCli(BIN.broker, [
 				"resource",

@@ -218,3 +218,30 @@ export async function writeFioPattern(
 		),
 	);
 }
+
+/**
+ * A raw disk written from `regions`, sealed with a new key and pushed to a registry as
+ * `docker://HOST/NAME` by the real `dadi-seal` program (plain HTTP).
+ */
+export async function sealDiskToRegistry(
+	registryHost: string,
+	name: string,
+	size: number,
+	regions: Region[],
+): Promise<{ key: ImageKey; keyPath: string; disk: Buffer }> {
+	const dir = await tempDir();
+	const { key, path: keyPath } = await writeKey(dir);
+	const disk = await writeDisk(join(dir, "d.img"), size, regions);
+	await must(
+		runCli(BIN.seal, [
+			"seal",
+			`raw:${join(dir, "d.img")}`,
+			`docker://${registryHost}/${name}`,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--quiet",
+		]),
+	);
+	return { key, keyPath, disk };
+}

@@ -7,7 +7,6 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { readKeyFile } from "../src/cli/common.js";
 import type { ImageKey } from "../src/crypto/image-key.js";
 import { DadiError } from "../src/errors.js";
 import {
@@ -24,9 +23,8 @@ import {
 	prng,
 	rejection,
 	runCli,
+	sealDiskToRegistry,
 	tempDir,
-	writeDisk,
-	writeKey,
 } from "./helpers.js";
 import {
 	type Fault,
@@ -46,22 +44,12 @@ let keyOf: ImageKey;
 beforeAll(async () => {
 	reg = await startRegistry();
 	proxy = await startFaultProxy({ host: reg.host });
-	const dir = await tempDir();
-	keyPath = (await writeKey(dir)).path;
-	keyOf = await readKeyFile(keyPath);
-	await writeDisk(join(dir, "d.img"), 8 * MiB, [
-		{ at: 0, bytes: prng("h", 4 * MiB) },
-	]);
-	const r = await runCli(BIN.seal, [
-		"seal",
-		`raw:${join(dir, "d.img")}`,
-		`docker://${reg.host}/hostile/disk:v1`,
-		"--key",
-		keyPath,
-		"--insecure",
-		"--quiet",
-	]);
-	if (r.code !== 0) throw new Error(r.stderr);
+	({ keyPath, key: keyOf } = await sealDiskToRegistry(
+		reg.host,
+		"hostile/disk:v1",
+		8 * MiB,
+		[{ at: 0, bytes: prng("h", 4 * MiB) }],
+	));
 });
 
 afterAll(async () => {

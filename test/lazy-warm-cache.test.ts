@@ -4,19 +4,15 @@
  */
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { readKeyFile } from "../src/cli/common.js";
 import type { ImageKey } from "../src/crypto/image-key.js";
 import { openRemoteSealedImage } from "../src/lazy/open-remote.js";
 import { parseReference } from "../src/oci/reference.js";
 import {
-	BIN,
 	cleanupTempDirs,
 	prng,
-	runCli,
+	sealDiskToRegistry,
 	tempDir,
 	texty,
-	writeDisk,
-	writeKey,
 } from "./helpers.js";
 import { type RunningRegistry, startRegistry } from "./registry/harness.js";
 
@@ -27,23 +23,15 @@ let disk: Buffer;
 
 beforeAll(async () => {
 	reg = await startRegistry();
-	const dir = await tempDir();
-	const k = await writeKey(dir);
-	key = await readKeyFile(k.path);
-	disk = await writeDisk(join(dir, "d.img"), 16 * MiB, [
-		{ at: 0, bytes: prng("a", 6 * MiB) },
-		{ at: 8 * MiB, bytes: texty("b", 6 * MiB) },
-	]);
-	const r = await runCli(BIN.seal, [
-		"seal",
-		`raw:${join(dir, "d.img")}`,
-		`docker://${reg.host}/warm/disk:v1`,
-		"--key",
-		k.path,
-		"--insecure",
-		"--quiet",
-	]);
-	if (r.code !== 0) throw new Error(r.stderr);
+	({ key, disk } = await sealDiskToRegistry(
+		reg.host,
+		"warm/disk:v1",
+		16 * MiB,
+		[
+			{ at: 0, bytes: prng("a", 6 * MiB) },
+			{ at: 8 * MiB, bytes: texty("b", 6 * MiB) },
+		],
+	));
 });
 
 afterAll(async () => {

@@ -1,13 +1,4 @@
-/**
- * Faults between the lazy reader and the real registry, injected by a loopback proxy: dropped
- * connections, 500s, 429 with Retry-After, slow and stalled answers, a wrong Content-Range, short
- * bodies, a byte flipped in transit, Range ignored, and the registry restarted mid-read. Every read
- * either returns the right bytes or fails with a clear error after bounded retries, within the
- * configured timeouts; never wrong data.
- */
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { readKeyFile } from "../src/cli/common.js";
 import type { ImageKey } from "../src/crypto/image-key.js";
 import { DadiError } from "../src/errors.js";
 import {
@@ -20,10 +11,8 @@ import {
 	cleanupTempDirs,
 	prng,
 	runCli,
-	tempDir,
+	sealDiskToRegistry,
 	texty,
-	writeDisk,
-	writeKey,
 } from "./helpers.js";
 import {
 	type Fault,
@@ -56,24 +45,15 @@ const FAST: RemoteOpenOptions = {
 beforeAll(async () => {
 	reg = await startRegistry();
 	proxy = await startFaultProxy({ host: reg.host });
-	const dir = await tempDir();
-	const k = await writeKey(dir);
-	key = await readKeyFile(k.path);
-	keyPath = k.path;
-	disk = await writeDisk(join(dir, "d.img"), 24 * MiB, [
-		{ at: 0, bytes: prng("x", 8 * MiB) },
-		{ at: 10 * MiB, bytes: texty("y", 10 * MiB) },
-	]);
-	const r = await runCli(BIN.seal, [
-		"seal",
-		`raw:${join(dir, "d.img")}`,
-		`docker://${reg.host}/faults/disk:v1`,
-		"--key",
-		k.path,
-		"--insecure",
-		"--quiet",
-	]);
-	if (r.code !== 0) throw new Error(r.stderr);
+	({ key, keyPath, disk } = await sealDiskToRegistry(
+		reg.host,
+		"faults/disk:v1",
+		24 * MiB,
+		[
+			{ at: 0, bytes: prng("x", 8 * MiB) },
+			{ at: 10 * MiB, bytes: texty("y", 10 * MiB) },
+		],
+	));
 });
 
 afterAll(async () => {

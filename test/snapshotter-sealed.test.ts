@@ -28,11 +28,7 @@ import {
 } from "./helpers.js";
 import { buildTestImage } from "./image-fixtures.js";
 import { type RunningRegistry, startRegistry } from "./registry/harness.js";
-import {
-	type Containerd,
-	PATH,
-	startContainerd,
-} from "./snapshotter/containerd.js";
+import { type Containerd, startContainerd } from "./snapshotter/containerd.js";
 import { unmountUnder } from "./snapshotter/unmount.js";
 
 const sh = promisify(execFile);

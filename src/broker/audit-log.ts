@@ -1,28 +1,3 @@
-/**
- * The broker's audit log: append-only JSON lines, one per decision or admin action, hash-chained
- * (audit-record.ts). Removing or editing a record in the middle breaks the chain. (Cutting records
- * off the end cannot be detected by a chain alone; it needs an anchor kept elsewhere, e.g. the last
- * hash shipped to a log collector.)
- *
- * Crash safety: `append` resolves only after its line is written and fsynced. A crash mid-append
- * leaves at most a torn tail — an incomplete last line or lines that are not records — which `open`
- * cuts back to the last good record. Damage followed by intact records is an edit or disk corruption
- * in the middle, and `open` refuses the file rather than silently dropping history.
- *
- * Throughput: appends made while a write+fsync is in flight are queued and then written together
- * with one write and one fsync (group commit), so many concurrent clients share each fsync.
- *
- * Bounded size: when the active file (`audit.log`) reaches `rotateBytes` (64 MiB) after a commit,
- * it is renamed to `audit.log.<seq of its first record, 12 digits>` and a new `audit.log` continues
- * the chain — its first record's seq and prev follow the rotated file's last record. At most `keep`
- * (15) rotated files are kept; before the oldest is removed, its last record's seq and hash are
- * written to `audit.log.anchor`, where the kept chain starts. `open` checks that every rotated file
- * continues the chain from the anchor (its first and last records; all of a file's records are
- * checked when a query or `verifyChain` first reads it), finishes a removal a crash interrupted,
- * and treats a missing `audit.log` after a rotation as a new, empty continuation. Queries and
- * `verifyChain` span every kept file.
- */
-import { createHash } from "node:crypto";
 import {
 	type FileHandle,
 	open,

@@ -8,7 +8,6 @@ import {
 	type FileHandle,
 	mkdir,
 	open,
-	readFile,
 	rename,
 	rm,
 	stat,

@@ -21,7 +21,8 @@ import {
 	generateEphemeralKey,
 	type TeePubKey,
 } from "../../src/kbs/tee-pubkey.js";
-import { tempDir } from "../helpers.js";
+import { type Daemon, startDaemon } from "../daemon.js";
+import { BIN, tempDir } from "../helpers.js";
 
 export const POLICIES = fileURLToPath(
 	new URL("../../policies", import.meta.url),
@@ -219,4 +220,31 @@ export class ManualGuest {
 		if (b.status !== 200) throw new Error(`attest: ${b.status} ${b.text}`);
 		return this;
 	}
+}
+
+/**
+ * `dadi-broker serve` as the program runs it: KBS and admin listeners on free loopback ports, the
+ * repository's policies, the given state, master key and admin token files; `extra` flags last.
+ */
+export function startBrokerProgram(
+	o: { state: string; masterKey: string; adminTokenFile: string },
+	extra: string[] = ["--insecure-dev"],
+): Promise<Daemon> {
+	return startDaemon(BIN.broker, [
+		"serve",
+		"--state",
+		o.state,
+		"--master-key",
+		o.masterKey,
+		"--listen",
+		"tcp:127.0.0.1:0",
+		"--policies",
+		POLICIES,
+		"--admin-listen",
+		"tcp:127.0.0.1:0",
+		"--admin-token-file",
+		o.adminTokenFile,
+		"--json",
+		...extra,
+	]);
 }
