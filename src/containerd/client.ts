@@ -304,6 +304,21 @@ export class ContainerdClient {
 		);
 	}
 
+	/**
+	 * Puts content under the current lease (as containerd's own writer does when a commit finds
+	 * the blob there), so the collector keeps it until the image record refers to it.
+	 */
+	async leaseAddContent(digest: string): Promise<void> {
+		const id = this.#lease;
+		if (!id) return;
+		await this.call(
+			"leases",
+			"AddResource",
+			{ id, resource: { id: digest, type: "content" } },
+			`adding ${digest} to the lease ${id}`,
+		);
+	}
+
 	async leaseDelete(id: string): Promise<void> {
 		await this.call(
 			"leases",

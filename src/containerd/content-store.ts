@@ -59,6 +59,10 @@ export class ContentStore {
 		onBytes?: (n: number) => void,
 	): Promise<number> {
 		const c = this.client;
+		// Held under our lease before we look: a blob that is there now (another pull's, its lease
+		// released) cannot then be collected between here and the image record. containerd keeps a
+		// lease reference to content it does not have yet as well.
+		await c.leaseAddContent(desc.digest);
 		const have = await c.contentInfo(desc.digest);
 		if (!have) {
 			let written = 0;
