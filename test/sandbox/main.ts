@@ -294,11 +294,11 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 				"--tls-verify=false",
 				`docker://${reg.host}/control/app:v1`,
 			]),
-		) as { layers: { digest: string }[] };
+		) as { config: { digest: string }; layers: { digest: string }[] };
 		const controlDir = join(work, "control");
 		const controlRun = await runGuest(guest, {
 			name: "control",
-			fetch: manifest.layers.map(
+			fetch: [manifest.config, ...manifest.layers].map(
 				(l) =>
 					`http://10.0.2.2:${reg?.host.split(":")[1]}/v2/control/app/blobs/${l.digest}`,
 			),
@@ -322,12 +322,12 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 			`the control VM's fetch exited ${controlRun.exitCode}`,
 		);
 		check(
-			found(controlRegistry) === image.markers.length - 1,
-			"the control scan missed a file marker in registry storage",
+			found(controlRegistry) === image.markers.length,
+			"the control scan missed a marker in registry storage",
 		);
 		check(
-			found(controlCapture) === image.markers.length - 1,
-			"the control scan missed a file marker in the capture",
+			found(controlCapture) === image.markers.length,
+			"the control scan missed a marker in the capture",
 		);
 
 		const t = sealedRun.report?.timings ?? {};

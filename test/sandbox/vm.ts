@@ -7,8 +7,10 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { buildInitramfs } from "../../src/sandbox/initramfs.js";
+import { buildGuestBundle } from "../../src/build/guest-bundle.js";
+import { buildGuest } from "../../src/sandbox/initramfs.js";
 import { bootVm } from "../../src/sandbox/qemu.js";
+import { ROOT } from "../helpers.js";
 
 export interface Guest {
 	kernel: string;
@@ -27,8 +29,8 @@ export interface RunReport {
 export interface GuestRun {
 	exitCode: number | null;
 	console: string[];
-	/** Host clock, ms from QEMU's start: userspace, ready (modules + network), total. */
-	timings: { userspace?: number; ready?: number; total: number };
+	/** Host clock, ms from QEMU's start: userspace, ready (modules + network), job exit, QEMU exit. */
+	timings: { userspace: number; ready: number; exit: number; total: number };
 	/** `dadi-guest run`'s report line (DADI-RUN), if it printed one. */
 	report?: RunReport;
 	/** After the job: what is still mounted (nbd, overlay, fuse, loop) and attached (nbd). */
@@ -42,13 +44,21 @@ export interface GuestRun {
 	guestMemoryMiB: number | null;
 }
 
+/** The single-file dadi-guest, built from this tree, in the guest image (cached by content). */
 export async function prepareGuest(log: (l: string) => void): Promise<Guest> {
-	const b = await buildInitramfs({ log });
+	const bundle = await buildGuestBundle(
+		ROOT,
+		join(ROOT, "dist/guest/dadi-guest.mjs"),
+	);
+	const g = await buildGuest({
+		bundle: bundle.outfile,
+		onProgress: (m) => log(`  guest image: ${m}`),
+	});
 	return {
-		kernel: b.kernel,
-		initramfs: b.initramfs,
-		initramfsBytes: b.bytes,
-		initramfsSha256: b.sha256,
+		kernel: g.kernel,
+		initramfs: g.initramfs,
+		initramfsBytes: g.manifest.initramfs.bytes,
+		initramfsSha256: g.manifest.initramfs.sha256,
 	};
 }
 
@@ -132,7 +142,12 @@ export async function runGuest(guest: Guest, o: JobOptions): Promise<GuestRun> {
 	return {
 		exitCode: r.exitCode,
 		console: r.lines,
-		timings: r.timings,
+		timings: {
+			userspace: r.timings.userspaceMs,
+			ready: r.timings.readyMs,
+			exit: r.timings.exitMs,
+			total: r.timings.qemuExitMs,
+		},
 		report,
 		check,
 		guestMemoryMiB:
