@@ -1,6 +1,7 @@
 /** Shared test helpers: temporary directories, disk images, sealing, running the CLI. */
 import { execFile } from "node:child_process";
 import { createCipheriv, createHash } from "node:crypto";
+import { existsSync } from "node:fs";
 import { mkdtemp, open, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -14,7 +15,11 @@ import { DadiError } from "../src/errors.js";
 import type { CompressionName } from "../src/format/constants.js";
 import { sealDisk } from "../src/seal/seal-disk.js";
 
-export const ROOT = fileURLToPath(new URL("..", import.meta.url));
+/** The repository: test/.. from the sources, dist/test/../.. when compiled (bench, npm run sandbox). */
+export const ROOT = ((here: string) =>
+	existsSync(join(here, "package.json")) ? here : join(here, ".."))(
+	fileURLToPath(new URL("..", import.meta.url)),
+);
 export const BIN = {
 	seal: join(ROOT, "dist/src/cli/dadi-seal.js"),
 	guest: join(ROOT, "dist/src/cli/dadi-guest.js"),
