@@ -121,6 +121,7 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 		);
 		const image = await buildMarkerImage(join(owner, "image"));
 		const { key, path: keyPath } = await writeKey(owner);
+		await mkdir(join(owner, "seal-work"));
 		const sealed = JSON.parse(
 			(
 				await must(
