@@ -4,7 +4,6 @@
  */
 import { type KeyObject, randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { AdminClient } from "../../src/broker/admin-client.js";
 import {
 	generateMasterKeyText,
@@ -22,11 +21,9 @@ import {
 	type TeePubKey,
 } from "../../src/kbs/tee-pubkey.js";
 import { type Daemon, startDaemon } from "../daemon.js";
-import { BIN, tempDir } from "../helpers.js";
+import { BIN, ROOT, tempDir } from "../helpers.js";
 
-export const POLICIES = fileURLToPath(
-	new URL("../../policies", import.meta.url),
-);
+export const POLICIES = join(ROOT, "policies");
 
 export interface TestBroker {
 	running: RunningBroker;

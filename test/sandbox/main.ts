@@ -433,6 +433,10 @@ async function startBroker(
 					...extra,
 				]);
 	daemons.push(daemon);
+	if (daemon.ready.ok !== true)
+		throw new Error(
+			`the ${name} broker did not start: ${JSON.stringify(daemon.ready)}`,
+		);
 	return { daemon, tokenFile };
 }
 
