@@ -76,7 +76,7 @@ export interface JobOptions {
 
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
-/** The job's shell script (busybox sh in the guest). */
+/** The job's shell script (busybox sh in the guest): one line, as fw_cfg carries one argument per line. */
 export function jobScript(o: JobOptions): string {
 	const sampler = [
 		"( m=999999999; while :; do a=$(awk '/MemAvailable/{print $2}' /proc/meminfo);",
@@ -84,7 +84,7 @@ export function jobScript(o: JobOptions): string {
 		"sampler=$!",
 	].join(" ");
 	const main = o.fetch
-		? o.fetch.map((u) => `wget -q -O /dev/null ${q(u)} || exit 7`).join("\n")
+		? o.fetch.map((u) => `wget -q -O /dev/null ${q(u)}`).join(" && ")
 		: [
 				"/usr/bin/node /opt/dadi/dadi-guest.mjs run",
 				...(o.run ?? []).map(q),
@@ -99,7 +99,7 @@ export function jobScript(o: JobOptions): string {
 		"minavail=$(cat /run/min-available 2>/dev/null || echo 0)",
 		'echo "DADI-CHECK {\\"mounted\\":$mounted,\\"nbdAttached\\":$attached,\\"memTotalKiB\\":$total,\\"minAvailableKiB\\":$minavail}"',
 		"exit $rc",
-	].join("\n");
+	].join("; ");
 }
 
 function lastJson(
