@@ -38,6 +38,19 @@ function embedded(name: AddonName): EmbeddedBinary | undefined {
 	return EMBEDDED_BINARIES.find((b) => b.name === name);
 }
 
+/**
+ * The home directory, or "" when there is none to find: os.homedir() throws when HOME is unset
+ * and the user has no passwd entry — as in a minimal guest, or a process started with a
+ * container's environment — and the temporary directory then serves (cacheDirs).
+ */
+function homeOrEmpty(): string {
+	try {
+		return homedir();
+	} catch {
+		return "";
+	}
+}
+
 /** Extracts and loads an embedded addon (once per process). */
 function loadEmbedded(b: EmbeddedBinary): { path: string; exports: unknown } {
 	const done = loaded.get(b.name);
@@ -52,7 +65,7 @@ function loadEmbedded(b: EmbeddedBinary): { path: string; exports: unknown } {
 	const dirs = cacheDirs({
 		env: process.env,
 		uid,
-		home: homedir(),
+		home: homeOrEmpty(),
 		tmp: tmpdir(),
 	});
 	const bin = {
