@@ -331,7 +331,11 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 			"the control scan missed a marker in the capture",
 		);
 
-		const t = sealedRun.report?.timings ?? {};
+		const t = sealedRun.report?.timingsMs ?? {};
+		check(
+			sealedRun.report?.blockDevice?.startsWith("/dev/nbd") === true,
+			"the sealed run did not use the guest kernel's nbd driver",
+		);
 		const result: SandboxResult = {
 			ok: failures.length === 0,
 			failures,
@@ -348,7 +352,14 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 			},
 			guestMemoryMiB: sealedRun.guestMemoryMiB,
 			guest: {
-				dadiGuestPeakRssMiB: sealedRun.report?.peakRssMiB ?? null,
+				dadiGuestPeakRssMiB:
+					sealedRun.report?.peakRssBytes === undefined
+						? null
+						: Math.round(sealedRun.report.peakRssBytes / 2 ** 20),
+				blockDevice: sealedRun.report?.blockDevice ?? null,
+				fsType: sealedRun.report?.fsType ?? null,
+				open: round(t.open),
+				total: round(t.total),
 				memoryMiB: o.memoryMiB,
 				initramfsMiB: Math.round(guest.initramfsBytes / 2 ** 20),
 				initramfsSha256: guest.initramfsSha256,

@@ -19,10 +19,14 @@ export interface Guest {
 	initramfsSha256: string;
 }
 
+/** `dadi-guest run --json`'s report (docs/cli.md): the parts the proof reads. */
 export interface RunReport {
-	timings: Record<string, number>;
-	peakRssMiB?: number;
-	fetched?: unknown;
+	ok: boolean;
+	timingsMs: Record<string, number>;
+	peakRssBytes?: number;
+	fetched?: { bytes: number; requests: number; chunks: number };
+	blockDevice?: string;
+	fsType?: string;
 	[k: string]: unknown;
 }
 
