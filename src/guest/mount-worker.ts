@@ -18,6 +18,8 @@ const SOURCE = `"use strict";
 const { workerData, parentPort } = require("node:worker_threads");
 const koffi = require(workerData.koffiPath);
 const libc = koffi.load("libc.so.6");
+// signals are the main thread's business (an interrupted mount would fail with EINTR)
+libc.func("int pthread_sigmask(int how, const void *set, void *oldset)")(0, Buffer.alloc(128, 0xff), null);
 const mount = libc.func("int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)");
 const umount2 = libc.func("int umount2(const char *target, int flags)");
 parentPort.on("message", (m) => {

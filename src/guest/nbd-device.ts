@@ -317,10 +317,19 @@ interface DoIt {
 	ended: Promise<{ ret: number; errno: number }>;
 }
 
+/**
+ * NBD_DO_IT waits interruptibly: a signal delivered to its thread (a SIGCHLD when any child of this
+ * process exits — the container's starter, losetup — may land on any thread that does not block
+ * it) would end the wait, and the driver would then shut the device down under the container. So
+ * the thread blocks every signal first (SIG_BLOCK with a full 1024-bit sigset_t).
+ */
 const DO_IT_SOURCE = `"use strict";
 const { workerData, parentPort } = require("node:worker_threads");
 const koffi = require(workerData.koffiPath);
-const ioctl = koffi.load("libc.so.6").func("int ioctl(int fd, unsigned long request, ...)");
+const libc = koffi.load("libc.so.6");
+const sigmask = libc.func("int pthread_sigmask(int how, const void *set, void *oldset)");
+sigmask(0, Buffer.alloc(128, 0xff), null);
+const ioctl = libc.func("int ioctl(int fd, unsigned long request, ...)");
 const ret = ioctl(workerData.fd, workerData.request, "unsigned long", 0);
 parentPort.postMessage({ ret, errno: ret < 0 ? koffi.errno() : 0 });
 `;
