@@ -112,7 +112,7 @@ function ioctl(
 	const errno = c.koffi.errno();
 	throw new IoctlError(
 		errno,
-		`${name} on ${device} failed (${errnoName(errno)})${errno === 25 ? ": not an nbd device" : ""}`,
+		`${name} on ${device} failed (${errnoName(errno)})${errno === 25 ? ": not an nbd device" : errno === EBUSY ? ": the device is in use or being set up by another process" : ""}`,
 	);
 }
 
@@ -240,17 +240,8 @@ async function attachTo(
 	};
 	let socket: Socket | undefined;
 	try {
-		ioctl(c, fd, "NBD_SET_BLKSIZE", NBD_SET_BLKSIZE, g.blockSize, device);
-		ioctl(c, fd, "NBD_SET_SIZE_BLOCKS", NBD_SET_SIZE_BLOCKS, g.blocks, device);
-		ioctl(
-			c,
-			fd,
-			"NBD_SET_FLAGS",
-			NBD_SET_FLAGS,
-			kernelTransmissionFlags(),
-			device,
-		);
-		ioctl(c, fd, "NBD_SET_TIMEOUT", NBD_SET_TIMEOUT, o.timeoutSec ?? 0, device);
+		// NBD_SET_SOCK first: it claims the device for this thread (another process setting it up
+		// gets EBUSY), so a device someone else is configuring is left untouched.
 		const [kernelEnd, ourEnd] = unixSocketPair();
 		try {
 			ioctl(c, fd, "NBD_SET_SOCK", NBD_SET_SOCK, kernelEnd, device);
@@ -265,6 +256,18 @@ async function attachTo(
 		socket = socketOnFd(ourEnd);
 		const s = socket;
 		steps.push(() => s.destroy());
+		// Size and flags are stored and applied when NBD_DO_IT starts the device.
+		ioctl(c, fd, "NBD_SET_BLKSIZE", NBD_SET_BLKSIZE, g.blockSize, device);
+		ioctl(c, fd, "NBD_SET_SIZE_BLOCKS", NBD_SET_SIZE_BLOCKS, g.blocks, device);
+		ioctl(
+			c,
+			fd,
+			"NBD_SET_FLAGS",
+			NBD_SET_FLAGS,
+			kernelTransmissionFlags(),
+			device,
+		);
+		ioctl(c, fd, "NBD_SET_TIMEOUT", NBD_SET_TIMEOUT, o.timeoutSec ?? 0, device);
 		const conn = o.server.serveTransmission(socket, `kernel ${device}`);
 		const doIt = startDoIt(fd, n);
 		// on exit (a second signal) the blocked thread must be released, or the process cannot end
