@@ -404,6 +404,43 @@ describe("dadi-guest run --block loop", () => {
 		expect(await leftovers()).toEqual([]);
 	});
 
+	it("SIGTERM while an unreachable broker is being retried stops at once (143), nothing attached", async () => {
+		const child = spawn(
+			process.execPath,
+			[
+				BIN.guest,
+				"run",
+				ref,
+				"--insecure",
+				"--broker",
+				"http://127.0.0.1:1",
+				"--attester",
+				"sample",
+				"--broker-retry",
+				"60",
+				"--block",
+				"loop",
+				"--json",
+			],
+			{ stdio: ["ignore", "pipe", "pipe"] },
+		);
+		let stderr = "";
+		child.stderr.on("data", (d) => {
+			stderr += d;
+		});
+		const exited = new Promise<number>((r) =>
+			child.once("exit", (c) => r(c ?? -1)),
+		);
+		for (let i = 0; i < 200 && !/retry|retrying|unreachable/i.test(stderr); i++)
+			await new Promise((r) => setTimeout(r, 50));
+		const t = Date.now();
+		child.kill("SIGTERM");
+		expect(await exited).toBe(143);
+		expect(Date.now() - t).toBeLessThan(5000);
+		expect(stderr).toMatch(/DADI-RUN \{"ok":false.*"INTERRUPTED"/);
+		expect(await leftovers()).toEqual([]);
+	});
+
 	it("--block nbd without the nbd module: a clear error naming modprobe, nothing mounted", async () => {
 		const sysBlock = await readdir("/sys/block");
 		if (sysBlock.some((d) => d.startsWith("nbd"))) return; // this host has nbd: the VM test covers it

@@ -156,8 +156,13 @@ async function runAction(
 	let started: StartedProcess | undefined;
 	let opened: ReadableImage | undefined;
 	let killTimer: NodeJS.Timeout | undefined;
+	let onSignal: (sig: NodeJS.Signals) => void = () => {};
+	const signalledP = new Promise<NodeJS.Signals>((r) => {
+		onSignal = r;
+	});
 	handleSignals((sig) => {
 		signalled ??= sig;
+		onSignal(sig);
 		if (started) {
 			say(`${sig}: stopping the container`);
 			started.signal(sig);
@@ -237,7 +242,9 @@ async function runAction(
 					keyMs += performance.now() - s;
 				}
 			};
-		opened = await openForReading(
+		// A signal while the broker or the registry is slow (retries) stops the wait at once; an
+		// image that opens afterwards is closed.
+		const opening = openForReading(
 			refText,
 			opts,
 			{ ...opts, stats: undefined },
@@ -245,6 +252,16 @@ async function runAction(
 			say,
 			timedKey,
 		);
+		opened = await Promise.race([
+			opening,
+			signalledP.then((sig) => {
+				void opening.then(
+					(o) => o.finish(),
+					() => {},
+				);
+				throw new Interrupted(sig);
+			}),
+		]);
 		report.image = opened.name;
 		report.timingsMs.attest = ms(keyMs);
 		report.timingsMs.open = ms(performance.now() - openStart - keyMs);
@@ -315,6 +332,9 @@ async function runAction(
 				),
 			);
 		if (opts.json) process.stderr.write(reportLine(report));
+		// Interrupted while the broker or registry was being retried: those retries must not hold
+		// the process (stdout and stderr are synchronous for files and pipes on Linux).
+		if (report.error?.code === "INTERRUPTED") process.exit(process.exitCode);
 	}
 }
 
