@@ -441,14 +441,16 @@ describe("dadi-guest run --block loop", () => {
 		expect(await leftovers()).toEqual([]);
 	});
 
-	it("--block nbd without the nbd module: a clear error naming modprobe, nothing mounted", async () => {
+	it("--block nbd without the nbd module: a clear error naming modprobe before attesting, nothing mounted", async () => {
 		const sysBlock = await readdir("/sys/block");
 		if (sysBlock.some((d) => d.startsWith("nbd"))) return; // this host has nbd: the VM test covers it
-		const r = await guestRun([ref, ...brokerArgs, "--block", "nbd"]);
+		const r = await guestRun([ref, ...brokerArgs, "--block", "nbd", "--json"]);
 		expect(r.code).toBe(3);
 		expect(r.stderr).toMatch(
 			/no \/dev\/nbd0: the nbd driver is not loaded; load it \(modprobe nbd/,
 		);
+		// checked before the broker is asked or the image opened
+		expect(reportOf(r).timingsMs.attest).toBeUndefined();
 		expect(await leftovers()).toEqual([]);
 	});
 });

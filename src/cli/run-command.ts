@@ -15,6 +15,7 @@ import {
 	parseGuestVolume,
 } from "../guest/kata-volume.js";
 import { prepareMountPoint } from "../guest/mount-point.js";
+import { checkNbdPresent } from "../guest/nbd-device.js";
 import { parseNbdDevice } from "../guest/nbd-ioctl.js";
 import {
 	applyRegistryAlias,
@@ -223,6 +224,7 @@ async function runAction(
 				"run needs root (block devices, mount(2), chroot(2))",
 			);
 		// Checked (and a killed run's leftovers reported) before attesting or fetching anything.
+		if (report.block === "nbd") checkNbdPresent(nbdDevice);
 		if (opts.rootfs)
 			opts.rootfs = await prepareMountPoint(opts.rootfs, "--rootfs", say);
 		const openStart = performance.now();

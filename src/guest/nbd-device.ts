@@ -160,6 +160,26 @@ export interface AttachOptions {
 	sysBlock?: string;
 }
 
+/**
+ * Fails (PRECONDITION_FAILED, with the advice) when the kernel has no nbd devices at all, or not the
+ * one named: checked before attesting, so a sandbox without the driver never asks for the key.
+ */
+export function checkNbdPresent(
+	device: number | undefined,
+	sysBlock = "/sys/block",
+): void {
+	let entries: string[] = [];
+	try {
+		entries = readdirSync(sysBlock);
+	} catch {
+		// no sysfs: as no devices
+	}
+	const all = nbdDevicesIn(entries);
+	const want = device ?? 0;
+	if (device === undefined ? all.length === 0 : !all.includes(want))
+		throw new DadiError("PRECONDITION_FAILED", noNbdMessage(`/dev/nbd${want}`));
+}
+
 /** Attaches the server's export to an nbd device; resolves once the kernel has started it. */
 export async function attachNbd(o: AttachOptions): Promise<NbdAttachment> {
 	const sysBlock = o.sysBlock ?? "/sys/block";
