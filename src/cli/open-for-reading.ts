@@ -2,6 +2,7 @@
 
 import { DadiError } from "../errors.js";
 import {
+	type KeySource,
 	loadSealedImage,
 	type OpenedImage,
 	openImageConfigBytes,
@@ -41,9 +42,11 @@ export async function openForReading(
 	/** Whole-image passes (export, verify) read ahead themselves: no speculative read-ahead. */
 	sequential = false,
 	log?: (line: string) => void,
+	/** Wraps the key source (e.g. to time the broker exchange). */
+	wrapKey: (key: KeySource) => KeySource = (k) => k,
 ): Promise<ReadableImage> {
 	const ref = parseReference(refText);
-	const key = await keySourceFrom(keyFlags, log);
+	const key = wrapKey(await keySourceFrom(keyFlags, log));
 	if (ref.transport === "docker") {
 		const o = await lazyOpenOptions(ref, flags);
 		o.log = log;

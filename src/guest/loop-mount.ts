@@ -27,24 +27,39 @@ export interface LoopMount {
 	release(): Promise<void>;
 }
 
+/**
+ * Attaches `file` read-only to a free loop device; returns the device and its detach. Direct I/O:
+ * the guest's page cache above the loop device is the only cache (no second copy of the disk in
+ * the backing file's cache), and reads reach FUSE whole (benchmarks.md).
+ */
+export async function attachLoop(
+	file: string,
+): Promise<{ device: string; detach(): Promise<void> }> {
+	const device = (
+		await run("losetup", [
+			"--read-only",
+			"--direct-io=on",
+			"--find",
+			"--show",
+			file,
+		])
+	).trim();
+	return {
+		device,
+		detach: async () => {
+			// A lazily unmounted loop device may stay busy for a moment; autoclear detaches it then.
+			await run("losetup", ["-d", device]).catch(() => {});
+		},
+	};
+}
+
 export async function loopMount(file: string, dir: string): Promise<LoopMount> {
 	if (process.getuid?.() !== 0)
 		throw new DadiError(
 			"USAGE",
 			"--mount-at needs root (loop devices and mount(2)); use --fuse or --nbd without it",
 		);
-	const device =
-		// Direct I/O: the guest's page cache above the loop device is the only cache (no second copy
-		// of the disk in the backing file's cache), and reads reach FUSE whole (benchmarks.md).
-		(
-			await run("losetup", [
-				"--read-only",
-				"--direct-io=on",
-				"--find",
-				"--show",
-				file,
-			])
-		).trim();
+	const { device } = await attachLoop(file);
 	try {
 		await run("mount", ["-o", "ro", device, dir]);
 	} catch (e) {

@@ -190,10 +190,15 @@ export function llistxattr(path: string): string[] {
 	}
 }
 
-/** mount(2) flags and umount2(2) flags used by the FUSE mount (src/guest/fuse/mount.ts). */
+/**
+ * mount(2) flags and umount2(2) flags used by the FUSE mount (src/guest/fuse/mount.ts) and the
+ * container root (src/guest/container-root.ts).
+ */
 export const MS_RDONLY = 1;
 export const MS_NOSUID = 2;
 export const MS_NODEV = 4;
+export const MS_NOEXEC = 8;
+export const MS_BIND = 4096;
 export const MNT_DETACH = 2;
 /** eventfd(2) flags. */
 export const EFD_NONBLOCK = 0o4000;
@@ -209,6 +214,7 @@ interface MountCalls {
 	) => number;
 	umount2: (target: string, flags: number) => number;
 	eventfd: (initval: number, flags: number) => number;
+	chroot: (path: string) => number;
 }
 
 let mountCalls: MountCalls | undefined;
@@ -223,6 +229,7 @@ function loadMountCalls(): { c: Libc; m: MountCalls } {
 			),
 			umount2: lib.func("int umount2(const char *target, int flags)"),
 			eventfd: lib.func("int eventfd(unsigned int initval, int flags)"),
+			chroot: lib.func("int chroot(const char *path)"),
 		};
 	}
 	return { c, m: mountCalls };
@@ -253,4 +260,18 @@ export function eventfd(initval: number, flags: number): number {
 	const fd = m.eventfd(initval, flags);
 	if (fd < 0) throw errnoError(c, "eventfd", "eventfd");
 	return fd;
+}
+
+/**
+ * chroot(2) for this process (the container's process starter, src/guest/exec-in-root.ts). koffi
+ * and libc are loaded first, so nothing needs loading from the old root afterwards.
+ */
+export function chroot(path: string): void {
+	const { c, m } = loadMountCalls();
+	if (m.chroot(path) !== 0) throw errnoError(c, "chroot", path);
+}
+
+/** Loads what chroot() needs now, while the files are still reachable. */
+export function preloadChroot(): void {
+	loadMountCalls();
 }

@@ -164,6 +164,13 @@ export class NbdConnection {
 		private readonly cfg: ExportConfig,
 		private readonly hooks: ConnectionHooks,
 		readonly peer: string,
+		/**
+		 * "handshake" (a network client: greeting, options, then transmission) or "transmission"
+		 * (a socket whose handshake happened out of band: the kernel's ioctl interface, where
+		 * userspace tells the driver size and flags itself and hands it a connected socket; simple
+		 * replies, and the flags of `kernelTransmissionFlags()`).
+		 */
+		mode: "handshake" | "transmission" = "handshake",
 	) {
 		this.closed = new Promise((resolve) => {
 			socket.once("close", () => {
@@ -180,6 +187,10 @@ export class NbdConnection {
 		socket.on("drain", () => {
 			if (this.paused) this.pump();
 		});
+		if (mode === "transmission") {
+			this.enterTransmission();
+			return;
+		}
 		this.handshakeTimer = setTimeout(
 			() =>
 				this.violation(
@@ -426,14 +437,7 @@ export class NbdConnection {
 	}
 
 	private transmissionFlags(): number {
-		return (
-			NBD_FLAG_HAS_FLAGS |
-			NBD_FLAG_READ_ONLY |
-			NBD_FLAG_SEND_FLUSH |
-			NBD_FLAG_CAN_MULTI_CONN |
-			NBD_FLAG_SEND_CACHE |
-			(this.structured ? NBD_FLAG_SEND_DF : 0)
-		);
+		return transmissionFlags(this.structured);
 	}
 
 	private exportName(data: Buffer): void {
@@ -889,6 +893,26 @@ export class NbdConnection {
 			`${this.peer}: disconnected after ${this.requests} requests${pending}${err}`,
 		);
 	}
+}
+
+/** The export's transmission flags: read-only, so several connections are safe. */
+function transmissionFlags(structured: boolean): number {
+	return (
+		NBD_FLAG_HAS_FLAGS |
+		NBD_FLAG_READ_ONLY |
+		NBD_FLAG_SEND_FLUSH |
+		NBD_FLAG_CAN_MULTI_CONN |
+		NBD_FLAG_SEND_CACHE |
+		(structured ? NBD_FLAG_SEND_DF : 0)
+	);
+}
+
+/**
+ * The flags a "transmission" connection serves with (simple replies: the kernel's ioctl interface
+ * never negotiates structured replies). Whoever sets up the other end tells it these.
+ */
+export function kernelTransmissionFlags(): number {
+	return transmissionFlags(false);
 }
 
 function describe(e: unknown): string {

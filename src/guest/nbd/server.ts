@@ -20,6 +20,7 @@ import {
 import { encodeString } from "./protocol.js";
 
 export type { NbdStats } from "./connection.js";
+export { kernelTransmissionFlags } from "./connection.js";
 
 export interface NbdServerOptions {
 	source: BlockSource;
@@ -242,6 +243,25 @@ export class NbdServer {
 		this.log("server closed");
 	}
 
+	/**
+	 * Serves a socket that is already in the transmission phase — no handshake, simple replies,
+	 * the flags of `kernelTransmissionFlags()`: the far end is the kernel's nbd driver, configured
+	 * through its ioctl interface (src/guest/nbd-device.ts), which skips the handshake because
+	 * userspace tells the driver the size and flags itself. Counts as one of the server's
+	 * connections (close() drains it like the others). Resolves the connection's `closed`.
+	 */
+	serveTransmission(
+		socket: Socket,
+		peer = "kernel",
+	): { closed: Promise<void> } {
+		if (this.closing) {
+			socket.destroy();
+			throw new DadiError("USAGE", "the NBD server has been closed");
+		}
+		const conn = this.track(socket, peer, "transmission");
+		return { closed: conn.closed };
+	}
+
 	/** close() ran while listen() was binding: the new listener is closed too. */
 	private async refuseIfClosing(server: Server): Promise<void> {
 		if (!this.closing) return;
@@ -267,8 +287,16 @@ export class NbdServer {
 			socket.destroy();
 			return;
 		}
+		this.track(socket, peer, "handshake");
+	}
+
+	private track(
+		socket: Socket,
+		peer: string,
+		mode: "handshake" | "transmission",
+	): NbdConnection {
 		socket.on("error", () => {}); // reported by the connection; never an uncaught error
-		const conn = new NbdConnection(socket, this.cfg, this.hooks, peer);
+		const conn = new NbdConnection(socket, this.cfg, this.hooks, peer, mode);
 		this.connections.add(conn);
 		this.stats.connections++;
 		this.log(`${peer}: connected`);
@@ -276,6 +304,7 @@ export class NbdServer {
 			this.connections.delete(conn);
 			this.stats.connections--;
 		});
+		return conn;
 	}
 }
 
