@@ -75,10 +75,12 @@ describe("kernel module .modinfo", () => {
 			aliases: ["fs-ext4"],
 		});
 		expect(
-			parseModinfo(ko(["depends=", "softdep=post: a-b pre: c", "name=x"])),
+			parseModinfo(
+				ko(["depends=", "softdep=gcm post: a-b pre: c platform:x-y", "name=x"]),
+			),
 		).toMatchObject({
 			depends: [],
-			softPre: ["c"],
+			softPre: ["c", "platform:x_y"],
 			softPost: ["a_b"],
 		});
 	});
@@ -93,7 +95,7 @@ describe("kernel module .modinfo", () => {
 		expect(thrown(() => parseModinfo(ko(["depends=a;rm -rf /"]))).code).toBe(
 			"FORMAT_INVALID",
 		);
-		expect(thrown(() => parseModinfo(ko(["softdep=x"]))).code).toBe(
+		expect(thrown(() => parseModinfo(ko(["softdep=pre: a/b"]))).code).toBe(
 			"FORMAT_INVALID",
 		);
 	});

@@ -68,12 +68,14 @@ export function modinfoSection(ko: Uint8Array): Uint8Array {
 }
 
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+/** A soft dependency names a module or an alias ("platform:leds-gpio"). */
+const SOFT_NAME = /^[A-Za-z0-9_:.+-]{1,128}$/;
 
-function names(list: string, what: string): string[] {
+function names(list: string, what: string, pattern = NAME): string[] {
 	const out: string[] = [];
 	for (const n of list.split(/[\s,]+/)) {
 		if (n === "") continue;
-		if (!NAME.test(n))
+		if (!pattern.test(n))
 			throw bad(`${what}: ${JSON.stringify(n)} is not a module name`);
 		out.push(moduleName(n));
 	}
@@ -105,9 +107,9 @@ export function parseModinfo(ko: Uint8Array): ModInfo {
 				if (word === "") continue;
 				if (word === "pre:") into = info.softPre;
 				else if (word === "post:") into = info.softPost;
-				else if (into === undefined)
-					throw bad(`softdep ${JSON.stringify(value)} has no pre: or post:`);
-				else into.push(...names(word, "softdep"));
+				// kmod ignores names before any pre:/post: (some modules declare MODULE_SOFTDEP("gcm"))
+				else if (into === undefined) continue;
+				else into.push(...names(word, "softdep", SOFT_NAME));
 			}
 		}
 	}
