@@ -84,6 +84,11 @@ describe("sandbox guest image", () => {
 			"busybox-static",
 		]);
 		expect(guest.manifest.node.version).toBe(process.version);
+		// Debian's kernel has PVH: QEMU boots the uncompressed vmlinux
+		expect(guest.manifest.kernel.boot).toBe("pvh");
+		expect(sha256(await readFile(guest.kernel))).toBe(
+			guest.manifest.kernel.vmlinux?.sha256,
+		);
 		expect(guest.manifest.bundle.sha256).toBe(sha256(await readFile(bundle)));
 		const names = guest.manifest.modules.map((m) => m.name);
 		for (const m of [

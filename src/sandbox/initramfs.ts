@@ -42,9 +42,10 @@ import {
 	resolveGuestModules,
 } from "./guest-modules.js";
 import { INIT_SCRIPT } from "./init-script.js";
+import { configHasPvh, extractVmlinux } from "./vmlinux.js";
 
 /** Bumped when the layout changes in a way the other inputs do not capture. */
-const LAYOUT_VERSION = 1;
+const LAYOUT_VERSION = 2;
 /** The libraries node links (ldd): libc6 (libc, libm, libdl, libpthread, ld-linux), libstdc++6, libgcc-s1. */
 const LIBRARY_PACKAGES = ["libc6", "libstdc++6", "libgcc-s1"];
 
@@ -62,7 +63,16 @@ export interface Manifest {
 	layoutVersion: number;
 	key: string;
 	packages: { name: string; version: string; sha256: string }[];
-	kernel: { package: string; release: string; sha256: string; bytes: number };
+	kernel: {
+		package: string;
+		release: string;
+		/** Debian's bzImage, kept as `vmlinuz`. */
+		sha256: string;
+		bytes: number;
+		/** "pvh": QEMU boots `vmlinux` (the bzImage's ELF kernel, uncompressed); "bzimage": `vmlinuz`. */
+		boot: "pvh" | "bzimage";
+		vmlinux?: { sha256: string; bytes: number };
+	};
 	node: { version: string; sha256: string; bytes: number };
 	bundle: { sha256: string; bytes: number };
 	init: { sha256: string };
@@ -73,6 +83,7 @@ export interface Manifest {
 
 export interface BuiltGuest {
 	dir: string;
+	/** What to give QEMU's -kernel: vmlinux (PVH) or vmlinuz. */
 	kernel: string;
 	initramfs: string;
 	manifest: Manifest;
@@ -164,6 +175,10 @@ async function writeParts(path: string, parts: Buffer[]): Promise<void> {
 	}
 }
 
+function kernelFile(dir: string, m: Manifest): string {
+	return join(dir, m.kernel.boot === "pvh" ? "vmlinux" : "vmlinuz");
+}
+
 /** Builds (or finds in the cache) the guest kernel and initramfs. */
 export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 	const cache = opts.cache ?? defaultSandboxCache();
@@ -237,7 +252,6 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 	const dir = join(cache, "initramfs", key);
 	const done = {
 		dir,
-		kernel: join(dir, "vmlinuz"),
 		initramfs: join(dir, "initramfs.cpio"),
 	};
 	if (await exists(join(dir, "manifest.json"))) {
@@ -245,7 +259,12 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 		const manifest = JSON.parse(
 			await readFile(join(dir, "manifest.json"), "utf8"),
 		) as Manifest;
-		return { ...done, manifest, cached: true };
+		return {
+			...done,
+			kernel: kernelFile(dir, manifest),
+			manifest,
+			cached: true,
+		};
 	}
 
 	say("assembling the initramfs");
@@ -329,6 +348,22 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 			join(kernelTree, "boot", `vmlinuz-${release}`),
 		);
 		await writeFile(join(tmp, "vmlinuz"), vmlinuz);
+		const config = await readFile(
+			join(kernelTree, "boot", `config-${release}`),
+			"utf8",
+		);
+		let vmlinux: { sha256: string; bytes: number } | undefined;
+		if (configHasPvh(config)) {
+			say("extracting vmlinux from the bzImage (PVH boot)");
+			await extractVmlinux(vmlinuz, join(tmp, "vmlinux"));
+			const elf = await readFile(join(tmp, "vmlinux"));
+			if (elf.readUInt32BE(0) !== 0x7f454c46)
+				throw new DadiError(
+					"FORMAT_INVALID",
+					"the bzImage's payload is not an ELF kernel",
+				);
+			vmlinux = { sha256: sha256(elf), bytes: elf.length };
+		}
 		const h = createHash("sha256");
 		for (const p of archive.parts) h.update(p);
 		const manifest: Manifest = {
@@ -340,6 +375,8 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 				release,
 				sha256: sha256(vmlinuz),
 				bytes: vmlinuz.length,
+				boot: vmlinux ? "pvh" : "bzimage",
+				...(vmlinux ? { vmlinux } : {}),
 			},
 			node: { ...inputs.node, bytes: nodeBytes.length },
 			bundle: { ...inputs.bundle, bytes: bundleBytes.length },
@@ -360,7 +397,12 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 		await rm(dir, { recursive: true, force: true });
 		await rename(tmp, dir);
 		say(`built: ${dir}`);
-		return { ...done, manifest, cached: false };
+		return {
+			...done,
+			kernel: kernelFile(dir, manifest),
+			manifest,
+			cached: false,
+		};
 	} finally {
 		await rm(tmp, { recursive: true, force: true });
 	}
