@@ -254,6 +254,42 @@ exit 7
 		);
 	});
 
+	it("also boots the q35 machine", async () => {
+		const r = await bootVm({
+			kernel: guest.kernel,
+			initramfs: guest.initramfs,
+			machine: "q35",
+			argv: [
+				"/bin/sh",
+				"-c",
+				`wget -q -O - http://10.0.2.2:${port}/hello && grep -c . /proc/modules`,
+			],
+		});
+		expect(r.exitCode, r.lines.join("\n")).toBe(0);
+		expect(r.lines).toContain(hello.trim());
+		expect(r.lines.join("\n")).not.toContain('"event":"module-failed"');
+		console.log(
+			JSON.stringify({
+				machine: "pc",
+				timings: r.timings,
+				guestUptime: r.guestUptime,
+			}),
+		);
+	});
+
+	it("a guest too small for its initramfs says so", async () => {
+		const e = await rejection(
+			bootVm({
+				kernel: guest.kernel,
+				initramfs: guest.initramfs,
+				memoryMiB: 256,
+				argv: ["/bin/true"],
+			}),
+		);
+		expect(e.code).toBe("VM_FAILED");
+		expect(e.message).toContain("did not fit in the guest's memory");
+	});
+
 	it("a VM that does not finish in time is killed, saying how far it got", async () => {
 		const e = await rejection(
 			bootVm({
@@ -264,6 +300,8 @@ exit 7
 			}),
 		);
 		expect(e.code).toBe("VM_FAILED");
-		expect(e.message).toMatch(/timed out after 2000 ms at stage "spawned"/);
+		expect(e.message).toMatch(
+			/timed out after 2000 ms at stage "(spawned|userspace|ready)"/,
+		);
 	});
 });

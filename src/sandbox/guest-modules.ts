@@ -14,13 +14,14 @@ export interface GuestModule {
 }
 
 /**
- * fw_cfg (the job), virtio-net, and what dadi-guest mounts: NBD, FUSE, loop, ext4, erofs,
+ * fw_cfg (the job), virtio transports (PCI for the pc/q35 machines, MMIO for microvm), virtio-net, and what dadi-guest mounts: NBD, FUSE, loop, ext4, erofs,
  * overlayfs. (AF_PACKET, virtio core pieces the list pulls in, and the 8250 serial console are
  * either built in or dependencies.)
  */
 export const GUEST_MODULES: readonly GuestModule[] = [
 	{ name: "qemu_fw_cfg" },
 	{ name: "virtio_pci" },
+	{ name: "virtio_mmio" },
 	{ name: "virtio_net" },
 	{ name: "nbd", params: "nbds_max=4" },
 	{ name: "fuse" },

@@ -15,6 +15,12 @@ export const INIT_MARK = "DADI-INIT ";
 export const FW_CFG_ARGV = "opt/io.dadi/argv";
 export const FW_CFG_ENV = "opt/io.dadi/env";
 export const FW_CFG_FILES = "opt/io.dadi/files";
+/**
+ * The initramfs's last entry (paths sort byte-wise; "~" after every letter). The kernel stops
+ * unpacking at the first error — a rootfs too small for the archive when the VM has too little
+ * memory — so /init checks this file to tell a complete unpack from a truncated one.
+ */
+export const UNPACK_SENTINEL = "~dadi-initramfs-complete";
 /** The guest's address, gateway (the host's loopback under QEMU user networking) and prefix. */
 export const GUEST_IP = "10.0.2.15";
 export const GUEST_GATEWAY = "10.0.2.2";
@@ -32,6 +38,7 @@ die() {
 }
 mount -t proc proc /proc || { echo "${INIT_MARK}{\\"event\\":\\"error\\",\\"stage\\":\\"proc\\"}"; poweroff -f; }
 report userspace
+[ -e /${UNPACK_SENTINEL} ] || die initramfs
 mount -t sysfs sysfs /sys || die sysfs
 mount -t devtmpfs devtmpfs /dev || die devtmpfs
 mount -t tmpfs -o mode=1777 tmpfs /tmp || die tmp

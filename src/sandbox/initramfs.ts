@@ -41,7 +41,7 @@ import {
 	type GuestModule,
 	resolveGuestModules,
 } from "./guest-modules.js";
-import { INIT_SCRIPT } from "./init-script.js";
+import { INIT_SCRIPT, UNPACK_SENTINEL } from "./init-script.js";
 import { configHasPvh, extractVmlinux } from "./vmlinux.js";
 
 /** Bumped when the layout changes in a way the other inputs do not capture. */
@@ -301,6 +301,7 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 			path: "etc/hosts",
 			data: Buffer.from("127.0.0.1 localhost\n"),
 		},
+		{ type: "file", path: UNPACK_SENTINEL, data: Buffer.alloc(0) },
 		{ type: "file", path: "usr/bin/node", mode: 0o755, data: nodeBytes },
 		{
 			type: "file",
@@ -338,6 +339,14 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 			await treeEntries(trees.get(p) as string, sub, skip, libs);
 	const entries = withParents(merge([base, libs]));
 	const archive = cpioArchive(entries);
+	const last = entries
+		.map((e) => e.path)
+		.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+	if (last[last.length - 1] !== UNPACK_SENTINEL)
+		throw new DadiError(
+			"INTERNAL",
+			`${UNPACK_SENTINEL} is not the initramfs's last entry`,
+		);
 
 	const tmp = join(cache, "initramfs", `.build-${process.pid}-${key}`);
 	await rm(tmp, { recursive: true, force: true });

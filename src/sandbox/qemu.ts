@@ -40,7 +40,16 @@ export interface BootOptions {
 	onLine?: (line: string) => void;
 	/** Default "qemu-system-x86_64". */
 	qemu?: string;
+	/**
+	 * "pc" (default): SeaBIOS, virtio-pci, HPET and ACPI PM timer. "microvm" (no PCI, qboot,
+	 * virtio-mmio) reaches userspace a little sooner but under TCG its kernel sometimes cannot
+	 * calibrate the TSC (no HPET or PM timer to measure it against) and hangs: 2 boots in 8 here.
+	 * "q35" boots like pc. (docs/sandbox.md)
+	 */
+	machine?: VmMachine;
 }
+
+export type VmMachine = "microvm" | "pc" | "q35";
 
 export type VmStage = "spawned" | "userspace" | "ready" | "exited";
 
@@ -96,12 +105,17 @@ export function qemuArgs(o: {
 	cpus: number;
 	fwCfg: Record<string, string>;
 	pcapFile?: string;
+	machine?: VmMachine;
 }): string[] {
+	const machine = o.machine ?? "pc";
+	const micro = machine === "microvm";
 	const args = [
 		"-accel",
 		"tcg",
 		"-machine",
-		"pc",
+		// microvm: ACPI describes the virtio-mmio transports and fw_cfg; the RTC gives the guest the
+		// host's time (TLS certificate checks need it)
+		micro ? "microvm,acpi=on,rtc=on" : machine,
 		"-nodefaults",
 		"-no-user-config",
 		"-display",
@@ -118,13 +132,13 @@ export function qemuArgs(o: {
 		"-initrd",
 		o.initramfs,
 		"-append",
-		"console=ttyS0 panic=-1 quiet loglevel=3 reboot=t",
+		`console=ttyS0 panic=-1 quiet loglevel=3 reboot=t${micro ? " pci=off" : ""}`,
 		// user networking: the guest reaches the host's loopback as 10.0.2.2 (and, through slirp, whatever
 		// the host can reach; docs/sandbox.md on `restrict`)
 		"-netdev",
 		"user,id=n0,ipv6=off",
 		"-device",
-		"virtio-net-pci,netdev=n0,romfile=",
+		micro ? "virtio-net-device,netdev=n0" : "virtio-net-pci,netdev=n0,romfile=",
 	];
 	if (o.pcapFile)
 		args.push("-object", `filter-dump,id=d0,netdev=n0,file=${o.pcapFile}`);
@@ -210,6 +224,7 @@ function run(o: BootOptions, fwCfg: Record<string, string>): Promise<VmResult> {
 		cpus: o.cpus ?? 1,
 		fwCfg,
 		pcapFile: o.pcapFile,
+		machine: o.machine,
 	});
 	const timeoutMs = o.timeoutMs ?? 180_000;
 	return new Promise((resolve, reject) => {
@@ -290,7 +305,7 @@ function run(o: BootOptions, fwCfg: Record<string, string>): Promise<VmResult> {
 				return reject(
 					new DadiError(
 						"VM_FAILED",
-						`the sandbox VM ended (qemu ${signal ?? `exit ${code}`}) at stage "${stage}"${error ? ` after an /init error in ${error.stage}` : ""} without reporting the job's exit; last console lines:\n${tail()}`,
+						`the sandbox VM ended (qemu ${signal ?? `exit ${code}`}) at stage "${stage}"${error ? ` after an /init error in ${error.stage}${error.stage === "initramfs" ? " (the initramfs did not fit in the guest's memory: raise memoryMiB)" : ""}` : ""} without reporting the job's exit; last console lines:\n${tail()}`,
 					),
 				);
 			resolve({
