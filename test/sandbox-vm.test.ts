@@ -13,7 +13,7 @@ import type { CpioEntry } from "../src/sandbox/cpio.js";
 import { defaultSandboxCache } from "../src/sandbox/debs.js";
 import { type BuiltGuest, buildGuest } from "../src/sandbox/initramfs.js";
 import { parseModinfo } from "../src/sandbox/kmod.js";
-import { bootVm } from "../src/sandbox/qemu.js";
+import { bootVm, RELAY_ADDRESS } from "../src/sandbox/qemu.js";
 import {
 	cleanupTempDirs,
 	prng,
@@ -254,15 +254,16 @@ exit 7
 		);
 	});
 
-	it("also boots the q35 machine", async () => {
+	it("also boots the q35 machine; restricted, the guest reaches only the allowed host port", async () => {
 		const r = await bootVm({
 			kernel: guest.kernel,
 			initramfs: guest.initramfs,
 			machine: "q35",
+			onlyHostPorts: [port],
 			argv: [
 				"/bin/sh",
 				"-c",
-				`wget -q -O - http://10.0.2.2:${port}/hello && grep -c . /proc/modules`,
+				`wget -q -O - http://10.0.2.2:${port}/hello && exit 9; wget -q -O - http://${RELAY_ADDRESS}:${port}/hello && grep -c . /proc/modules`,
 			],
 		});
 		expect(r.exitCode, r.lines.join("\n")).toBe(0);
@@ -270,7 +271,7 @@ exit 7
 		expect(r.lines.join("\n")).not.toContain('"event":"module-failed"');
 		console.log(
 			JSON.stringify({
-				machine: "pc",
+				machine: "q35",
 				timings: r.timings,
 				guestUptime: r.guestUptime,
 			}),

@@ -41,6 +41,13 @@ export interface BootOptions {
 	/** Default "qemu-system-x86_64". */
 	qemu?: string;
 	/**
+	 * Isolate the guest (slirp `restrict=on`: nothing on the host or beyond is reachable, not even
+	 * 10.0.2.2) except these host loopback ports, which the guest reaches at
+	 * 10.0.2.100:PORT (RELAY_ADDRESS), each connection relayed by `busybox nc 127.0.0.1 PORT`
+	 * (slirp's guestfwd; it refuses the gateway address 10.0.2.2 for such rules).
+	 */
+	onlyHostPorts?: readonly number[];
+	/**
 	 * "pc" (default): SeaBIOS, virtio-pci, HPET and ACPI PM timer. "microvm" (no PCI, qboot,
 	 * virtio-mmio) reaches userspace a little sooner but under TCG its kernel sometimes cannot
 	 * calibrate the TSC (no HPET or PM timer to measure it against) and hangs: 2 boots in 8 here.
@@ -50,6 +57,9 @@ export interface BootOptions {
 }
 
 export type VmMachine = "microvm" | "pc" | "q35";
+
+/** Where a restricted guest reaches the host's allowed loopback ports (`onlyHostPorts`). */
+export const RELAY_ADDRESS = "10.0.2.100";
 
 export type VmStage = "spawned" | "userspace" | "ready" | "exited";
 
@@ -106,7 +116,17 @@ export function qemuArgs(o: {
 	fwCfg: Record<string, string>;
 	pcapFile?: string;
 	machine?: VmMachine;
+	onlyHostPorts?: readonly number[];
 }): string[] {
+	let netdev = "user,id=n0,ipv6=off";
+	if (o.onlyHostPorts) {
+		netdev += ",restrict=on";
+		for (const p of o.onlyHostPorts) {
+			if (!Number.isInteger(p) || p < 1 || p > 65535)
+				throw new DadiError("USAGE", `host port ${p} is not a TCP port`);
+			netdev += `,guestfwd=tcp:${RELAY_ADDRESS}:${p}-cmd:busybox nc 127.0.0.1 ${p}`;
+		}
+	}
 	const machine = o.machine ?? "pc";
 	const micro = machine === "microvm";
 	const args = [
@@ -134,9 +154,9 @@ export function qemuArgs(o: {
 		"-append",
 		`console=ttyS0 panic=-1 quiet loglevel=3 reboot=t${micro ? " pci=off" : ""}`,
 		// user networking: the guest reaches the host's loopback as 10.0.2.2 (and, through slirp, whatever
-		// the host can reach; docs/sandbox.md on `restrict`)
+		// the host can reach) unless onlyHostPorts restricts it (docs/sandbox.md)
 		"-netdev",
-		"user,id=n0,ipv6=off",
+		netdev,
 		"-device",
 		micro ? "virtio-net-device,netdev=n0" : "virtio-net-pci,netdev=n0,romfile=",
 	];
@@ -225,6 +245,7 @@ function run(o: BootOptions, fwCfg: Record<string, string>): Promise<VmResult> {
 		fwCfg,
 		pcapFile: o.pcapFile,
 		machine: o.machine,
+		onlyHostPorts: o.onlyHostPorts,
 	});
 	const timeoutMs = o.timeoutMs ?? 180_000;
 	return new Promise((resolve, reject) => {
