@@ -178,7 +178,12 @@ export async function extractDeb(cache: string, deb: Deb): Promise<string> {
 	await rm(tmp, { recursive: true, force: true });
 	try {
 		await tool("dpkg-deb", ["-x", deb.file, tmp]);
-		await rename(tmp, out);
+		try {
+			await rename(tmp, out);
+		} catch (e) {
+			// another build extracted the same package first
+			if (!(await exists(out))) throw e;
+		}
 	} finally {
 		await rm(tmp, { recursive: true, force: true });
 	}

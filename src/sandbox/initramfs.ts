@@ -403,8 +403,13 @@ export async function buildGuest(opts: BuildOptions): Promise<BuiltGuest> {
 			join(tmp, "manifest.json"),
 			`${JSON.stringify(manifest, null, "\t")}\n`,
 		);
-		await rm(dir, { recursive: true, force: true });
-		await rename(tmp, dir);
+		try {
+			await rename(tmp, dir);
+		} catch (e) {
+			// another build of the same inputs finished first: its output is the same bytes
+			if (!(await exists(join(dir, "manifest.json"))))
+				throw fromSystemError(e, dir, "storing the built guest");
+		}
 		say(`built: ${dir}`);
 		return {
 			...done,
