@@ -3,8 +3,10 @@
  * QEMU (TCG), running dadi-guest (its native addons extracted and loaded in the guest: zstd-napi
  * to read, koffi to mount FUSE), with the network traffic it makes captured to a pcap file.
  */
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readdir, readFile } from "node:fs/promises";
+import { existsSync, readFileSync } from "node:fs";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -289,6 +291,44 @@ exit 7
 		);
 		expect(e.code).toBe("VM_FAILED");
 		expect(e.message).toContain("did not fit in the guest's memory");
+	});
+
+	it("leaves no QEMU behind when the process that started it is SIGKILLed", async () => {
+		const script = join(work, "orphan.mjs");
+		await writeFile(
+			script,
+			`import { bootVm } from ${JSON.stringify(join(ROOT, "dist/src/sandbox/qemu.js"))};
+bootVm({ kernel: ${JSON.stringify(guest.kernel)}, initramfs: ${JSON.stringify(guest.initramfs)}, argv: ["/bin/sleep", "600"], onLine: (l) => { if (l.includes('"ready"')) console.log("READY"); } });`,
+		);
+		const child = spawn(process.execPath, [script], {
+			stdio: ["ignore", "pipe", "inherit"],
+		});
+		await new Promise<void>((resolve) =>
+			child.stdout.on("data", (d) => String(d).includes("READY") && resolve()),
+		);
+		const qemuPids = (await readdir("/proc"))
+			.filter((p) => /^\d+$/.test(p))
+			.filter((p) => {
+				try {
+					return (
+						readFileSync(`/proc/${p}/stat`, "utf8")
+							.split(") ")[1]
+							?.split(" ")[1] === String(child.pid)
+					);
+				} catch {
+					return false;
+				}
+			});
+		expect(qemuPids.length).toBe(1);
+		child.kill("SIGKILL");
+		const gone = async () => {
+			for (let i = 0; i < 50; i++) {
+				if (!existsSync(`/proc/${qemuPids[0]}`)) return true;
+				await new Promise((r) => setTimeout(r, 100));
+			}
+			return false;
+		};
+		expect(await gone()).toBe(true);
 	});
 
 	it("a VM that does not finish in time is killed, saying how far it got", async () => {

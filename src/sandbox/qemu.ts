@@ -9,6 +9,7 @@
  * No QEMU outlives its call: a timeout or error kills it, and so does this process's exit.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { accessSync, constants } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -167,6 +168,21 @@ export function qemuArgs(o: {
 	return args;
 }
 
+/** `name` if it is a path, else its first executable match on PATH. */
+function findProgram(name: string): string | undefined {
+	const candidates = name.includes("/")
+		? [name]
+		: (process.env.PATH ?? "/usr/bin:/bin")
+				.split(":")
+				.map((d) => join(d || ".", name));
+	for (const c of candidates)
+		try {
+			accessSync(c, constants.X_OK);
+			return c;
+		} catch {}
+	return undefined;
+}
+
 const live = new Set<ChildProcess>();
 let exitHook = false;
 function track(child: ChildProcess): void {
@@ -251,9 +267,22 @@ function run(o: BootOptions, fwCfg: Record<string, string>): Promise<VmResult> {
 	return new Promise((resolve, reject) => {
 		const started = performance.now();
 		const since = () => Math.round(performance.now() - started);
-		const child = spawn(o.qemu ?? "qemu-system-x86_64", args, {
-			stdio: ["ignore", "pipe", "pipe"],
-		});
+		const qemu = findProgram(o.qemu ?? "qemu-system-x86_64");
+		if (!qemu)
+			return reject(
+				new DadiError(
+					"INPUT_NOT_FOUND",
+					`cannot start ${o.qemu ?? "qemu-system-x86_64"}: not found (Debian: apt-get install qemu-system-x86)`,
+				),
+			);
+		// setpriv --pdeathsig: the kernel kills QEMU if this process dies without its exit handler
+		// running (SIGKILL, a fatal signal)
+		const setpriv = findProgram("setpriv");
+		const child = setpriv
+			? spawn(setpriv, ["--pdeathsig", "KILL", "--", qemu, ...args], {
+					stdio: ["ignore", "pipe", "pipe"],
+				})
+			: spawn(qemu, args, { stdio: ["ignore", "pipe", "pipe"] });
 		track(child);
 		const lines: string[] = [];
 		let stderr = "";
