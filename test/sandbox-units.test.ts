@@ -51,17 +51,17 @@ describe("sandbox units", () => {
 			pcapFile: "/tmp/p.pcap",
 			onlyHostPorts: [8080],
 		});
-		const after = (flag: string) => a[a.indexOf(flag) + 1];
-		expect(after("-accel")).toBe("tcg");
-		expect(after("-machine")).toBe("pc");
+		const argOf = (flag: string) => a[a.indexOf(flag) + 1];
+		expect(argOf("-accel")).toBe("tcg");
+		expect(argOf("-machine")).toBe("pc");
 		expect(a).toContain("-nodefaults");
 		expect(a).toContain("-no-reboot");
-		expect(after("-append")).toMatch(/console=ttyS0 panic=-1/);
-		expect(after("-fw_cfg")).toBe("name=opt/io.dadi/argv,file=/tmp/argv");
-		expect(after("-object")).toBe(
+		expect(argOf("-append")).toMatch(/console=ttyS0 panic=-1/);
+		expect(argOf("-fw_cfg")).toBe("name=opt/io.dadi/argv,file=/tmp/argv");
+		expect(argOf("-object")).toBe(
 			"filter-dump,id=d0,netdev=n0,file=/tmp/p.pcap",
 		);
-		expect(after("-netdev")).toBe(
+		expect(argOf("-netdev")).toBe(
 			"user,id=n0,ipv6=off,restrict=on,guestfwd=tcp:10.0.2.100:8080-cmd:busybox nc 127.0.0.1 8080",
 		);
 		const m = qemuArgs({
