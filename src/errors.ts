@@ -32,6 +32,7 @@ export type ErrorCode =
 	| "POLICY_INVALID" // a policy document does not parse or does not compile
 	| "POLICY_DENIED" // a policy (or the broker's default) refused to release a resource
 	| "SESSION_INVALID" // a broker session or attestation token is missing, unknown, expired or forged
+	| "VM_FAILED" // a sandbox VM did not boot, timed out, or ended without reporting its job's exit
 	| "INTERNAL"; // a bug
 
 export class DadiError extends Error {
