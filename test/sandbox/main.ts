@@ -219,35 +219,6 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 			"something stayed mounted after the sealed run",
 		);
 
-		o.log("sandbox: scanning the host side for markers and key bytes...");
-		await writeFile(join(host, "logs/allow-broker.log"), allow.daemon.stderr());
-		await writeFile(join(host, "logs/deny-broker.log"), deny.daemon.stderr());
-		const hostScan = await scanHost([regDir, host], needles);
-		const markersOnHost = hostScan.hits.filter((h) =>
-			h.needle.startsWith("marker"),
-		).length;
-		const keyBytesOnHost = hostScan.hits.filter((h) =>
-			h.needle.startsWith("image key"),
-		).length;
-		check(
-			hostScan.unreadable.length === 0,
-			`unreadable host files: ${hostScan.unreadable.join("; ")}`,
-		);
-		check(
-			markersOnHost === 0,
-			`markers on the host: ${JSON.stringify(hostScan.hits.slice(0, 5))}`,
-		);
-		check(keyBytesOnHost === 0, "image key bytes on the host");
-		check(
-			hostScan.streams > 0,
-			"the capture held no traffic: the scan looked at nothing",
-		);
-		const brokerScan = await scanHost([brokerDir], keyNeedles(key.key));
-		check(
-			brokerScan.hits.length === 0,
-			"the image key in the clear in the broker's state",
-		);
-
 		o.log(
 			"sandbox: the denied guest (a policy that refuses the VM's evidence)...",
 		);
@@ -276,6 +247,38 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 		check(
 			!image.expectedOutput.slice(2).some((l) => deniedRun.console.includes(l)),
 			"the denied guest printed the container's output",
+		);
+
+		o.log("sandbox: scanning the host side for markers and key bytes...");
+		await writeFile(join(host, "logs/allow-broker.log"), allow.daemon.stderr());
+		await writeFile(join(host, "logs/deny-broker.log"), deny.daemon.stderr());
+		const hostScan = await scanHost(
+			[regDir, host, join(work, "denied")],
+			needles,
+		);
+		const markersOnHost = hostScan.hits.filter((h) =>
+			h.needle.startsWith("marker"),
+		).length;
+		const keyBytesOnHost = hostScan.hits.filter((h) =>
+			h.needle.startsWith("image key"),
+		).length;
+		check(
+			hostScan.unreadable.length === 0,
+			`unreadable host files: ${hostScan.unreadable.join("; ")}`,
+		);
+		check(
+			markersOnHost === 0,
+			`markers on the host: ${JSON.stringify(hostScan.hits.slice(0, 5))}`,
+		);
+		check(keyBytesOnHost === 0, "image key bytes on the host");
+		check(
+			hostScan.streams > 0,
+			"the capture held no traffic: the scan looked at nothing",
+		);
+		const brokerScan = await scanHost([brokerDir], keyNeedles(key.key));
+		check(
+			brokerScan.hits.length === 0,
+			"the image key in the clear in the broker's state",
 		);
 
 		o.log(
