@@ -53,6 +53,16 @@ export function authFailed(what: string): DadiError {
 	return new DadiError("AUTH_FAILED", `${what}: ${AUTH_MESSAGE}`);
 }
 
+/** `e` itself when it is a DadiError, else an INTERNAL one carrying its stack (a bug). */
+export function asDadiError(e: unknown): DadiError {
+	return e instanceof DadiError
+		? e
+		: new DadiError(
+				"INTERNAL",
+				`unexpected error: ${(e as Error)?.stack ?? String(e)}`,
+			);
+}
+
 export function isDadiError(e: unknown, code?: ErrorCode): e is DadiError {
 	return e instanceof DadiError && (code === undefined || e.code === code);
 }

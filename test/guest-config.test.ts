@@ -16,7 +16,7 @@ import {
 	openSealedImage,
 } from "../src/image/open-image.js";
 import { sha256Digest } from "../src/oci/digest.js";
-import { startBrokerProgram } from "./broker/harness.js";
+import { startInitialisedBroker } from "./broker/harness.js";
 import { type Daemon, killDaemons } from "./daemon.js";
 import {
 	BIN,
@@ -216,38 +216,9 @@ describe("from a registry, and with a key from a broker", () => {
 
 	beforeAll(async () => {
 		reg = await startRegistry();
-		const state = join(dir, "state");
-		const master = join(dir, "master.key");
-		const token = join(dir, "admin.token");
-		await must(
-			runCli(BIN.broker, [
-				"init",
-				"--state",
-				state,
-				"--master-key",
-				master,
-				"--admin-token",
-				token,
-			]),
-		);
-		broker = await startBrokerProgram({
-			state,
-			masterKey: master,
-			adminTokenFile: token,
-		});
-		await must(
-			runCli(BIN.broker, [
-				"resource",
-				"put",
-				RES,
-				"--image-key",
-				keyPath,
-				"--admin",
-				String(broker.ready.admin),
-				"--admin-token-file",
-				token,
-			]),
-		);
+		const b = await startInitialisedBroker(dir);
+		broker = b.daemon;
+		await b.putImageKey(RES, keyPath);
 		// the same disk and config, sealed for the broker's resource, pushed with dadi-seal copy
 		await sealInto(join(dir, "d.img"), join(dir, "oci-kbs"), "app", key, {
 			imageConfig: CONFIG,

@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { kataVolume } from "../src/snapshotter/sealed-mounts.js";
-import { startBrokerProgram } from "./broker/harness.js";
+import { startInitialisedBroker } from "./broker/harness.js";
 import { type Daemon, killDaemons } from "./daemon.js";
 import {
 	BIN,
@@ -101,42 +101,10 @@ beforeAll(async () => {
 		"--tag",
 		"run",
 	]);
-	const state = join(dir, "state");
-	const master = join(dir, "master.key");
-	const token = join(dir, "admin.token");
-	await must(
-		runCli(BIN.broker, [
-			"init",
-			"--state",
-			state,
-			"--master-key",
-			master,
-			"--admin-token",
-			token,
-		]),
-	);
-	broker = await startBrokerProgram({
-		state,
-		masterKey: master,
-		adminTokenFile: token,
-	});
-	for (const [res, key] of [
-		[RES, keyPath],
-		[DENIED_RES, otherKeyPath],
-	] as const)
-		await must(
-			runCli(BIN.broker, [
-				"resource",
-				"put",
-				res,
-				"--image-key",
-				key,
-				"--admin",
-				String(broker.ready.admin),
-				"--admin-token-file",
-				token,
-			]),
-		);
+	const b = await startInitialisedBroker(dir);
+	broker = b.daemon;
+	await b.putImageKey(RES, keyPath);
+	await b.putImageKey(DENIED_RES, otherKeyPath);
 	ref = `docker://${reg.host}/run/app:v1`;
 	deniedRef = `docker://${reg.host}/run/denied:v1`;
 	for (const [to, key, res] of [

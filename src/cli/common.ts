@@ -2,7 +2,12 @@
 import { readFile } from "node:fs/promises";
 import { CommanderError } from "commander";
 import { type ImageKey, parseImageKey } from "../crypto/image-key.js";
-import { DadiError, type ErrorCode, fromSystemError } from "../errors.js";
+import {
+	asDadiError,
+	DadiError,
+	type ErrorCode,
+	fromSystemError,
+} from "../errors.js";
 
 /** Exit codes, documented in docs/cli.md. */
 export const EXIT = {
@@ -71,13 +76,7 @@ export async function runAction(
 	try {
 		await fn();
 	} catch (e) {
-		const err =
-			e instanceof DadiError
-				? e
-				: new DadiError(
-						"INTERNAL",
-						`unexpected error: ${(e as Error)?.stack ?? String(e)}`,
-					);
+		const err = asDadiError(e);
 		if (json)
 			process.stdout.write(
 				`${JSON.stringify({ ok: false, error: { code: err.code, message: err.message } })}\n`,

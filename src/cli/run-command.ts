@@ -7,7 +7,7 @@
 import { readFile } from "node:fs/promises";
 import { performance } from "node:perf_hooks";
 import type { Command } from "commander";
-import { DadiError } from "../errors.js";
+import { asDadiError, DadiError } from "../errors.js";
 import type { StartedProcess } from "../guest/exec-in-root.js";
 import {
 	decodeVolumeText,
@@ -295,13 +295,7 @@ async function runAction(
 			say(`${e.message}; cleaning up`);
 			process.exitCode = e.exitCode;
 		} else {
-			const err =
-				e instanceof DadiError
-					? e
-					: new DadiError(
-							"INTERNAL",
-							`unexpected error: ${(e as Error)?.stack ?? String(e)}`,
-						);
+			const err = asDadiError(e);
 			report.error = { code: err.code, message: err.message };
 			say(`error: ${err.message} [${err.code}]`);
 			process.exitCode = exitCodeFor(err.code);

@@ -18,7 +18,7 @@ import {
 	status,
 	type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { DadiError } from "../errors.js";
+import { asDadiError, DadiError } from "../errors.js";
 import { grpcCodeFor } from "./grpc-status.js";
 import { copyLabels } from "./labels.js";
 import { snapshotsService } from "./proto.js";
@@ -90,13 +90,7 @@ export async function serveSnapshots(
 	log: (line: string) => void,
 ): Promise<SnapshotsServer> {
 	const fail = (what: string, e: unknown): Partial<ServiceError> => {
-		const err =
-			e instanceof DadiError
-				? e
-				: new DadiError(
-						"INTERNAL",
-						`unexpected error: ${(e as Error)?.stack ?? String(e)}`,
-					);
+		const err = asDadiError(e);
 		const code = grpcCodeFor(err.code);
 		if (code !== status.NOT_FOUND && code !== status.ALREADY_EXISTS)
 			log(`${what}: ${err.message} [${err.code}]`);

@@ -21,7 +21,7 @@ import {
 	type TeePubKey,
 } from "../../src/kbs/tee-pubkey.js";
 import { type Daemon, startDaemon } from "../daemon.js";
-import { BIN, ROOT, tempDir } from "../helpers.js";
+import { BIN, ROOT, runCli, tempDir } from "../helpers.js";
 
 export const POLICIES = join(ROOT, "policies");
 
@@ -224,7 +224,13 @@ export class ManualGuest {
  * repository's policies, the given state, master key and admin token files; `extra` flags last.
  */
 export function startBrokerProgram(
-	o: { state: string; masterKey: string; adminTokenFile: string },
+	o: {
+		state: string;
+		masterKey: string;
+		adminTokenFile: string;
+		/** Default: the repository's policies/. */
+		policies?: string;
+	},
 	extra: string[] = ["--insecure-dev"],
 ): Promise<Daemon> {
 	return startDaemon(BIN.broker, [
@@ -236,7 +242,7 @@ export function startBrokerProgram(
 		"--listen",
 		"tcp:127.0.0.1:0",
 		"--policies",
-		POLICIES,
+		o.policies ?? POLICIES,
 		"--admin-listen",
 		"tcp:127.0.0.1:0",
 		"--admin-token-file",
@@ -244,4 +250,63 @@ export function startBrokerProgram(
 		"--json",
 		...extra,
 	]);
+}
+
+/** A `dadi-broker` program on a state initialised in `dir` (`dadi-broker init`), and its admin. */
+export interface BrokerProgram {
+	daemon: Daemon;
+	adminTokenFile: string;
+	/** `dadi-broker resource put REF --image-key FILE` through the admin listener. */
+	putImageKey(ref: string, keyFile: string): Promise<void>;
+}
+
+export async function startInitialisedBroker(
+	dir: string,
+	o: { policies?: string; extra?: string[] } = {},
+): Promise<BrokerProgram> {
+	const state = join(dir, "state");
+	const masterKey = join(dir, "master.key");
+	const adminTokenFile = join(dir, "admin.token");
+	const r = await runCli(BIN.broker, [
+		"init",
+		"--state",
+		state,
+		"--master-key",
+		masterKey,
+		"--admin-token",
+		adminTokenFile,
+	]);
+	if (r.code !== 0)
+		throw new Error(`dadi-broker init: exit ${r.code}: ${r.stderr}`);
+	const daemon = await startBrokerProgram(
+		{ state, masterKey, adminTokenFile, policies: o.policies },
+		o.extra,
+	);
+	if (daemon.ready.ok !== true) {
+		await daemon.stop();
+		throw new Error(
+			`dadi-broker serve did not start: ${JSON.stringify(daemon.ready)}`,
+		);
+	}
+	return {
+		daemon,
+		adminTokenFile,
+		putImageKey: async (ref, keyFile) => {
+			const p = await runCli(BIN.broker, [
+				"resource",
+				"put",
+				ref,
+				"--image-key",
+				keyFile,
+				"--admin",
+				String(daemon.ready.admin),
+				"--admin-token-file",
+				adminTokenFile,
+			]);
+			if (p.code !== 0)
+				throw new Error(
+					`dadi-broker resource put: exit ${p.code}: ${p.stderr}`,
+				);
+		},
+	};
 }

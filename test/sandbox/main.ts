@@ -26,8 +26,11 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { keyNeedles, type Needle } from "../../src/sandbox/leak-scan.js";
 import { scanHost } from "../../src/sandbox/scan-host.js";
-import { startBrokerProgram } from "../broker/harness.js";
-import { type Daemon, killDaemons, startDaemon } from "../daemon.js";
+import {
+	type BrokerProgram,
+	startInitialisedBroker,
+} from "../broker/harness.js";
+import { type Daemon, killDaemons } from "../daemon.js";
 import { BIN, must, ROOT, runCli, writeKey } from "../helpers.js";
 import { run } from "../image-fixtures.js";
 import { type RunningRegistry, startRegistry } from "../registry/harness.js";
@@ -76,12 +79,12 @@ const round = (ms: number | undefined | null) =>
 
 export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 	const work = await mkdtemp(join(tmpdir(), "dadi-sandbox-"));
-	// The image owner's side (trusted): the plaintext image, the image key, the broker's secrets.
+	// The image owner's side (trusted): the plaintext image and the image key.
 	const owner = join(work, "owner");
 	// The untrusted host side: everything here is scanned.
 	const host = join(work, "host");
-	// The relying party's broker state (its key store is encrypted under the master key in owner/);
-	// scanned separately: not host-side, but the key must not be there in the clear either.
+	// The relying party's brokers (in production off this host): state, master key, admin token.
+	// Scanned separately: not host-side, but the image key must not be there in the clear.
 	const brokerDir = join(work, "broker");
 	for (const d of [owner, host, brokerDir, join(host, "logs")])
 		await mkdir(d, { recursive: true });
@@ -102,19 +105,12 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 		);
 		reg = await startRegistry();
 		const regDir = dirname(reg.storageDir);
-		const allow = await startBroker(
-			join(brokerDir, "allow"),
-			owner,
-			"allow",
-			daemons,
-		);
-		const deny = await startBroker(
-			join(brokerDir, "deny"),
-			owner,
-			"deny",
-			daemons,
-			["--policies", join(ROOT, "test/sandbox/policies")],
-		);
+		const allow = await startInitialisedBroker(join(brokerDir, "allow"));
+		daemons.push(allow.daemon);
+		const deny = await startInitialisedBroker(join(brokerDir, "deny"), {
+			policies: join(ROOT, "test/sandbox/policies"),
+		});
+		daemons.push(deny.daemon);
 
 		o.log(
 			"sandbox: the owner builds an image with plaintext markers, seals and pushes it...",
@@ -151,26 +147,13 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 			throw new Error(
 				`dadi-seal printed no manifest digest: ${JSON.stringify(sealed)}`,
 			);
-		for (const b of [allow, deny])
-			await must(
-				runCli(BIN.broker, [
-					"resource",
-					"put",
-					KEY_REF,
-					"--image-key",
-					keyPath,
-					"--admin",
-					String(b.daemon.ready.admin),
-					"--admin-token-file",
-					b.tokenFile,
-				]),
-			);
+		for (const b of [allow, deny]) await b.putImageKey(KEY_REF, keyPath);
 		const needles: Needle[] = [
 			...image.markers.map((m, i) => ({ name: `marker ${i}`, bytes: m })),
 			...keyNeedles(key.key),
 		];
 		const port = reg.host.split(":")[1];
-		const brokerFor = (b: BrokerHandle) =>
+		const brokerFor = (b: BrokerProgram) =>
 			`http://10.0.2.2:${new URL(String(b.daemon.ready.url)).port}`;
 
 		o.log(
@@ -182,7 +165,7 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 		);
 		// What the VM's job runs: the volume as Kata's runtime would pass it to the agent, the
 		// registry as the guest reaches it (10.0.2.2 is the host's loopback through QEMU's NAT).
-		const runArgs = (broker: BrokerHandle) => [
+		const runArgs = (broker: BrokerProgram) => [
 			"--volume",
 			kata.volume,
 			"--registry-alias",
@@ -394,64 +377,6 @@ export async function runSandbox(o: SandboxOptions): Promise<SandboxResult> {
 		if (o.keep) o.log(`sandbox: kept ${work}`);
 		else await rm(work, { recursive: true, force: true });
 	}
-}
-
-interface BrokerHandle {
-	daemon: Daemon;
-	tokenFile: string;
-}
-
-async function startBroker(
-	dir: string,
-	owner: string,
-	name: string,
-	daemons: Daemon[],
-	extra: string[] = [],
-): Promise<BrokerHandle> {
-	const state = join(dir, "state");
-	const masterKey = join(owner, `${name}-master.key`);
-	const tokenFile = join(owner, `${name}-admin.token`);
-	await mkdir(dir, { recursive: true });
-	await must(
-		runCli(BIN.broker, [
-			"init",
-			"--state",
-			state,
-			"--master-key",
-			masterKey,
-			"--admin-token",
-			tokenFile,
-		]),
-	);
-	const daemon =
-		extra.length === 0
-			? await startBrokerProgram({
-					state,
-					masterKey,
-					adminTokenFile: tokenFile,
-				})
-			: await startDaemon(BIN.broker, [
-					"serve",
-					"--state",
-					state,
-					"--master-key",
-					masterKey,
-					"--listen",
-					"tcp:127.0.0.1:0",
-					"--admin-listen",
-					"tcp:127.0.0.1:0",
-					"--admin-token-file",
-					tokenFile,
-					"--json",
-					"--insecure-dev",
-					...extra,
-				]);
-	daemons.push(daemon);
-	if (daemon.ready.ok !== true)
-		throw new Error(
-			`the ${name} broker did not start: ${JSON.stringify(daemon.ready)}`,
-		);
-	return { daemon, tokenFile };
 }
 
 /** The console lines the container printed: from its first expected line to its last. */
