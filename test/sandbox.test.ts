@@ -28,9 +28,10 @@ describe("the confidential sandbox (QEMU, TCG)", () => {
 					}),
 			),
 		);
-		const lines = r.stdout.trim().split("\n");
-		const result = JSON.parse(lines[lines.length - 1] as string);
 		if (r.code !== 0) console.error(r.stderr.slice(-20000));
+		const lines = r.stdout.trim().split("\n");
+		expect(r.stdout, "npm run sandbox printed no result line").toMatch(/\}\n$/);
+		const result = JSON.parse(lines[lines.length - 1] as string);
 		expect(result.failures).toEqual([]);
 		expect(r.code).toBe(0);
 		expect(result.ok).toBe(true);

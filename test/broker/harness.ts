@@ -3,6 +3,7 @@
  * hand-driven guest (raw HTTP) so tests can deviate from the protocol at any step.
  */
 import { type KeyObject, randomBytes } from "node:crypto";
+import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { AdminClient } from "../../src/broker/admin-client.js";
 import {
@@ -264,6 +265,7 @@ export async function startInitialisedBroker(
 	dir: string,
 	o: { policies?: string; extra?: string[] } = {},
 ): Promise<BrokerProgram> {
+	await mkdir(dir, { recursive: true });
 	const state = join(dir, "state");
 	const masterKey = join(dir, "master.key");
 	const adminTokenFile = join(dir, "admin.token");
