@@ -1,6 +1,6 @@
 /** `dadi-guest attest`: run auth → attest → resource against a broker and report, never printing the secret. */
 import type { Command } from "commander";
-import { chooseAttester } from "../attest/attester.js";
+import { chooseAttester, tsmRootFrom } from "../attest/attester.js";
 import { parseImageKey } from "../crypto/image-key.js";
 import { DadiError } from "../errors.js";
 import { fetchResource, resourcePathOf } from "../kbs/client.js";
@@ -16,8 +16,12 @@ export function attestCommand(program: Command): void {
 		.requiredOption("--broker <URL>", "the broker (http[s]://HOST:PORT)")
 		.requiredOption("--resource <PATH>", "kbs:///REPO/TYPE/TAG")
 		.option(
-			"--attester <sample|auto>",
+			"--attester <auto|snp|tdx|sample>",
 			"the TEE to produce evidence with (default auto)",
+		)
+		.option(
+			"--tsm-root <DIR>",
+			"configfs-tsm's report directory (default $DADI_TSM_ROOT or /sys/kernel/config/tsm/report)",
 		)
 		.option("--broker-ca <PEM>", "CA certificates for an https broker")
 		.option("--broker-key <ec|rsa>", "the ephemeral key type (default ec)")
@@ -35,6 +39,7 @@ export function attestCommand(program: Command): void {
 				broker: string;
 				resource: string;
 				attester?: string;
+				tsmRoot?: string;
 				brokerCa?: string;
 				brokerKey?: string;
 				brokerRetry?: string;
@@ -44,7 +49,9 @@ export function attestCommand(program: Command): void {
 				runAction("dadi-guest attest", Boolean(f.json), async () => {
 					const path = resourcePathOf(f.resource);
 					const keyKind = parseKeyKind(f.brokerKey);
-					const attester = await chooseAttester(f.attester ?? "auto");
+					const attester = await chooseAttester(f.attester ?? "auto", {
+						tsmRoot: tsmRootFrom(f.tsmRoot),
+					});
 					const r = await fetchResource(
 						{
 							url: f.broker,

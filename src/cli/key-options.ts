@@ -4,7 +4,7 @@
  */
 import { join } from "node:path";
 import type { Command } from "commander";
-import { chooseAttester } from "../attest/attester.js";
+import { chooseAttester, tsmRootFrom } from "../attest/attester.js";
 import { DadiError } from "../errors.js";
 import type { KeySource } from "../image/open-image.js";
 import { brokerKeySource } from "../kbs/key-provider.js";
@@ -15,6 +15,7 @@ export interface KeyFlags {
 	keyDir?: string;
 	broker?: string;
 	attester?: string;
+	tsmRoot?: string;
 	brokerCa?: string;
 	brokerKey?: string;
 	brokerRetry?: string;
@@ -32,8 +33,12 @@ export function addKeyOptions(c: Command): Command {
 			"get the image key from a KBS-protocol key broker (dadi-broker, Trustee) by attesting this sandbox",
 		)
 		.option(
-			"--attester <sample|auto>",
-			"with --broker: evidence from the TEE found here (auto, default) or the insecure development 'sample' TEE",
+			"--attester <auto|snp|tdx|sample>",
+			"with --broker: evidence from the TEE found here (auto, default), SEV-SNP (configfs-tsm or /dev/sev-guest), TDX (configfs-tsm), or the insecure development 'sample' TEE",
+		)
+		.option(
+			"--tsm-root <DIR>",
+			"with --broker: configfs-tsm's report directory (default $DADI_TSM_ROOT or /sys/kernel/config/tsm/report)",
 		)
 		.option(
 			"--broker-ca <PEM>",
@@ -57,19 +62,19 @@ export async function keySourceFrom(
 	if ([f.key, f.keyDir, f.broker].filter(Boolean).length > 1)
 		throw new DadiError("USAGE", "give one of --key, --key-dir or --broker");
 	if (f.keyDir) {
-		if (f.attester || f.brokerCa || f.brokerKey || f.brokerRetry)
+		if (brokerOnly(f))
 			throw new DadiError(
 				"USAGE",
-				"--attester, --broker-ca, --broker-key and --broker-retry apply with --broker only",
+				"--attester, --tsm-root, --broker-ca, --broker-key and --broker-retry apply with --broker only",
 			);
 		const dir = f.keyDir;
 		return (image) => readKeyFile(keyFileIn(dir, image.config.key.kid), "open");
 	}
 	if (f.key) {
-		if (f.attester || f.brokerCa || f.brokerKey || f.brokerRetry)
+		if (brokerOnly(f))
 			throw new DadiError(
 				"USAGE",
-				"--attester, --broker-ca, --broker-key and --broker-retry apply with --broker only",
+				"--attester, --tsm-root, --broker-ca, --broker-key and --broker-retry apply with --broker only",
 			);
 		return readKeyFile(f.key, "open");
 	}
@@ -80,12 +85,20 @@ export async function keySourceFrom(
 		);
 	return brokerKeySource({
 		url: f.broker,
-		attester: await chooseAttester(f.attester ?? "auto"),
+		attester: await chooseAttester(f.attester ?? "auto", {
+			tsmRoot: tsmRootFrom(f.tsmRoot),
+		}),
 		caFile: f.brokerCa,
 		keyKind: parseKeyKind(f.brokerKey),
 		retryForMs: parseBrokerRetry(f.brokerRetry),
 		log,
 	});
+}
+
+function brokerOnly(f: KeyFlags): boolean {
+	return Boolean(
+		f.attester || f.tsmRoot || f.brokerCa || f.brokerKey || f.brokerRetry,
+	);
 }
 
 /** --broker-retry SECONDS → ms (0 to 3600). */
