@@ -1,5 +1,11 @@
 /** Guest side: producing evidence that binds a report_data digest, and choosing how (`--attester`). */
 import { DadiError } from "../errors.js";
+import {
+	type AzureOptions,
+	azSnpVtpmAttester,
+	azTdxVtpmAttester,
+	detectAzure,
+} from "./az-attester.js";
 import type { TeeType } from "./claims.js";
 import { type AttesterTee, detectTee } from "./detect.js";
 import { sampleEvidence } from "./sample.js";
@@ -21,7 +27,14 @@ export const sampleAttester: Attester = {
 		sampleEvidence(reportData, initData),
 };
 
-export const ATTESTER_KINDS = ["auto", "snp", "tdx", "sample"] as const;
+export const ATTESTER_KINDS = [
+	"auto",
+	"snp",
+	"tdx",
+	"az-snp-vtpm",
+	"az-tdx-vtpm",
+	"sample",
+] as const;
 export type AttesterKind = (typeof ATTESTER_KINDS)[number];
 
 export interface AttesterOptions {
@@ -29,6 +42,8 @@ export interface AttesterOptions {
 	tsmRoot?: string;
 	/** Device nodes for auto-detection (tests). */
 	devices?: { tee: "snp" | "tdx"; path: string }[];
+	/** The vTPM and IMDS for the Azure attesters (default: the device, 169.254.169.254 or $DADI_AZURE_IMDS). */
+	azure?: AzureOptions;
 }
 
 /** --tsm-root, else $DADI_TSM_ROOT, else the kernel's path. */
@@ -41,6 +56,12 @@ export async function chooseAttester(
 	o: AttesterOptions = {},
 ): Promise<Attester> {
 	const root = o.tsmRoot ?? TSM_REPORT_ROOT;
+	const azure: AzureOptions = {
+		...(process.env.DADI_AZURE_IMDS
+			? { imds: process.env.DADI_AZURE_IMDS }
+			: {}),
+		...o.azure,
+	};
 	switch (kind) {
 		case "sample":
 			return sampleAttester;
@@ -55,6 +76,10 @@ export async function chooseAttester(
 					`--attester tdx needs configfs-tsm (${root}; Linux 6.7 or later); the legacy /dev/tdx_guest quote path is not supported`,
 				);
 			return tdxTsmAttester(root);
+		case "az-snp-vtpm":
+			return azSnpVtpmAttester(azure);
+		case "az-tdx-vtpm":
+			return azTdxVtpmAttester(azure);
 		case "auto":
 			break;
 		default:
@@ -63,11 +88,15 @@ export async function chooseAttester(
 				`--attester "${kind}": expected one of ${ATTESTER_KINDS.join(", ")}`,
 			);
 	}
-	const found = await detectTee({ tsmRoot: root, devices: o.devices });
+	const found = await detectTee({
+		tsmRoot: root,
+		devices: o.devices,
+		azure: () => detectAzure(azure),
+	});
 	if (!found)
 		throw new DadiError(
 			"USAGE",
-			"no TEE found in this machine (no configfs-tsm report provider, /dev/sev-guest or /dev/tdx_guest); for development, use --attester sample against a broker started with --insecure-dev",
+			"no TEE found in this machine (no configfs-tsm report provider, /dev/sev-guest, /dev/tdx_guest or Azure vTPM HCL report); for development, use --attester sample against a broker started with --insecure-dev",
 		);
 	if (found.tee === "snp")
 		return found.via === "configfs-tsm"
@@ -75,6 +104,8 @@ export async function chooseAttester(
 			: snpDeviceAttester(found.via);
 	if (found.tee === "tdx" && found.via === "configfs-tsm")
 		return tdxTsmAttester(root);
+	if (found.tee === "az-snp-vtpm") return azSnpVtpmAttester(azure);
+	if (found.tee === "az-tdx-vtpm") return azTdxVtpmAttester(azure);
 	throw new DadiError(
 		"FORMAT_UNSUPPORTED",
 		`this guest runs in ${found.tee} (${found.via}), but this build cannot produce evidence there: TDX quotes need configfs-tsm (Linux 6.7 or later)`,

@@ -16,7 +16,7 @@ export function attestCommand(program: Command): void {
 		.requiredOption("--broker <URL>", "the broker (http[s]://HOST:PORT)")
 		.requiredOption("--resource <PATH>", "kbs:///REPO/TYPE/TAG")
 		.option(
-			"--attester <auto|snp|tdx|sample>",
+			"--attester <auto|snp|tdx|az-snp-vtpm|az-tdx-vtpm|sample>",
 			"the TEE to produce evidence with (default auto)",
 		)
 		.option(

@@ -33,8 +33,8 @@ export function addKeyOptions(c: Command): Command {
 			"get the image key from a KBS-protocol key broker (dadi-broker, Trustee) by attesting this sandbox",
 		)
 		.option(
-			"--attester <auto|snp|tdx|sample>",
-			"with --broker: evidence from the TEE found here (auto, default), SEV-SNP (configfs-tsm or /dev/sev-guest), TDX (configfs-tsm), or the insecure development 'sample' TEE",
+			"--attester <auto|snp|tdx|az-snp-vtpm|az-tdx-vtpm|sample>",
+			"with --broker: evidence from the TEE found here (auto, default), SEV-SNP (configfs-tsm or /dev/sev-guest), TDX (configfs-tsm), Azure CVMs through the vTPM (az-snp-vtpm, az-tdx-vtpm), or the insecure development 'sample' TEE",
 		)
 		.option(
 			"--tsm-root <DIR>",
