@@ -5,7 +5,7 @@
  * TPM2TOOLS_TCTI=swtpm:port=N.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -72,42 +72,17 @@ export async function startSwtpm(): Promise<Swtpm> {
 			env: { ...process.env, TPM2TOOLS_TCTI: tcti },
 			stdio: ["ignore", "pipe", "pipe"],
 		}).toString();
-	for (let i = 0; ; i++) {
-		try {
-			tpm2("tpm2_getrandom", ["--hex", "4"]);
-			break;
-		} catch (e) {
-			if (i > 100) throw e;
-			await new Promise((r) => setTimeout(r, 50));
-		}
+	try {
+		provision(tpm2);
+	} catch (e) {
+		proc.kill();
+		rmSync(dir, { recursive: true, force: true });
+		throw e;
 	}
-	tpm2("tpm2_createek", ["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-	tpm2("tpm2_createak", [
-		"-C",
-		"ek.ctx",
-		"-c",
-		"ak.ctx",
-		"-G",
-		"rsa",
-		"-g",
-		"sha256",
-		"-s",
-		"rsassa",
-		"-u",
-		"ak.pub",
-		"-n",
-		"ak.name",
-	]);
-	tpm2("tpm2_flushcontext", ["-t"]);
-	tpm2("tpm2_flushcontext", ["-s"]);
-	tpm2("tpm2_evictcontrol", ["-C", "o", "-c", "ak.ctx", "0x81000003"]);
-	tpm2("tpm2_flushcontext", ["-t"]);
-	tpm2("tpm2_readpublic", ["-c", "0x81000003", "-f", "pem", "-o", "ak.pem"]);
-	const akPem = execFileSync("cat", [join(dir, "ak.pem")]).toString();
 	const hex = (n: number) => `0x${n.toString(16).padStart(8, "0")}`;
 	return {
 		tcti,
-		akPem,
+		akPem: readFileSync(join(dir, "ak.pem"), "utf8"),
 		tpm2,
 		setNv(index, data) {
 			try {
@@ -132,4 +107,40 @@ export async function startSwtpm(): Promise<Swtpm> {
 			rmSync(dir, { recursive: true, force: true });
 		},
 	};
+}
+
+/** Waits for the TPM, then makes the EK and the AK and persists the AK at 0x81000003. */
+function provision(tpm2: (tool: string, args: string[]) => string): void {
+	const until = Date.now() + 10_000;
+	for (;;) {
+		try {
+			tpm2("tpm2_getrandom", ["--hex", "4"]);
+			break;
+		} catch (e) {
+			if (Date.now() > until) throw e;
+			execFileSync("sleep", ["0.05"]);
+		}
+	}
+	tpm2("tpm2_createek", ["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+	tpm2("tpm2_createak", [
+		"-C",
+		"ek.ctx",
+		"-c",
+		"ak.ctx",
+		"-G",
+		"rsa",
+		"-g",
+		"sha256",
+		"-s",
+		"rsassa",
+		"-u",
+		"ak.pub",
+		"-n",
+		"ak.name",
+	]);
+	tpm2("tpm2_flushcontext", ["-t"]);
+	tpm2("tpm2_flushcontext", ["-s"]);
+	tpm2("tpm2_evictcontrol", ["-C", "o", "-c", "ak.ctx", "0x81000003"]);
+	tpm2("tpm2_flushcontext", ["-t"]);
+	tpm2("tpm2_readpublic", ["-c", "0x81000003", "-f", "pem", "-o", "ak.pem"]);
 }
