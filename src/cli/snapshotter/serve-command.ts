@@ -72,8 +72,8 @@ export function serveCommand(program: Command): void {
 			"host mode: get image keys from a KBS key broker instead",
 		)
 		.option(
-			"--attester <sample|auto>",
-			"host mode, with --broker: the TEE evidence to send",
+			"--attester <KIND>",
+			"host mode, with --broker: the TEE evidence the per-image dadi-guest sends (auto, snp, tdx, az-snp-vtpm, az-tdx-vtpm or sample; as dadi-guest --attester)",
 		)
 		.option(
 			"--broker-ca <PEM>",
