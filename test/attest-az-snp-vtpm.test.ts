@@ -129,7 +129,11 @@ describe.skipIf(!haveMilan)(
 		it("refuses each tampered part with its code", async () => {
 			const v = milanVerifier();
 			const cases: [string, Ev, ErrorCode][] = [
-				["HCL header", editHcl(V1, (b) => (b[0] ^= 1)), "EVIDENCE_INVALID"],
+				[
+					"HCL header",
+					editHcl(V1, (b) => b.writeUInt8(b.readUInt8(0) ^ 1, 0)),
+					"EVIDENCE_INVALID",
+				],
 				[
 					"HCL report type",
 					editHcl(V1, (b) => (b[0x4c8] = 3)),
@@ -138,12 +142,12 @@ describe.skipIf(!haveMilan)(
 				// the SNP report: its signature, and a signed field (MEASUREMENT)
 				[
 					"SNP signature",
-					editHcl(V1, (b) => (b[0x20 + 0x2a0] ^= 1)),
+					editHcl(V1, (b) => b.writeUInt8(b.readUInt8(0x2c0) ^ 1, 0x2c0)),
 					"SIGNATURE_INVALID",
 				],
 				[
 					"SNP measurement",
-					editHcl(V1, (b) => (b[0x20 + 0x90] ^= 1)),
+					editHcl(V1, (b) => b.writeUInt8(b.readUInt8(0xb0) ^ 1, 0xb0)),
 					"SIGNATURE_INVALID",
 				],
 				// the runtime data: a character of vmUniqueId, and of the AK's modulus
