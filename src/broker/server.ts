@@ -8,6 +8,7 @@
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
+import { createAzSnpVtpmVerifier } from "../attest/azure/snp-vtpm-verifier.js";
 import type { Verifier } from "../attest/claims.js";
 import {
 	loadTdxCollateral,
@@ -123,14 +124,13 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 			await state.keystore.putInternal(SIGNING_KEY, signingKey);
 		}
 		const policies = await PolicyStore.open(c.stateDir, c.policiesDir);
+		const snpCerts = c.snpCertsDir
+			? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
+			: {};
 		const verifiers = c.verifiers
 			? [...c.verifiers]
 			: [
-					createSnpVerifier(
-						c.snpCertsDir
-							? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
-							: {},
-					),
+					createSnpVerifier(snpCerts),
 					tdxVerifier(
 						c.tdxCollateralDir
 							? {
@@ -139,6 +139,8 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 								}
 							: {},
 					),
+					// Azure evidence carries only the VCEK: its ASK/ARK come from --snp-certs
+					createAzSnpVtpmVerifier(snpCerts),
 				];
 		if (c.insecureDev) {
 			verifiers.push(sampleVerifier);
