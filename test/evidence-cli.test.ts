@@ -78,6 +78,32 @@ describe.skipIf(!present)(
 	},
 );
 
+describe("dadi-broker evidence verify --tee az-tdx-vtpm (Trustee's real sample)", () => {
+	it("verifies with the quote's nonce (no collateral); another nonce exits 9", async () => {
+		const args = (reportData: string, tee: string) => [
+			"--tee",
+			tee,
+			"--evidence",
+			join(ROOT, "test/fixtures/azure-vtpm/tdx-evidence-v1.json"),
+			"--report-data",
+			reportData,
+			"--now",
+			"2026-01-01T00:00:00Z",
+		];
+		const r = await verify(args("6368616c6c656e6765", "az-tdx-vtpm"));
+		expect(r.code, r.stderr).toBe(0);
+		expect(JSON.parse(r.stdout)).toMatchObject({
+			verified: true,
+			tee: "aztdxvtpm",
+			fmspc: "00806f050000",
+			collateralChecked: false,
+			claims: { tee: "aztdxvtpm", debug: false },
+		});
+		const bad = await verify(args("6368616c6c656e6766", "aztdxvtpm"));
+		expect(bad.code).toBe(9);
+	});
+});
+
 describe.skipIf(!present)("dadi-broker evidence verify (real samples)", () => {
 	it("SEV-SNP Milan, VCEK: verified, claims as the fixtures say; the production policy allows it", async () => {
 		const r = await verify([

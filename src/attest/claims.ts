@@ -4,13 +4,14 @@
  * evidence). Every field is present; values a TEE does not have are empty strings, `false` or {}.
  * Hex strings are lowercase without a prefix.
  */
-export type TeeType = "sample" | "snp" | "tdx" | "azsnpvtpm";
+export type TeeType = "sample" | "snp" | "tdx" | "azsnpvtpm" | "aztdxvtpm";
 
 export const TEE_TYPES: readonly TeeType[] = [
 	"sample",
 	"snp",
 	"tdx",
 	"azsnpvtpm",
+	"aztdxvtpm",
 ];
 
 export interface Claims {

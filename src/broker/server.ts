@@ -9,6 +9,7 @@ import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
 import { createAzSnpVtpmVerifier } from "../attest/azure/snp-vtpm-verifier.js";
+import { createAzTdxVtpmVerifier } from "../attest/azure/tdx-vtpm-verifier.js";
 import type { Verifier } from "../attest/claims.js";
 import {
 	loadTdxCollateral,
@@ -127,20 +128,20 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 		const snpCerts = c.snpCertsDir
 			? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
 			: {};
+		const tdxCollateral = c.tdxCollateralDir
+			? {
+					collateralSource: (fmspc: string) =>
+						loadTdxCollateral(c.tdxCollateralDir as string, fmspc),
+				}
+			: {};
 		const verifiers = c.verifiers
 			? [...c.verifiers]
 			: [
 					createSnpVerifier(snpCerts),
-					tdxVerifier(
-						c.tdxCollateralDir
-							? {
-									collateralSource: (fmspc) =>
-										loadTdxCollateral(c.tdxCollateralDir as string, fmspc),
-								}
-							: {},
-					),
+					tdxVerifier(tdxCollateral),
 					// Azure evidence carries only the VCEK: its ASK/ARK come from --snp-certs
 					createAzSnpVtpmVerifier(snpCerts),
+					createAzTdxVtpmVerifier(tdxCollateral),
 				];
 		if (c.insecureDev) {
 			verifiers.push(sampleVerifier);

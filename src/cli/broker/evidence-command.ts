@@ -5,6 +5,7 @@
 import { readFile, stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { createAzSnpVtpmVerifier } from "../../attest/azure/snp-vtpm-verifier.js";
+import { createAzTdxVtpmVerifier } from "../../attest/azure/tdx-vtpm-verifier.js";
 import type { Claims } from "../../attest/claims.js";
 import {
 	loadSnpCertFiles,
@@ -42,8 +43,8 @@ export function evidenceCommand(program: Command): void {
 			"verify SEV-SNP or TDX evidence against the pinned roots and print the normalized claims (docs/claims.md); exit 0 only when verified",
 		)
 		.requiredOption(
-			"--tee <snp|tdx|az-snp-vtpm>",
-			"the TEE (the KBS name azsnpvtpm is accepted too)",
+			"--tee <snp|tdx|az-snp-vtpm|az-tdx-vtpm>",
+			"the TEE (the KBS names azsnpvtpm and aztdxvtpm are accepted too)",
 		)
 		.requiredOption(
 			"--evidence <FILE>",
@@ -55,7 +56,7 @@ export function evidenceCommand(program: Command): void {
 		)
 		.option(
 			"--collateral <DIR>",
-			"tdx: Intel PCS collateral (see docs/broker.md)",
+			"tdx, az-tdx-vtpm: Intel PCS collateral (see docs/broker.md)",
 		)
 		.option("--now <ISO8601>", "the verification time (default: now)")
 		.option(
@@ -152,10 +153,39 @@ export function evidenceCommand(program: Command): void {
 						product: claims.tee_specific.product,
 						signer: "vcek",
 					};
+				} else if (f.tee === "az-tdx-vtpm" || f.tee === "aztdxvtpm") {
+					if (f.certs)
+						throw new DadiError(
+							"USAGE",
+							"--certs is for snp; TD quotes carry their PCK chain",
+						);
+					if (!expectedReportData)
+						throw new DadiError(
+							"USAGE",
+							"--tee az-tdx-vtpm needs --report-data: the vTPM quote's nonce must equal it",
+						);
+					const dir = f.collateral;
+					claims = await createAzTdxVtpmVerifier(
+						dir
+							? {
+									collateralSource: (fmspc) => loadTdxCollateral(dir, fmspc),
+								}
+							: {},
+					).verify({
+						evidence: bytes.toString("utf8"),
+						expectedReportData,
+						now,
+					});
+					out = {
+						tee: "aztdxvtpm",
+						fmspc: claims.tee_specific.fmspc,
+						tcbStatus: claims.tcb_status || null,
+						collateralChecked: claims.tee_specific.collateral_checked,
+					};
 				} else
 					throw new DadiError(
 						"USAGE",
-						`--tee "${f.tee}": snp, tdx or az-snp-vtpm (azsnpvtpm)`,
+						`--tee "${f.tee}": snp, tdx, az-snp-vtpm (azsnpvtpm) or az-tdx-vtpm (aztdxvtpm)`,
 					);
 				if (f.json)
 					printJson({
@@ -167,7 +197,7 @@ export function evidenceCommand(program: Command): void {
 					});
 				else
 					process.stdout.write(
-						`verified ${out.tee === "azsnpvtpm" ? `Azure SEV-SNP vTPM (${out.product})` : f.tee === "snp" ? `SEV-SNP (${out.product}, signed by the ${String(out.signer).toUpperCase()})` : `TDX (FMSPC ${out.fmspc}, TCB ${out.tcbStatus ?? "not checked: no collateral"})`} at ${now.toISOString()}\n${JSON.stringify(claims, null, 2)}\n`,
+						`verified ${out.tee === "azsnpvtpm" ? `Azure SEV-SNP vTPM (${out.product})` : out.tee === "aztdxvtpm" ? `Azure TDX vTPM (FMSPC ${out.fmspc}, TCB ${out.tcbStatus ?? "not checked: no collateral"})` : f.tee === "snp" ? `SEV-SNP (${out.product}, signed by the ${String(out.signer).toUpperCase()})` : `TDX (FMSPC ${out.fmspc}, TCB ${out.tcbStatus ?? "not checked: no collateral"})`} at ${now.toISOString()}\n${JSON.stringify(claims, null, 2)}\n`,
 					);
 			}),
 		);
