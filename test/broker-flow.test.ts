@@ -103,7 +103,7 @@ beforeAll(async () => {
 	broker = await startBrokerCli();
 	expect(broker.ready).toMatchObject({
 		ok: true,
-		tees: ["snp", "tdx", "sample"],
+		tees: ["snp", "tdx", "azsnpvtpm", "aztdxvtpm", "sample"],
 		insecureDev: true,
 	});
 	keyFile = join(dir, "image.jwk");
@@ -322,7 +322,7 @@ describe("restart and production mode", () => {
 	it("without --insecure-dev the sample TEE gets nothing (exit 9)", async () => {
 		await broker.stop();
 		broker = await startBrokerCli([]);
-		expect(broker.ready.tees).toEqual(["snp", "tdx"]);
+		expect(broker.ready.tees).toEqual(["snp", "tdx", "azsnpvtpm", "aztdxvtpm"]);
 		const r = await runCli(BIN.guest, [
 			"attest",
 			"--broker",

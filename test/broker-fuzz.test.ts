@@ -425,7 +425,14 @@ describe("random JSON and near misses", () => {
 				: { status: 400, title: "InvalidRequest" };
 		}
 		if (m.key === "tee") {
-			if (v === "sample" || v === "snp" || v === "tdx") return { status: 200 }; // the verifiers this broker has
+			if (
+				v === "sample" ||
+				v === "snp" ||
+				v === "tdx" ||
+				v === "azsnpvtpm" ||
+				v === "aztdxvtpm"
+			)
+				return { status: 200 }; // the verifiers this broker has
 			return (PROTOCOL_TEES as readonly unknown[]).includes(v)
 				? { status: 401, title: "UnAuthenticated" }
 				: { status: 400 };

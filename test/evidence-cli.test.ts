@@ -30,6 +30,80 @@ async function claimsFile(stdout: string): Promise<string> {
 	return p;
 }
 
+describe.skipIf(!present)(
+	"dadi-broker evidence verify --tee az-snp-vtpm (Trustee's real sample)",
+	() => {
+		const args = (reportData: string, tee = "az-snp-vtpm") => [
+			"--tee",
+			tee,
+			"--evidence",
+			join(ROOT, "test/fixtures/azure-vtpm/snp-evidence-v1.json"),
+			"--certs",
+			join(F, "snp/ask_ark_milan.pem"),
+			"--report-data",
+			reportData,
+			"--now",
+			"2026-06-01T00:00:00Z",
+		];
+
+		it("verifies with the quote's nonce; the azure-snp policy allows it; another nonce exits 9", async () => {
+			const r = await verify(args(Buffer.from("challenge").toString("hex")));
+			expect(r.code, r.stderr).toBe(0);
+			expect(JSON.parse(r.stdout)).toMatchObject({
+				verified: true,
+				tee: "azsnpvtpm",
+				product: "milan",
+				claims: { tee: "azsnpvtpm", debug: false },
+			});
+			const allow = await runCli(BIN.broker, [
+				"policy",
+				"test",
+				"--policies",
+				POLICIES,
+				"--claims",
+				await claimsFile(r.stdout),
+				"--resource",
+				"production/image-key/app",
+				"--json",
+			]);
+			expect(allow.code, allow.stdout + allow.stderr).toBe(0);
+			expect(JSON.parse(allow.stdout)).toMatchObject({
+				allow: true,
+				policy: "azure-snp-production",
+			});
+			const bad = await verify(args("6368616c6c656e6766", "azsnpvtpm"));
+			expect(bad.code).toBe(9);
+			expect(JSON.parse(bad.stdout).error.code).toBe("EVIDENCE_INVALID");
+		});
+	},
+);
+
+describe("dadi-broker evidence verify --tee az-tdx-vtpm (Trustee's real sample)", () => {
+	it("verifies with the quote's nonce (no collateral); another nonce exits 9", async () => {
+		const args = (reportData: string, tee: string) => [
+			"--tee",
+			tee,
+			"--evidence",
+			join(ROOT, "test/fixtures/azure-vtpm/tdx-evidence-v1.json"),
+			"--report-data",
+			reportData,
+			"--now",
+			"2026-01-01T00:00:00Z",
+		];
+		const r = await verify(args("6368616c6c656e6765", "az-tdx-vtpm"));
+		expect(r.code, r.stderr).toBe(0);
+		expect(JSON.parse(r.stdout)).toMatchObject({
+			verified: true,
+			tee: "aztdxvtpm",
+			fmspc: "00806f050000",
+			collateralChecked: false,
+			claims: { tee: "aztdxvtpm", debug: false },
+		});
+		const bad = await verify(args("6368616c6c656e6766", "aztdxvtpm"));
+		expect(bad.code).toBe(9);
+	});
+});
+
 describe.skipIf(!present)("dadi-broker evidence verify (real samples)", () => {
 	it("SEV-SNP Milan, VCEK: verified, claims as the fixtures say; the production policy allows it", async () => {
 		const r = await verify([

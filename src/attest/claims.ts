@@ -4,9 +4,15 @@
  * evidence). Every field is present; values a TEE does not have are empty strings, `false` or {}.
  * Hex strings are lowercase without a prefix.
  */
-export type TeeType = "sample" | "snp" | "tdx";
+export type TeeType = "sample" | "snp" | "tdx" | "azsnpvtpm" | "aztdxvtpm";
 
-export const TEE_TYPES: readonly TeeType[] = ["sample", "snp", "tdx"];
+export const TEE_TYPES: readonly TeeType[] = [
+	"sample",
+	"snp",
+	"tdx",
+	"azsnpvtpm",
+	"aztdxvtpm",
+];
 
 export interface Claims {
 	/** Which TEE produced the evidence. */

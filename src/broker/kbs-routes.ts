@@ -33,6 +33,10 @@ const ATTEST_LIMITS: Partial<Record<TeeType, number>> = {
 	sample: 96 << 10,
 	// report + VCEK/ASK/ARK (≤ 8 KiB each) + cert_table (≤ 64 KiB), base64
 	snp: 256 << 10,
+	// HCL report, VCEK and vTPM quote (evidence ≤ 256 KiB of text)
+	azsnpvtpm: 384 << 10,
+	// HCL report, TD quote (≤ 64 KiB) and vTPM quote
+	aztdxvtpm: 384 << 10,
 	// a quote (≤ 64 KiB) and a cc_eventlog, which can be large
 	tdx: ATTEST_BODY_LIMIT,
 };

@@ -8,6 +8,8 @@
 import type { Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { availableParallelism } from "node:os";
+import { createAzSnpVtpmVerifier } from "../attest/azure/snp-vtpm-verifier.js";
+import { createAzTdxVtpmVerifier } from "../attest/azure/tdx-vtpm-verifier.js";
 import type { Verifier } from "../attest/claims.js";
 import {
 	loadTdxCollateral,
@@ -123,22 +125,23 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 			await state.keystore.putInternal(SIGNING_KEY, signingKey);
 		}
 		const policies = await PolicyStore.open(c.stateDir, c.policiesDir);
+		const snpCerts = c.snpCertsDir
+			? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
+			: {};
+		const tdxCollateral = c.tdxCollateralDir
+			? {
+					collateralSource: (fmspc: string) =>
+						loadTdxCollateral(c.tdxCollateralDir as string, fmspc),
+				}
+			: {};
 		const verifiers = c.verifiers
 			? [...c.verifiers]
 			: [
-					createSnpVerifier(
-						c.snpCertsDir
-							? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
-							: {},
-					),
-					tdxVerifier(
-						c.tdxCollateralDir
-							? {
-									collateralSource: (fmspc) =>
-										loadTdxCollateral(c.tdxCollateralDir as string, fmspc),
-								}
-							: {},
-					),
+					createSnpVerifier(snpCerts),
+					tdxVerifier(tdxCollateral),
+					// Azure evidence carries only the VCEK: its ASK/ARK come from --snp-certs
+					createAzSnpVtpmVerifier(snpCerts),
+					createAzTdxVtpmVerifier(tdxCollateral),
 				];
 		if (c.insecureDev) {
 			verifiers.push(sampleVerifier);

@@ -4,6 +4,8 @@
  */
 import { readFile, stat } from "node:fs/promises";
 import type { Command } from "commander";
+import { createAzSnpVtpmVerifier } from "../../attest/azure/snp-vtpm-verifier.js";
+import { createAzTdxVtpmVerifier } from "../../attest/azure/tdx-vtpm-verifier.js";
 import type { Claims } from "../../attest/claims.js";
 import {
 	loadSnpCertFiles,
@@ -12,7 +14,10 @@ import {
 	snpCertSourceFromDir,
 } from "../../attest/evidence-files.js";
 import { parseReport } from "../../attest/snp/report.js";
-import { parseSnpEvidence } from "../../attest/snp/verifier.js";
+import {
+	type CertSource,
+	parseSnpEvidence,
+} from "../../attest/snp/verifier.js";
 import { verifySnp } from "../../attest/snp/verify.js";
 import { parseTdxEvidence } from "../../attest/tdx/verifier.js";
 import { quoteFmspc, verifyTdx } from "../../attest/tdx/verify.js";
@@ -37,18 +42,21 @@ export function evidenceCommand(program: Command): void {
 		.description(
 			"verify SEV-SNP or TDX evidence against the pinned roots and print the normalized claims (docs/claims.md); exit 0 only when verified",
 		)
-		.requiredOption("--tee <snp|tdx>", "the TEE")
+		.requiredOption(
+			"--tee <snp|tdx|az-snp-vtpm|az-tdx-vtpm>",
+			"the TEE (the KBS names azsnpvtpm and aztdxvtpm are accepted too)",
+		)
 		.requiredOption(
 			"--evidence <FILE>",
-			'snp: the 1184-byte ATTESTATION_REPORT or the broker\'s evidence JSON; tdx: the quote or {"quote": base64}',
+			"snp: the 1184-byte ATTESTATION_REPORT or the broker's evidence JSON; tdx: the quote or {\"quote\": base64}; az-snp-vtpm: Trustee's evidence JSON (v1/v2)",
 		)
 		.option(
 			"--certs <FILE...>",
-			"snp: VCEK/VLEK and ASK/ARK certificates (PEM or DER files, e.g. AMD KDS's vcek and cert_chain) or a directory of them",
+			"snp: VCEK/VLEK and ASK/ARK certificates (PEM or DER files, e.g. AMD KDS's vcek and cert_chain) or a directory of them; az-snp-vtpm: the ASK/ARK",
 		)
 		.option(
 			"--collateral <DIR>",
-			"tdx: Intel PCS collateral (see docs/broker.md)",
+			"tdx, az-tdx-vtpm: Intel PCS collateral (see docs/broker.md)",
 		)
 		.option("--now <ISO8601>", "the verification time (default: now)")
 		.option(
@@ -122,7 +130,63 @@ export function evidenceCommand(program: Command): void {
 						advisoryIds: r.advisoryIds,
 						collateralChecked: r.collateralChecked,
 					};
-				} else throw new DadiError("USAGE", `--tee "${f.tee}": snp or tdx`);
+				} else if (f.tee === "az-snp-vtpm" || f.tee === "azsnpvtpm") {
+					if (f.collateral)
+						throw new DadiError(
+							"USAGE",
+							"--collateral is for tdx; give the AMD ASK/ARK with --certs",
+						);
+					if (!expectedReportData)
+						throw new DadiError(
+							"USAGE",
+							"--tee az-snp-vtpm needs --report-data: the vTPM quote's nonce must equal it",
+						);
+					claims = await createAzSnpVtpmVerifier({
+						certSource: await azSnpCerts(f.certs ?? []),
+					}).verify({
+						evidence: bytes.toString("utf8"),
+						expectedReportData,
+						now,
+					});
+					out = {
+						tee: "azsnpvtpm",
+						product: claims.tee_specific.product,
+						signer: "vcek",
+					};
+				} else if (f.tee === "az-tdx-vtpm" || f.tee === "aztdxvtpm") {
+					if (f.certs)
+						throw new DadiError(
+							"USAGE",
+							"--certs is for snp; TD quotes carry their PCK chain",
+						);
+					if (!expectedReportData)
+						throw new DadiError(
+							"USAGE",
+							"--tee az-tdx-vtpm needs --report-data: the vTPM quote's nonce must equal it",
+						);
+					const dir = f.collateral;
+					claims = await createAzTdxVtpmVerifier(
+						dir
+							? {
+									collateralSource: (fmspc) => loadTdxCollateral(dir, fmspc),
+								}
+							: {},
+					).verify({
+						evidence: bytes.toString("utf8"),
+						expectedReportData,
+						now,
+					});
+					out = {
+						tee: "aztdxvtpm",
+						fmspc: claims.tee_specific.fmspc,
+						tcbStatus: claims.tcb_status || null,
+						collateralChecked: claims.tee_specific.collateral_checked,
+					};
+				} else
+					throw new DadiError(
+						"USAGE",
+						`--tee "${f.tee}": snp, tdx, az-snp-vtpm (azsnpvtpm) or az-tdx-vtpm (aztdxvtpm)`,
+					);
 				if (f.json)
 					printJson({
 						ok: true,
@@ -133,7 +197,7 @@ export function evidenceCommand(program: Command): void {
 					});
 				else
 					process.stdout.write(
-						`verified ${f.tee === "snp" ? `SEV-SNP (${out.product}, signed by the ${String(out.signer).toUpperCase()})` : `TDX (FMSPC ${out.fmspc}, TCB ${out.tcbStatus ?? "not checked: no collateral"})`} at ${now.toISOString()}\n${JSON.stringify(claims, null, 2)}\n`,
+						`verified ${out.tee === "azsnpvtpm" ? `Azure SEV-SNP vTPM (${out.product})` : out.tee === "aztdxvtpm" ? `Azure TDX vTPM (FMSPC ${out.fmspc}, TCB ${out.tcbStatus ?? "not checked: no collateral"})` : f.tee === "snp" ? `SEV-SNP (${out.product}, signed by the ${String(out.signer).toUpperCase()})` : `TDX (FMSPC ${out.fmspc}, TCB ${out.tcbStatus ?? "not checked: no collateral"})`} at ${now.toISOString()}\n${JSON.stringify(claims, null, 2)}\n`,
 					);
 			}),
 		);
@@ -172,5 +236,29 @@ async function snpCerts(
 		leaf: given.leaf ?? fromDir.leaf,
 		ask: given.ask ?? fromDir.ask,
 		ark: given.ark ?? fromDir.ark,
+	};
+}
+
+/** The ASK/ARK for Azure SNP evidence: from files, or a directory (by the VCEK's product). */
+async function azSnpCerts(paths: string[]): Promise<CertSource> {
+	const files: string[] = [];
+	const dirs: CertSource[] = [];
+	for (const p of paths) {
+		const st = await stat(p).catch((e) => {
+			throw fromSystemError(e, p, "reading certificates");
+		});
+		if (st.isDirectory()) dirs.push(await snpCertSourceFromDir(p));
+		else files.push(p);
+	}
+	const given = await loadSnpCertFiles(files);
+	return async (r) => {
+		let ask = given.ask;
+		let ark = given.ark;
+		for (const d of dirs) {
+			const got = await d(r);
+			ask ??= got.ask;
+			ark ??= got.ark;
+		}
+		return { ask, ark };
 	};
 }

@@ -126,7 +126,7 @@ export function serveCommand(program: Command): void {
 		)
 		.option(
 			"--snp-certs <DIR>",
-			"AMD certificates (ARK, ASK/ASVK, VCEK/VLEK; PEM or DER) for SEV-SNP reports sent without them",
+			"AMD certificates (ARK, ASK/ASVK, VCEK/VLEK; PEM or DER) for SEV-SNP reports sent without them, and the ASK/ARK for Azure SEV-SNP vTPM evidence (which carries only the VCEK)",
 		)
 		.option(
 			"--tdx-collateral <DIR>",
