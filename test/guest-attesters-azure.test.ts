@@ -142,7 +142,8 @@ describe.skipIf(!HAVE)("Azure vTPM attesters on swtpm", () => {
 			devices: [],
 			azure: { tcti: t.tcti, imds: imdsUrl, settleMs: 0 },
 		});
-		expect(a.tee).toBe("az-snp-vtpm");
+		// the KBS protocol's tee name, as Trustee and dadi-broker expect it in the auth request
+		expect(a.tee).toBe("azsnpvtpm");
 		const ev = JSON.parse(JSON.stringify(await a.evidence(digest)));
 		expect(Object.keys(ev).sort()).toEqual([
 			"hcl_report",

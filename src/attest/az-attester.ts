@@ -53,7 +53,8 @@ async function vtpmParts(digest: Buffer, want: HclReportType, o: AzureOptions) {
 
 export function azSnpVtpmAttester(o: AzureOptions = {}): Attester {
 	return {
-		tee: "az-snp-vtpm",
+		// The KBS protocol's name (Trustee's Tee enum); --attester calls it az-snp-vtpm.
+		tee: "azsnpvtpm",
 		async evidence(digest) {
 			const { hclReport, quote } = await vtpmParts(digest, "snp", o);
 			const vcek = await azureVcek(o.imds ?? AZURE_IMDS);
@@ -64,7 +65,7 @@ export function azSnpVtpmAttester(o: AzureOptions = {}): Attester {
 
 export function azTdxVtpmAttester(o: AzureOptions = {}): Attester {
 	return {
-		tee: "az-tdx-vtpm",
+		tee: "aztdxvtpm",
 		async evidence(digest) {
 			const { hclReport, hcl, quote } = await vtpmParts(digest, "tdx", o);
 			const tdQuote = await azureTdQuote(hcl.hwReport, o.imds ?? AZURE_IMDS);
