@@ -185,3 +185,56 @@ describe.skipIf(!present)("dadi-broker evidence verify (real samples)", () => {
 		expect(decision.reasons.join("\n")).toMatch(/tdx-production\/no-debug/);
 	});
 });
+
+describe.skipIf(!present)(
+	"dadi-broker evidence verify: the CoCo evidence forms",
+	() => {
+		it("SnpEvidence JSON (serde report + cert_chain with the VCEK) with the Genoa ASK/ARK: verified", async () => {
+			const r = await verify([
+				"--tee",
+				"snp",
+				"--evidence",
+				join(ROOT, "test/fixtures/coco/snp-evidence-genoa.json"),
+				"--certs",
+				join(F, "snp/ask_ark_genoa.pem"),
+				"--now",
+				"2026-01-15T00:00:00Z",
+			]);
+			expect(r.code, r.stderr).toBe(0);
+			expect(JSON.parse(r.stdout)).toMatchObject({
+				verified: true,
+				product: "genoa",
+				signer: "vcek",
+				claims: { tcb: { bootloader: 10, tee: 0, snp: 23, microcode: 25 } },
+			});
+		});
+
+		it("TdxEvidence with a cc_eventlog that is not the quote's TD: EVENTLOG_MISMATCH, exit 9; null: verified", async () => {
+			const dir = await tempDir();
+			const quote = (
+				await readFile(join(F, "tdx/debug-td-quote-v4.dat"))
+			).toString("base64");
+			const log = (
+				await readFile(join(ROOT, "test/fixtures/coco/ccel-td-shim.bin"))
+			).toString("base64");
+			const bad = join(dir, "bad.json");
+			const ok = join(dir, "ok.json");
+			await writeFile(bad, JSON.stringify({ cc_eventlog: log, quote }));
+			await writeFile(ok, JSON.stringify({ cc_eventlog: null, quote }));
+			const args = (p: string) => [
+				"--tee",
+				"tdx",
+				"--evidence",
+				p,
+				"--now",
+				"2023-06-20T00:00:00Z",
+			];
+			const r = await verify(args(bad));
+			expect(r.code).toBe(9);
+			expect(r.stdout + r.stderr).toContain("EVENTLOG_MISMATCH");
+			const g = await verify(args(ok));
+			expect(g.code, g.stderr).toBe(0);
+			expect(JSON.parse(g.stdout).claims.tee_specific.ccel_present).toBe(false);
+		});
+	},
+);
