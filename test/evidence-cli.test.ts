@@ -238,3 +238,52 @@ describe.skipIf(!present)(
 		});
 	},
 );
+
+describe("policies/tdx-eventlog.json on event-log claims", () => {
+	it("allows the OVMF sample's kernel, initrd and command line; refuses another kernel or no log", async () => {
+		const { parseCcel } = await import("../src/attest/tdx/ccel.js");
+		const { ccelClaims } = await import("../src/attest/tdx/ccel-claims.js");
+		const log = parseCcel(
+			await readFile(join(ROOT, "test/fixtures/coco/ccel-ovmf.bin")),
+		);
+		const base = {
+			tee: "tdx",
+			debug: false,
+			measurement:
+				"6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb",
+			report_data: "",
+			init_data: "",
+			tcb: {},
+			tcb_status: "UpToDate",
+			tee_specific: { ccel_present: true, ...ccelClaims(log) },
+		};
+		const decide = async (claims: unknown) => {
+			const p = join(await tempDir(), "claims.json");
+			await writeFile(p, JSON.stringify(claims));
+			return runCli(BIN.broker, [
+				"policy",
+				"test",
+				"--policies",
+				POLICIES,
+				"--claims",
+				p,
+				"--resource",
+				"eventlog/image-key/app",
+				"--json",
+			]);
+		};
+		const allow = await decide(base);
+		expect(allow.code, allow.stdout + allow.stderr).toBe(0);
+		expect(JSON.parse(allow.stdout)).toMatchObject({
+			allow: true,
+			policy: "tdx-eventlog",
+		});
+		for (const spec of [
+			{ ...base.tee_specific, ccel_kernel: "00".repeat(48) },
+			{ ...base.tee_specific, ccel_present: false },
+		]) {
+			const deny = await decide({ ...base, tee_specific: spec });
+			expect(deny.code, deny.stdout).toBe(9);
+		}
+	});
+});
