@@ -427,3 +427,57 @@ describe.skipIf(!HAVE_TDX)(
 		});
 	},
 );
+
+describe("the TDX Verifier with a CC event log (synthetic signed quote)", () => {
+	it("verifies when the log replays to the quote's RTMRs; a flipped digest byte in the log → EVENTLOG_MISMATCH; a flipped quote byte → SIGNATURE_INVALID", async () => {
+		const { syntheticQuote, syntheticTdxPlatform } = await import(
+			"./attest/tdx-synthetic.js"
+		);
+		const p = syntheticTdxPlatform();
+		const s = syntheticCcel([
+			{ index: 2, type: 0x80000003, data: Buffer.alloc(40, 1) },
+			{ index: 3, type: 6, data: taggedData("Linux initrd") },
+			{ index: 4, type: 0xd, data: Buffer.from("runtime event") },
+		]);
+		const rd = Buffer.alloc(48, 9);
+		const quote = syntheticQuote(p, { reportData: rd, rtmrs: s.rtmrs });
+		const v = tdxVerifier({ trust: p.trust });
+		const run = (q: Buffer, log: Buffer) =>
+			v.verify({
+				evidence: {
+					quote: q.toString("base64"),
+					cc_eventlog: log.toString("base64"),
+				},
+				expectedReportData: rd,
+				now: new Date(),
+			});
+		const c = await run(quote, s.log);
+		expect(c.tee_specific.ccel_present).toBe(true);
+		expect(c.tee_specific.ccel_events).toHaveLength(3);
+		expect(c.tee_specific.rtmr3).toBe((s.rtmrs[3] as Buffer).toString("hex"));
+		const log = parseCcel(s.log);
+		for (const e of log.events) {
+			const d = e.digests[0]?.digest as Buffer;
+			const bad = Buffer.from(s.log);
+			const at = bad.indexOf(d);
+			bad[at + 20] = (bad[at + 20] as number) ^ 4;
+			expect(await codeAsync(run(quote, bad))).toBe("EVENTLOG_MISMATCH");
+		}
+		const q2 = Buffer.from(quote);
+		q2[48 + 328 + 48 + 5] = (q2[48 + 328 + 48 + 5] as number) ^ 1; // RTMR1
+		expect(await codeAsync(run(q2, s.log))).toBe("SIGNATURE_INVALID");
+		// under Intel's root only
+		expect(
+			await codeAsync(
+				tdxVerifier().verify({
+					evidence: {
+						quote: quote.toString("base64"),
+						cc_eventlog: s.log.toString("base64"),
+					},
+					expectedReportData: rd,
+					now: new Date(),
+				}),
+			),
+		).toBe("CHAIN_UNTRUSTED");
+	});
+});
