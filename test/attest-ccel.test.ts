@@ -224,6 +224,40 @@ describe("CC event log: structure and bounds", () => {
 		).toBe("none");
 	});
 
+	it("the attestation agent's own header (zero signature, version 0, SHA-384 and SM3) with AAEL-style events and its end flag", () => {
+		// The layout guest-components writes when there is no firmware CCEL (attester/src/utils.rs
+		// EL_HEADER): index 0, EV_NO_ACTION, zero SHA-1 digest, 37 bytes: zero signature, class 0,
+		// version 0.0, errata 0, uintn 0, two algorithms (SHA-384/48, SM3/32), no vendor data.
+		const spec = Buffer.alloc(37);
+		spec.writeUInt32LE(2, 24);
+		spec.writeUInt16LE(0x000c, 28);
+		spec.writeUInt16LE(48, 30);
+		spec.writeUInt16LE(0x0012, 32);
+		spec.writeUInt16LE(32, 34);
+		const head = Buffer.concat([
+			Buffer.from([0, 0, 0, 0, 3, 0, 0, 0]),
+			Buffer.alloc(20),
+			Buffer.from([37, 0, 0, 0]),
+			spec,
+		]);
+		expect(head.length).toBe(69);
+		const aael = eventBytes({
+			index: 4,
+			type: 6,
+			data: taggedData("kbs:///default/x/y get-resource"),
+		});
+		const log = parseCcel(Buffer.concat([head, aael, Buffer.alloc(8, 0xff)]));
+		expect(log.algorithms.get(0x12)).toBe(32);
+		expect(log.events).toHaveLength(1);
+		expect(ccelClaims(log).ccel_events[0]).toMatch(
+			/^rtmr3 EV_EVENT_TAG [0-9a-f]{96} kbs:/,
+		);
+		// a zero signature with version 2 is accepted too; a wrong non-zero signature is not
+		const wrong = Buffer.from(head);
+		wrong[32] = 0x41;
+		expect(code(() => parseCcel(wrong))).toBe("EVIDENCE_INVALID");
+	});
+
 	it("property: random bytes, and random bytes after a valid Spec ID event, are parsed or EVIDENCE_INVALID", () => {
 		const spec = specIdEvent([
 			[0x000c, 48],

@@ -88,17 +88,22 @@ class Reader {
 	}
 }
 
+/**
+ * The Spec ID event's digest table. Firmware writes the signature "Spec ID Event03" and version 2;
+ * guest-components' attestation agent, when it sends only its own runtime events (no firmware
+ * CCEL), writes a header of the same layout with a zero signature and version 0: both are accepted
+ * (these fields carry no security meaning; the digest table does, and is checked).
+ */
 function parseSpecId(data: Buffer): Map<number, number> {
 	const r = new Reader(data);
-	if (
-		r.bytes(16, "the Spec ID signature").toString("latin1") !==
-		SPEC_ID_SIGNATURE
-	)
+	const sig = r.bytes(16, "the Spec ID signature");
+	const zeroHeader = sig.every((x) => x === 0);
+	if (!zeroHeader && sig.toString("latin1") !== SPEC_ID_SIGNATURE)
 		throw invalid('the first event is not a "Spec ID Event03" event');
 	r.u32("platformClass");
 	r.u8("specVersionMinor");
 	const major = r.u8("specVersionMajor");
-	if (major !== 2)
+	if (major !== 2 && !(zeroHeader && major === 0))
 		throw invalid(`Spec ID version ${major} is not 2 (crypto agile)`);
 	r.u8("specErrata");
 	r.u8("uintnSize");
