@@ -312,9 +312,11 @@ describe("CC event log: structure and bounds", () => {
 						// it replayed: then every measured digest is the original's
 						expect(measured(b)).toBe(measured(coco(name)));
 					} catch (e) {
-						expect(["EVIDENCE_INVALID", "EVENTLOG_MISMATCH"]).toContain(
-							(e as DadiError).code,
-						);
+						expect([
+							"EVIDENCE_INVALID",
+							"EVENTLOG_MISMATCH",
+							"EVIDENCE_UNSUPPORTED",
+						]).toContain((e as DadiError).code);
 					}
 				},
 			),
@@ -348,11 +350,27 @@ describe("CC event log: structure and bounds", () => {
 					const log = parseCcel(s.log);
 					expect(log.events).toHaveLength(events.length);
 					expect(code(() => checkCcelReplay(log, s.rtmrs))).toBe("none");
+					expect(code(() => ccelClaims(log))).toBe("none");
 					for (const e of log.events)
 						expect(eventSummary(e)).toMatch(/^[\x20-\x7e]*$/);
 				},
 			),
 			{ numRuns: 200 },
+		);
+	});
+
+	it("a log with more measured events than the token can carry → EVIDENCE_UNSUPPORTED, never a partial list", () => {
+		const many = (n: number) =>
+			syntheticCcel(
+				Array.from({ length: n }, (_, i) => ({
+					index: 4,
+					type: 0xd,
+					data: Buffer.from(`event ${i}`),
+				})),
+			).log;
+		expect(code(() => ccelClaims(parseCcel(many(30))))).toBe("none");
+		expect(code(() => ccelClaims(parseCcel(many(200))))).toBe(
+			"EVIDENCE_UNSUPPORTED",
 		);
 	});
 

@@ -11,6 +11,7 @@
  * in tee_specific.
  */
 import { createHash } from "node:crypto";
+import { DadiError } from "../../errors.js";
 import { type CcelEvent, type CcelLog, EV_NO_ACTION } from "./ccel.js";
 import { sha384Digest } from "./ccel-replay.js";
 
@@ -58,7 +59,7 @@ export function eventTypeName(t: number): string {
 	return EVENT_NAMES[t] ?? `0x${t.toString(16).padStart(8, "0")}`;
 }
 
-const MAX_SUMMARY = 160;
+const MAX_SUMMARY = 64;
 
 /** Printable ASCII only (others become "?"), NULs dropped, at most MAX_SUMMARY characters. */
 function printable(s: string): string {
@@ -164,6 +165,13 @@ function label(e: CcelEvent): string {
 	return eventSummary(e);
 }
 
+/**
+ * The most text ccel_events may hold. The claims travel in the broker's token, which the guest
+ * sends back in a header (at most 16 KiB): a log with more measured events than fit is refused
+ * (EVIDENCE_UNSUPPORTED) rather than listed in part, so no policy ever sees a partial list.
+ */
+export const MAX_EVENT_CLAIM_CHARS = 6144;
+
 export function ccelClaims(log: CcelLog): CcelClaims {
 	const measured = log.events.filter((e) => e.type !== EV_NO_ACTION);
 	const hex = (e: CcelEvent | undefined): string =>
@@ -213,11 +221,17 @@ export function ccelClaims(log: CcelLog): CcelClaims {
 	const initrd = last(
 		(e) => type(e) === "EV_EVENT_TAG" && label(e) === "Linux initrd",
 	);
+	const events = measured.map((e) => {
+		const s = eventSummary(e);
+		return `rtmr${e.index - 1} ${type(e)} ${hex(e)}${s ? ` ${s}` : ""}`;
+	});
+	if (JSON.stringify(events).length > MAX_EVENT_CLAIM_CHARS)
+		throw new DadiError(
+			"EVIDENCE_UNSUPPORTED",
+			`TDX event log: its ${events.length} measured events need more than ${MAX_EVENT_CLAIM_CHARS} characters as claims (the token that carries them is bounded); not verified`,
+		);
 	return {
-		ccel_events: measured.map((e) => {
-			const s = eventSummary(e);
-			return `rtmr${e.index - 1} ${type(e)} ${hex(e)}${s ? ` ${s}` : ""}`;
-		}),
+		ccel_events: events,
 		ccel_kernel: hex(kernel),
 		ccel_kernel_parameters: parameters,
 		ccel_kernel_parameters_digest: hex(tdInfo ?? loadOptions),
