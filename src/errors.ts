@@ -29,6 +29,7 @@ export type ErrorCode =
 	| "CERT_EXPIRED" // a certificate, CRL or collateral is outside its validity window at "now"
 	| "CERT_REVOKED" // a certificate is listed in a CRL
 	| "TCB_MISMATCH" // evidence and its endorsement disagree (VCEK TCB or chip id, FMSPC, QE identity)
+	| "EVENTLOG_MISMATCH" // a TEE event log does not replay to the measurement registers the evidence signed
 	| "POLICY_INVALID" // a policy document does not parse or does not compile
 	| "POLICY_DENIED" // a policy (or the broker's default) refused to release a resource
 	| "SESSION_INVALID" // a broker session or attestation token is missing, unknown, expired or forged

@@ -197,9 +197,12 @@ describe("TDX without fixtures (synthetic)", () => {
 	});
 
 	it("evidence JSON: only quote and cc_eventlog, quote in base64", () => {
-		expect(parseTdxEvidence({ quote: "AAEC", cc_eventlog: "x" })).toEqual(
+		expect(parseTdxEvidence({ quote: "AAEC", cc_eventlog: "AQID" })).toEqual(
 			Buffer.from([0, 1, 2]),
 		);
+		expect(
+			code(() => parseTdxEvidence({ quote: "AAEC", cc_eventlog: "x" })),
+		).toBe("EVIDENCE_INVALID");
 		expect(code(() => parseTdxEvidence({ quote: "AAEC", other: 1 }))).toBe(
 			"EVIDENCE_INVALID",
 		);
@@ -543,11 +546,11 @@ describe.skipIf(!HAVE)("TDX quotes: verification", () => {
 		).toBe("EVIDENCE_INVALID");
 	});
 
-	it("the broker Verifier: {quote: base64} (cc_eventlog ignored), report_data binding", async () => {
+	it("the broker Verifier: {quote: base64, cc_eventlog: null}, report_data binding", async () => {
 		const quote = f("debug-td-quote-v4.dat");
 		const v = tdxVerifier();
 		const claims = await v.verify({
-			evidence: { quote: quote.toString("base64"), cc_eventlog: "ignored" },
+			evidence: { quote: quote.toString("base64"), cc_eventlog: null },
 			expectedReportData: Buffer.from(
 				"7c71fe2c86eff65a7cf8dbc22b3275689fd0464a267baced1bf94fc1324656aeb755da3d44d098c0c87382f3a5f85b45c8a28fee1d3bdb38342bf96671501429",
 				"hex",

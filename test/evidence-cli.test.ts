@@ -259,3 +259,105 @@ describe.skipIf(!present)("dadi-broker evidence verify (real samples)", () => {
 		expect(decision.reasons.join("\n")).toMatch(/tdx-production\/no-debug/);
 	});
 });
+
+describe.skipIf(!present)(
+	"dadi-broker evidence verify: the CoCo evidence forms",
+	() => {
+		it("SnpEvidence JSON (serde report + cert_chain with the VCEK) with the Genoa ASK/ARK: verified", async () => {
+			const r = await verify([
+				"--tee",
+				"snp",
+				"--evidence",
+				join(ROOT, "test/fixtures/coco/snp-evidence-genoa.json"),
+				"--certs",
+				join(F, "snp/ask_ark_genoa.pem"),
+				"--now",
+				"2026-01-15T00:00:00Z",
+			]);
+			expect(r.code, r.stderr).toBe(0);
+			expect(JSON.parse(r.stdout)).toMatchObject({
+				verified: true,
+				product: "genoa",
+				signer: "vcek",
+				claims: { tcb: { bootloader: 10, tee: 0, snp: 23, microcode: 25 } },
+			});
+		});
+
+		it("TdxEvidence with a cc_eventlog that is not the quote's TD: EVENTLOG_MISMATCH, exit 9; null: verified", async () => {
+			const dir = await tempDir();
+			const quote = (
+				await readFile(join(F, "tdx/debug-td-quote-v4.dat"))
+			).toString("base64");
+			const log = (
+				await readFile(join(ROOT, "test/fixtures/coco/ccel-td-shim.bin"))
+			).toString("base64");
+			const bad = join(dir, "bad.json");
+			const ok = join(dir, "ok.json");
+			await writeFile(bad, JSON.stringify({ cc_eventlog: log, quote }));
+			await writeFile(ok, JSON.stringify({ cc_eventlog: null, quote }));
+			const args = (p: string) => [
+				"--tee",
+				"tdx",
+				"--evidence",
+				p,
+				"--now",
+				"2023-06-20T00:00:00Z",
+			];
+			const r = await verify(args(bad));
+			expect(r.code).toBe(9);
+			expect(r.stdout + r.stderr).toContain("EVENTLOG_MISMATCH");
+			const g = await verify(args(ok));
+			expect(g.code, g.stderr).toBe(0);
+			expect(JSON.parse(g.stdout).claims.tee_specific.ccel_present).toBe(false);
+		});
+	},
+);
+
+describe("policies/tdx-eventlog.json on event-log claims", () => {
+	it("allows the OVMF sample's kernel, initrd and command line; refuses another kernel or no log", async () => {
+		const { parseCcel } = await import("../src/attest/tdx/ccel.js");
+		const { ccelClaims } = await import("../src/attest/tdx/ccel-claims.js");
+		const log = parseCcel(
+			await readFile(join(ROOT, "test/fixtures/coco/ccel-ovmf.bin")),
+		);
+		const base = {
+			tee: "tdx",
+			debug: false,
+			measurement:
+				"6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb",
+			report_data: "",
+			init_data: "",
+			tcb: {},
+			tcb_status: "UpToDate",
+			tee_specific: { ccel_present: true, ...ccelClaims(log) },
+		};
+		const decide = async (claims: unknown) => {
+			const p = join(await tempDir(), "claims.json");
+			await writeFile(p, JSON.stringify(claims));
+			return runCli(BIN.broker, [
+				"policy",
+				"test",
+				"--policies",
+				POLICIES,
+				"--claims",
+				p,
+				"--resource",
+				"eventlog/image-key/app",
+				"--json",
+			]);
+		};
+		const allow = await decide(base);
+		expect(allow.code, allow.stdout + allow.stderr).toBe(0);
+		expect(JSON.parse(allow.stdout)).toMatchObject({
+			allow: true,
+			policy: "tdx-eventlog",
+		});
+		for (const spec of [
+			{ ...base.tee_specific, ccel_kernel: "00".repeat(48) },
+			{ ...base.tee_specific, ccel_present: false },
+		]) {
+			const deny = await decide({ ...base, tee_specific: spec });
+			expect(deny.code, deny.stdout).toBe(9);
+		}
+	});
+});

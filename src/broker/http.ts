@@ -36,6 +36,7 @@ const STATUS: Partial<Record<ErrorCode, [number, string]>> = {
 	CERT_EXPIRED: [401, "AttestationFailed"],
 	CERT_REVOKED: [401, "AttestationFailed"],
 	TCB_MISMATCH: [401, "AttestationFailed"],
+	EVENTLOG_MISMATCH: [401, "AttestationFailed"],
 	POLICY_DENIED: [403, "PolicyDeny"],
 	INPUT_NOT_FOUND: [404, "ResourceNotFound"],
 	OUTPUT_EXISTS: [409, "Conflict"],

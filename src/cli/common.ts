@@ -57,6 +57,7 @@ export function exitCodeFor(code: ErrorCode): number {
 		case "CERT_EXPIRED":
 		case "CERT_REVOKED":
 		case "TCB_MISMATCH":
+		case "EVENTLOG_MISMATCH":
 		case "POLICY_DENIED":
 		case "SESSION_INVALID":
 			return EXIT.denied;

@@ -14,6 +14,14 @@
  *     "cert_table": "<base64>"        // optional: the extended report's certificate table as the
  *   }                                 // firmware returns it (cert-table.ts); "certs" wins over it
  *
+ * or, as Confidential Containers guests send it (guest-components' attestation agent, Trustee's
+ * SnpEvidence), told apart by its "attestation_report" member:
+ *
+ *   {
+ *     "attestation_report": { ...the sev crate's serde form of the report (serde-report.ts)... },
+ *     "cert_chain": [{"cert_type": "VCEK", "data": [bytes]}, ...] | null
+ *   }
+ *
  * Certificates the guest does not send come from the injected `certSource` (a cache directory or
  * AMD KDS, at the edge); the default source has none. Verification itself is pure (verify.ts).
  */
@@ -28,6 +36,7 @@ import {
 	REPORT_SIZE,
 	type SnpProduct,
 } from "./report.js";
+import { certsFromSerdeChain, reportFromSerde } from "./serde-report.js";
 import { AMD_TRUST, type TrustAnchors } from "./trust.js";
 import type { SignerKind } from "./vcek.js";
 import { createSnpContext, type SnpContext } from "./verify.js";
@@ -45,7 +54,8 @@ export type CertSource = (
 	o: CertRequest,
 ) => Promise<{ leaf?: Buffer; ask?: Buffer; ark?: Buffer }>;
 
-const MAX_EVIDENCE_CHARS = 64 * 1024;
+/** The serde form spells each byte as a JSON number: a report with three certificates is ~30 KiB. */
+const MAX_EVIDENCE_CHARS = 256 * 1024;
 const MAX_CERT_BYTES = 8 * 1024;
 const REPORT_B64_CHARS = Math.ceil(REPORT_SIZE / 3) * 4;
 
@@ -72,12 +82,32 @@ interface Evidence {
 	certs: { vcek?: Buffer; vlek?: Buffer; ask?: Buffer; ark?: Buffer };
 }
 
+/** Which form the evidence is in, and its report bytes and certificates (no verification). */
 export function parseSnpEvidence(evidence: unknown): Evidence {
 	const o = evidenceObject(evidence, {
 		maxChars: MAX_EVIDENCE_CHARS,
-		members: ["report", "certs", "cert_table"],
+		members: [
+			"report",
+			"certs",
+			"cert_table",
+			"attestation_report",
+			"cert_chain",
+		],
 		invalid,
 	});
+	if ("attestation_report" in o) {
+		for (const k of Object.keys(o))
+			if (k !== "attestation_report" && k !== "cert_chain")
+				throw invalid(
+					`"${k}" cannot be mixed with "attestation_report" (the CoCo form has attestation_report and cert_chain)`,
+				);
+		return {
+			report: reportFromSerde(o.attestation_report),
+			certs: certsFromSerdeChain(o.cert_chain, MAX_CERT_BYTES),
+		};
+	}
+	if ("cert_chain" in o)
+		throw invalid('"cert_chain" belongs with "attestation_report"');
 	if (typeof o.report !== "string" || o.report.length > REPORT_B64_CHARS)
 		throw invalid(`"report" must be base64 of ${REPORT_SIZE} bytes`);
 	const out: Evidence = {

@@ -1,19 +1,22 @@
 /**
  * The broker's Verifier for Intel TDX.
  *
- * Evidence: {"quote": base64(DCAP quote v4/v5)}, as a JSON object or its text. Trustee's TDX attester
- * sends {"cc_eventlog": base64(CCEL), "quote": base64}; the event log is accepted and ignored (it is
- * not covered by the quote's signature; RTMR replay against it is not implemented, so policies can
- * only rely on RTMR values themselves). Other members are refused.
+ * Evidence (evidence.ts): Trustee's TdxEvidence {"quote": base64, "cc_eventlog": base64 | null}, as
+ * a JSON object or its text. When a CC event log comes with the quote, it is parsed (ccel.ts) and
+ * replayed (ccel-replay.ts) after the quote verified: it must give exactly the quote's RTMR0..3
+ * (else EVENTLOG_MISMATCH), and its measured events become claims (ccel-claims.ts:
+ * tee_specific.ccel_*). Without one, ccel_present is false and the ccel_* claims are empty.
  *
  * Collateral (TCB info, QE identity, CRLs) comes from an injected `collateralSource(fmspc)` (the I/O
  * edge: a directory or Intel PCS client). Without one, claims carry tcb_status "" and
  * tee_specific.collateral_checked false, and policies decide.
  */
 
-import { DadiError } from "../../errors.js";
 import type { Claims, Verifier, VerifyInput } from "../claims.js";
-import { evidenceObject } from "../evidence-json.js";
+import { type CcelLog, parseCcel } from "./ccel.js";
+import { ccelClaims } from "./ccel-claims.js";
+import { checkCcelReplay } from "./ccel-replay.js";
+import { parseTdxEvidenceDocument } from "./evidence.js";
 import { DEFAULT_TDX_TRUST, type TdxTrust } from "./trust.js";
 import {
 	createTdxContext,
@@ -28,28 +31,34 @@ export interface TdxVerifierOptions {
 	collateralSource?: (fmspc: string) => Promise<TdxCollateral | undefined>;
 }
 
-/** Base64 of a quote of at most 64 KiB. */
-const MAX_B64 = Math.ceil((64 * 1024) / 3) * 4;
-
-function invalid(detail: string): DadiError {
-	return new DadiError("EVIDENCE_INVALID", `TDX evidence: ${detail}`);
+/**
+ * Replays `log` (when there is one) against the verified quote's RTMRs (EVENTLOG_MISMATCH if it
+ * does not give them) and adds the ccel_* claims; without a log, ccel_present is false and the
+ * others are empty.
+ */
+export function addEventLogClaims(
+	claims: Claims,
+	rtmrs: readonly Buffer[],
+	log: CcelLog | undefined,
+): void {
+	if (log) checkCcelReplay(log, rtmrs);
+	Object.assign(claims.tee_specific, {
+		ccel_present: log !== undefined,
+		...(log
+			? ccelClaims(log)
+			: {
+					ccel_events: [],
+					ccel_kernel: "",
+					ccel_kernel_parameters: "",
+					ccel_kernel_parameters_digest: "",
+					ccel_initrd: "",
+				}),
+	});
 }
 
+/** The quote bytes of TDX evidence (kept for callers that need only the quote). */
 export function parseTdxEvidence(evidence: unknown): Buffer {
-	const o = evidenceObject(evidence, {
-		maxChars: 4 * 1024 * 1024,
-		members: ["quote", "cc_eventlog"],
-		invalid,
-	});
-	const q = o.quote;
-	if (
-		typeof q !== "string" ||
-		q.length > MAX_B64 ||
-		!/^[A-Za-z0-9+/]*={0,2}$/.test(q) ||
-		q.length % 4 !== 0
-	)
-		throw invalid('"quote" must be standard base64 of at most 64 KiB');
-	return Buffer.from(q, "base64");
+	return parseTdxEvidenceDocument(evidence).quote;
 }
 
 export function tdxVerifier(opts: TdxVerifierOptions = {}): Verifier & {
@@ -60,7 +69,10 @@ export function tdxVerifier(opts: TdxVerifierOptions = {}): Verifier & {
 		tee: "tdx",
 		context,
 		async verify(input: VerifyInput): Promise<Claims> {
-			const quote = parseTdxEvidence(input.evidence);
+			const ev = parseTdxEvidenceDocument(input.evidence);
+			const quote = ev.quote;
+			// Parse the log before any verification work: malformed evidence fails fast.
+			const log = ev.ccEventlog ? parseCcel(ev.ccEventlog) : undefined;
 			let collateral: TdxCollateral | undefined;
 			if (opts.collateralSource)
 				collateral = await opts.collateralSource(quoteFmspc(quote));
@@ -71,6 +83,7 @@ export function tdxVerifier(opts: TdxVerifierOptions = {}): Verifier & {
 				expectedReportData: input.expectedReportData,
 				expectedConfigId: input.expectedInitData,
 			});
+			addEventLogClaims(r.claims, r.quote.body.rtmr, log);
 			return r.claims;
 		},
 	};

@@ -19,7 +19,9 @@ import {
 	parseSnpEvidence,
 } from "../../attest/snp/verifier.js";
 import { verifySnp } from "../../attest/snp/verify.js";
-import { parseTdxEvidence } from "../../attest/tdx/verifier.js";
+import { parseCcel } from "../../attest/tdx/ccel.js";
+import { parseTdxEvidenceDocument } from "../../attest/tdx/evidence.js";
+import { addEventLogClaims } from "../../attest/tdx/verifier.js";
 import { quoteFmspc, verifyTdx } from "../../attest/tdx/verify.js";
 import { DadiError, fromSystemError } from "../../errors.js";
 import { printJson, runAction } from "../common.js";
@@ -48,7 +50,7 @@ export function evidenceCommand(program: Command): void {
 		)
 		.requiredOption(
 			"--evidence <FILE>",
-			"snp: the 1184-byte ATTESTATION_REPORT or the broker's evidence JSON; tdx: the quote or {\"quote\": base64}; az-snp-vtpm: Trustee's evidence JSON (v1/v2)",
+			'snp: the 1184-byte ATTESTATION_REPORT, the broker\'s evidence JSON or Trustee\'s SnpEvidence JSON; tdx: the quote or {"quote": base64, "cc_eventlog": base64 | null}; az-snp-vtpm, az-tdx-vtpm: Trustee\'s evidence JSON (v1/v2)',
 		)
 		.option(
 			"--certs <FILE...>",
@@ -115,13 +117,16 @@ export function evidenceCommand(program: Command): void {
 							"USAGE",
 							"--certs is for snp; TDX quotes carry their PCK chain",
 						);
-					const quote = isJson
-						? parseTdxEvidence(bytes.toString("utf8"))
-						: bytes;
+					const ev = isJson
+						? parseTdxEvidenceDocument(bytes.toString("utf8"))
+						: { quote: bytes };
+					const quote = ev.quote;
+					const log = ev.ccEventlog ? parseCcel(ev.ccEventlog) : undefined;
 					const collateral = f.collateral
 						? await loadTdxCollateral(f.collateral, quoteFmspc(quote))
 						: undefined;
 					const r = verifyTdx({ quote, collateral, now, expectedReportData });
+					addEventLogClaims(r.claims, r.quote.body.rtmr, log);
 					claims = r.claims;
 					out = {
 						tee: "tdx",
