@@ -5,14 +5,20 @@
  * REPORT_DATA binds runtime data naming that TPM key. On Azure the paravisor rewrites the HCL report
  * after the guest writes its report-data digest to NV 0x01400002; here the test plays the paravisor
  * (it writes the HCL report for the digest the attester is asked to bind). The key is released under
- * a matching policy and refused under one that pins another PCR value.
+ * a matching policy and refused under one that pins another PCR value. The same for az-tdx-vtpm:
+ * the HCL report holds a TD report, the test's IMDS stand-in answers it with a TD quote signed under
+ * a test-only PCK chain (test/attest/tdx-synthetic.ts) that the broker pins.
  */
 import { createHash, createPublicKey } from "node:crypto";
 import { createServer, type Server } from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Attester } from "../src/attest/attester.js";
-import { azSnpVtpmAttester } from "../src/attest/az-attester.js";
+import {
+	azSnpVtpmAttester,
+	azTdxVtpmAttester,
+} from "../src/attest/az-attester.js";
 import { createAzSnpVtpmVerifier } from "../src/attest/azure/snp-vtpm-verifier.js";
+import { createAzTdxVtpmVerifier } from "../src/attest/azure/tdx-vtpm-verifier.js";
 import { isDadiError } from "../src/errors.js";
 import { fetchResource } from "../src/kbs/client.js";
 import {
@@ -22,6 +28,11 @@ import {
 } from "./attest/az-vtpm-synthetic.js";
 import { signedReport, syntheticLeaf } from "./attest/snp-synthetic.js";
 import { haveSwtpm, type Swtpm, startSwtpm } from "./attest/swtpm.js";
+import {
+	type SyntheticTdxPlatform,
+	syntheticQuote,
+	syntheticTdxPlatform,
+} from "./attest/tdx-synthetic.js";
 import { startTestBroker, type TestBroker } from "./broker/harness.js";
 import { cleanupTempDirs } from "./helpers.js";
 
@@ -32,6 +43,9 @@ let tpm: Swtpm | undefined;
 let imds: Server | undefined;
 let imdsUrl = "";
 let b: TestBroker | undefined;
+let platform: SyntheticTdxPlatform;
+/** The TD quote the IMDS stand-in returns for the TD report the paravisor stand-in wrote. */
+let nextTdQuote: Buffer | undefined;
 
 beforeAll(async () => {
 	if (!HAVE) return;
@@ -40,6 +54,16 @@ beforeAll(async () => {
 	const pem = `-----BEGIN CERTIFICATE-----\n${leaf.der.toString("base64").replace(/(.{64})/g, "$1\n")}\n-----END CERTIFICATE-----\n`;
 	imds = createServer((req, res) => {
 		if (
+			req.headers.metadata === "true" &&
+			req.method === "POST" &&
+			req.url === "/acc/tdquote" &&
+			nextTdQuote
+		) {
+			req.resume();
+			res
+				.writeHead(200, { "content-type": "application/json" })
+				.end(JSON.stringify({ quote: nextTdQuote.toString("base64url") }));
+		} else if (
 			req.headers.metadata === "true" &&
 			req.method === "GET" &&
 			req.url === "/metadata/THIM/amd/certification"
@@ -57,19 +81,23 @@ beforeAll(async () => {
 	// swtpm's PCRs after startup: all zero except what nobody extended (the SHA-256 bank).
 	const pcr7 = Buffer.alloc(32).toString("hex");
 	const t = syntheticAzTrust();
+	platform = syntheticTdxPlatform();
 	b = await startTestBroker({
 		insecureDev: false,
 		verifiers: [
 			createAzSnpVtpmVerifier({ trust: t.trust, certSource: t.certSource }),
+			createAzTdxVtpmVerifier({ trust: platform.trust }),
 		],
 	});
+	await b.put("tdx/image-key/app", SECRET);
 	await b.put("prod/image-key/app", SECRET);
 	await b.put("strict/image-key/app", SECRET);
 	const admin = await b.admin();
 	try {
-		for (const [name, resources, want] of [
-			["azure-guest", ["prod/*/*"], pcr7],
-			["azure-strict", ["strict/*/*"], "ab".repeat(32)],
+		for (const [name, resources, want, tee] of [
+			["azure-guest", ["prod/*/*"], pcr7, "azsnpvtpm"],
+			["azure-strict", ["strict/*/*"], "ab".repeat(32), "azsnpvtpm"],
+			["azure-tdx", ["tdx/*/*"], pcr7, "aztdxvtpm"],
 		] as const)
 			await admin.call(
 				"PUT",
@@ -81,7 +109,7 @@ beforeAll(async () => {
 					resources,
 					values: { pcr07: [want] },
 					rules: [
-						{ name: "is-azure-snp", expr: "tee == 'azsnpvtpm'" },
+						{ name: "is-azure", expr: `tee == '${tee}'` },
 						{ name: "no-debug", expr: "!claims.debug" },
 						{ name: "secure-boot", expr: "claims.tee_specific.secure_boot" },
 						{ name: "pcr7", expr: "claims.tee_specific.pcr07 in values.pcr07" },
@@ -105,8 +133,11 @@ afterAll(async () => {
  * The HCL report for `varData`, without the padding to 2600 bytes Azure's NV index has: swtpm's
  * (libtpms') NV indexes hold at most 2048 bytes, and the report's own sizes say where it ends.
  */
-function hclFor(report: Buffer, varData: Buffer): Buffer {
-	return hclReport(report, varData).subarray(0, 0x4d4 + varData.length);
+function hclFor(report: Buffer, varData: Buffer, type = 2): Buffer {
+	return hclReport(report, varData, { type }).subarray(
+		0,
+		0x4d4 + varData.length,
+	);
 }
 
 /** The attester, with the test writing the HCL report for each digest as Azure's paravisor would. */
@@ -127,6 +158,29 @@ function guest(): Attester {
 				reportData,
 			});
 			t.setNv(HCL_NV, hclFor(report, varData));
+			return inner.evidence(digest, initData);
+		},
+	};
+}
+
+/** The az-tdx-vtpm attester, the test playing the paravisor (HCL report) and IMDS (TD quote). */
+function tdxGuest(): Attester {
+	const t = tpm as Swtpm;
+	const inner = azTdxVtpmAttester({ tcti: t.tcti, imds: imdsUrl, settleMs: 0 });
+	return {
+		tee: inner.tee,
+		async evidence(digest, initData) {
+			const varData = runtimeData({
+				akPublic: createPublicKey(t.akPem),
+				userData: digest,
+			});
+			const reportData = Buffer.alloc(64);
+			createHash("sha256").update(varData).digest().copy(reportData);
+			// A TD report's bytes (MAC'd for the local platform; the verifier checks the quote).
+			const tdReport = Buffer.alloc(1184);
+			tdReport.fill(0x2a, 0, 1024);
+			t.setNv(HCL_NV, hclFor(tdReport, varData, 4));
+			nextTdQuote = syntheticQuote(platform, { reportData });
 			return inner.evidence(digest, initData);
 		},
 	};
@@ -193,6 +247,15 @@ describe.skipIf(!HAVE)(
 			expect((e as Error).message).toMatch(
 				/user-data does not bind this session/,
 			);
+		});
+
+		it("az-tdx-vtpm: the TD quote from IMDS and the vTPM quote; the key is released", async () => {
+			const r = await fetchResource(
+				{ url: (b as TestBroker).url, attester: tdxGuest(), retryForMs: 0 },
+				"kbs:///tdx/image-key/app",
+			);
+			expect(r.value).toEqual(SECRET);
+			expect(r.tee).toBe("aztdxvtpm");
 		});
 	},
 );
