@@ -88,6 +88,14 @@ describe("the SEV-SNP attester on a fake configfs-tsm, against the real broker",
 		);
 		expect(r.value).toEqual(SECRET);
 		expect(r.tee).toBe("snp");
+		// sent in the Confidential Containers form (Trustee's SnpEvidence), with the host's certificates
+		const ev = (await snpTsmAttester(fake.root).evidence(
+			Buffer.alloc(48, 1),
+		)) as Record<string, unknown>;
+		expect(Object.keys(ev)).toEqual(["attestation_report", "cert_chain"]);
+		expect(
+			(ev.cert_chain as { cert_type: string }[]).map((c) => c.cert_type),
+		).toEqual(["VCEK", "ASK", "ARK"]);
 		const claims = JSON.parse(
 			Buffer.from(r.token.split(".")[1] as string, "base64url").toString(),
 		).submods.snp["dadi.claims"];
