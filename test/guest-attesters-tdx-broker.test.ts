@@ -4,13 +4,18 @@
  * chain (test/attest/tdx-synthetic.ts) whose REPORTDATA is that inblob; the broker pins only that
  * chain's root. The key is released under a policy that accepts the TD's MRTD and refused
  * (POLICY_DENIED) when the TD reports another one; a quote over other report data is refused at
- * attest.
+ * attest. With a CC event log in the fake ACPI table, the broker replays it against the quote's
+ * RTMRs and a policy pinning the kernel's digest releases the key — and refuses for another kernel.
  */
+import { createHash } from "node:crypto";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { tdxVerifier } from "../src/attest/tdx/verifier.js";
 import { tdxTsmAttester } from "../src/attest/tdx-attester.js";
 import { isDadiError } from "../src/errors.js";
 import { fetchResource } from "../src/kbs/client.js";
+import { syntheticCcel } from "./attest/ccel-synthetic.js";
 import { type FakeTsm, startFakeTsm } from "./attest/fake-tsm.js";
 import {
 	type SyntheticTdxPlatform,
@@ -29,6 +34,17 @@ let platform: SyntheticTdxPlatform;
 /** What the fake TD reports: its MRTD, and whether it answers with the inblob it was given. */
 let mrtd = GOOD_MRTD;
 let bindInblob = true;
+/** The RTMRs the fake TD's quotes carry (those of its event log, when it has one). */
+let rtmrs: Buffer[] | undefined;
+const GOOD_KERNEL = Buffer.from("the kernel this policy pins");
+
+/** A boot log whose kernel is `kernel` (an EFI application measured into RTMR1). */
+function bootLog(kernel: Buffer) {
+	return syntheticCcel([
+		{ index: 1, type: 0x80000007, data: Buffer.from("firmware") },
+		{ index: 2, type: 0x80000003, data: kernel },
+	]);
+}
 
 beforeAll(async () => {
 	platform = syntheticTdxPlatform();
@@ -39,6 +55,7 @@ beforeAll(async () => {
 			outblob: syntheticQuote(platform, {
 				reportData: bindInblob ? inblob : Buffer.alloc(64, 0x77),
 				mrtd,
+				rtmrs,
 			}),
 		}),
 	});
@@ -47,6 +64,7 @@ beforeAll(async () => {
 		verifiers: [tdxVerifier({ trust: platform.trust })],
 	});
 	await b.put(PATH, SECRET);
+	await b.put("kernel/image-key/app", SECRET);
 	const a = await b.admin();
 	try {
 		await a.call(
@@ -62,6 +80,28 @@ beforeAll(async () => {
 					{ name: "is-tdx", expr: "tee == 'tdx'" },
 					{ name: "no-debug", expr: "!claims.debug" },
 					{ name: "mrtd", expr: "claims.measurement in values.mrtds" },
+				],
+			}),
+			"application/json",
+		);
+		await a.call(
+			"PUT",
+			"/admin/v0/policy/tdx-kernel",
+			JSON.stringify({
+				apiVersion: "dadi.dev/v1alpha1",
+				kind: "KeyReleasePolicy",
+				name: "tdx-kernel",
+				resources: ["kernel/*/*"],
+				values: {
+					kernels: [createHash("sha384").update(GOOD_KERNEL).digest("hex")],
+				},
+				rules: [
+					{ name: "is-tdx", expr: "tee == 'tdx'" },
+					{ name: "event-log", expr: "claims.tee_specific.ccel_present" },
+					{
+						name: "kernel",
+						expr: "claims.tee_specific.ccel_kernel in values.kernels",
+					},
 				],
 			}),
 			"application/json",
@@ -115,6 +155,50 @@ describe("the TDX attester on a fake configfs-tsm, against the real broker", () 
 			expect((e as Error).message).toMatch(/report.?data/i);
 		} finally {
 			bindInblob = true;
+		}
+	});
+
+	it("sends the CC event log; the broker replays it, and the policy's kernel decides", async () => {
+		const file = join(await tempDir(), "CCEL");
+		const kbs = (ccel: string) =>
+			fetchResource(
+				{
+					url: b.url,
+					attester: tdxTsmAttester(fake.root, { ccel }),
+					retryForMs: 0,
+				},
+				"kbs:///kernel/image-key/app",
+			).then(
+				(r) => r,
+				(x: unknown) => x as Error,
+			);
+		try {
+			const good = bootLog(GOOD_KERNEL);
+			await writeFile(file, good.log);
+			rtmrs = good.rtmrs;
+			const r = await kbs(file);
+			expect(r).not.toBeInstanceOf(Error);
+			expect((r as { value: Buffer }).value).toEqual(SECRET);
+			// another kernel: the log replays (it is this TD's), the policy refuses it
+			const other = bootLog(Buffer.from("some other kernel"));
+			await writeFile(file, other.log);
+			rtmrs = other.rtmrs;
+			const denied = await kbs(file);
+			expect(isDadiError(denied, "POLICY_DENIED")).toBe(true);
+			// a log that is not this TD's: refused at attest
+			await writeFile(file, good.log);
+			const foreign = await kbs(file);
+			expect(isDadiError(foreign)).toBe(true);
+			expect((foreign as Error).message).toMatch(
+				/EVENTLOG_MISMATCH|event log/i,
+			);
+			// no log at all: the policy wants one
+			rtmrs = undefined;
+			expect(
+				isDadiError(await kbs(join(file, "..", "absent")), "POLICY_DENIED"),
+			).toBe(true);
+		} finally {
+			rtmrs = undefined;
 		}
 	});
 });

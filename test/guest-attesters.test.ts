@@ -4,7 +4,7 @@
  * SEV-SNP and TDX evidence builders, report_data placement and `auto` detection.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
@@ -291,13 +291,16 @@ const TDX_QUOTE = join(attestationFixtures(), "tdx", "spr-e4-quote-v4.dat");
 
 describe("TDX evidence through configfs-tsm", () => {
 	it.skipIf(!existsSync(TDX_QUOTE))(
-		"is {quote} as the broker's parser reads it, and a quote for other report_data is refused",
+		"is Trustee's {cc_eventlog, quote} as the broker's parser reads it, and a quote for other report_data is refused",
 		async () => {
 			const quote = readFileSync(TDX_QUOTE);
 			const theirs = parseQuote(quote).body.reportData;
 			const f = await fake("tdx_guest", () => ({ outblob: quote }));
-			const ev = await tdxTsmAttester(f.root).evidence(theirs);
-			expect(Object.keys(ev as object)).toEqual(["quote"]);
+			const ev = await tdxTsmAttester(f.root, {
+				ccel: "/nonexistent/CCEL",
+			}).evidence(theirs);
+			expect(ev).toMatchObject({ cc_eventlog: null });
+			expect(Object.keys(ev as object)).toEqual(["cc_eventlog", "quote"]);
 			expect(parseTdxEvidence(ev)).toEqual(quote);
 			expect(f.seen[0]).toEqual(theirs);
 			expect(await code(tdxTsmAttester(f.root).evidence(digest))).toBe(
