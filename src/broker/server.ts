@@ -13,10 +13,12 @@ import { createAzTdxVtpmVerifier } from "../attest/azure/tdx-vtpm-verifier.js";
 import type { Verifier } from "../attest/claims.js";
 import {
 	loadTdxCollateral,
+	readTdxCollateralDir,
 	snpCertSourceFromDir,
 } from "../attest/evidence-files.js";
 import { sampleVerifier } from "../attest/sample.js";
 import { createSnpVerifier } from "../attest/snp/verifier.js";
+import { describeCollateralItems } from "../attest/tdx/collateral-dir.js";
 import { tdxVerifier } from "../attest/tdx/verifier.js";
 import { DadiError } from "../errors.js";
 import { printable } from "../printable.js";
@@ -128,10 +130,19 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 		const snpCerts = c.snpCertsDir
 			? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
 			: {};
+		if (c.tdxCollateralDir)
+			// Read once at start so a wrong directory fails now, and say what it holds; each quote
+			// re-reads it (updated collateral is picked up without a restart).
+			log(
+				describeCollateralItems(
+					c.tdxCollateralDir,
+					await readTdxCollateralDir(c.tdxCollateralDir),
+				),
+			);
 		const tdxCollateral = c.tdxCollateralDir
 			? {
-					collateralSource: (fmspc: string) =>
-						loadTdxCollateral(c.tdxCollateralDir as string, fmspc),
+					collateralSource: (fmspc: string, pckCa?: "processor" | "platform") =>
+						loadTdxCollateral(c.tdxCollateralDir as string, fmspc, pckCa),
 				}
 			: {};
 		const verifiers = c.verifiers

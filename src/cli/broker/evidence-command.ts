@@ -10,6 +10,7 @@ import type { Claims } from "../../attest/claims.js";
 import {
 	loadSnpCertFiles,
 	loadTdxCollateral,
+	loadTdxCollateralReport,
 	type SnpCertFiles,
 	snpCertSourceFromDir,
 } from "../../attest/evidence-files.js";
@@ -19,9 +20,11 @@ import {
 	parseSnpEvidence,
 } from "../../attest/snp/verifier.js";
 import { verifySnp } from "../../attest/snp/verify.js";
+import type { TdxCollateralReport } from "../../attest/tdx/collateral-dir.js";
 import { parseTdxEvidence } from "../../attest/tdx/verifier.js";
-import { quoteFmspc, verifyTdx } from "../../attest/tdx/verify.js";
+import { quoteFmspc, quotePckCa, verifyTdx } from "../../attest/tdx/verify.js";
 import { DadiError, fromSystemError } from "../../errors.js";
+import { printable } from "../../printable.js";
 import { printJson, runAction } from "../common.js";
 
 interface Flags {
@@ -118,10 +121,20 @@ export function evidenceCommand(program: Command): void {
 					const quote = isJson
 						? parseTdxEvidence(bytes.toString("utf8"))
 						: bytes;
-					const collateral = f.collateral
-						? await loadTdxCollateral(f.collateral, quoteFmspc(quote))
+					const loaded = f.collateral
+						? await loadTdxCollateralReport(
+								f.collateral,
+								quoteFmspc(quote),
+								quotePckCa(quote),
+							)
 						: undefined;
-					const r = verifyTdx({ quote, collateral, now, expectedReportData });
+					if (loaded && !f.json) writeCollateralReport(loaded.report);
+					const r = verifyTdx({
+						quote,
+						collateral: loaded?.collateral,
+						now,
+						expectedReportData,
+					});
 					claims = r.claims;
 					out = {
 						tee: "tdx",
@@ -129,6 +142,7 @@ export function evidenceCommand(program: Command): void {
 						tcbStatus: r.tcbStatus ?? null,
 						advisoryIds: r.advisoryIds,
 						collateralChecked: r.collateralChecked,
+						...(loaded ? { collateral: loaded.report } : {}),
 					};
 				} else if (f.tee === "az-snp-vtpm" || f.tee === "azsnpvtpm") {
 					if (f.collateral)
@@ -168,7 +182,8 @@ export function evidenceCommand(program: Command): void {
 					claims = await createAzTdxVtpmVerifier(
 						dir
 							? {
-									collateralSource: (fmspc) => loadTdxCollateral(dir, fmspc),
+									collateralSource: (fmspc, pckCa) =>
+										loadTdxCollateral(dir, fmspc, pckCa),
 								}
 							: {},
 					).verify({
@@ -201,6 +216,16 @@ export function evidenceCommand(program: Command): void {
 					);
 			}),
 		);
+}
+
+/** The collateral report, for people (on stderr: stdout is the result). */
+function writeCollateralReport(r: TdxCollateralReport): void {
+	const lines = [`TDX collateral ${r.dir} for FMSPC ${r.fmspc}:`];
+	for (const u of r.used)
+		lines.push(`  used     ${u.file} (${u.form}): ${u.gives.join(", ")}`);
+	for (const i of r.ignored) lines.push(`  ignored  ${i.file}: ${i.reason}`);
+	for (const m of r.missing) lines.push(`  missing  ${m.what}: ${m.from}`);
+	process.stderr.write(`${lines.map(printable).join("\n")}\n`);
 }
 
 function hexArg(v: string, what: string): Buffer {
