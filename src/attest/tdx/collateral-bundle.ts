@@ -95,7 +95,10 @@ export function bundlePem(v: unknown, source: string, member: string): string {
 	if (typeof v !== "string" || v.length > 64 * 1024)
 		throw bad(source, `"${member}" must be a PEM certificate chain`);
 	let pem = v;
-	if (!pem.includes("-----BEGIN") && pem.includes("%"))
+	if (
+		!pem.includes("-----BEGIN CERTIFICATE-----") &&
+		/%[0-9A-Fa-f]{2}/.test(pem)
+	)
 		try {
 			pem = decodeURIComponent(pem);
 		} catch {
