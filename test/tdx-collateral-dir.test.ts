@@ -33,6 +33,7 @@ import {
 import { startBroker } from "../src/broker/server.js";
 import { initStateDir } from "../src/broker/state-dir.js";
 import { DadiError, type ErrorCode } from "../src/errors.js";
+import { ManualGuest, startTestBroker } from "./broker/harness.js";
 import { attestationFixtures } from "./fixtures.js";
 import { BIN, cleanupTempDirs, runCli, tempDir } from "./helpers.js";
 
@@ -533,6 +534,37 @@ describe.skipIf(!HAVE)(
 		});
 	},
 );
+
+describe.skipIf(!HAVE)("the broker with a TDX collateral directory", () => {
+	it("a quote whose FMSPC has no collateral is refused; the details go to the log, not to the client", async () => {
+		const dir = await dirWith({
+			"tcbinfo-v5.json": ft("quote-v5-tcbinfo-response.json"),
+			"qe-identity.json": ft("qe-identity-response.json"),
+			"tcb-signing-chain.pem": ft("tcb-signing-chain-2018.pem"),
+		});
+		const b = await startTestBroker({
+			tdxCollateralDir: dir,
+			insecureDev: false,
+			cryptoWorkers: 0,
+		});
+		try {
+			const g = new ManualGuest(b.url);
+			expect((await g.auth("tdx")).status).toBe(200);
+			const r = await g.attest({
+				evidence: { quote: f("spr-e4-quote-v4.dat").toString("base64") },
+			});
+			expect(r.status).toBe(500);
+			expect(r.text).not.toContain(dir);
+			const line = b.logs.find((l) =>
+				l.startsWith(`TDX collateral for FMSPC ${FMSPC}:`),
+			);
+			expect(line).toContain("gives tcb-info");
+			expect(line).toContain(`TCB info only for FMSPC ${V5_FMSPC}`);
+		} finally {
+			await b.close();
+		}
+	});
+});
 
 describe("TDX collateral bundle parsing (pure)", () => {
 	it("compactJson removes exactly the whitespace outside strings", () => {

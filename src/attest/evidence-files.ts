@@ -110,6 +110,13 @@ export type TdxCollateralFiles = TdxCollateral;
 
 const MAX_COLLATERAL_FILES = 4096;
 
+/**
+ * Classified files by path, kept while the file's identity, size and times are unchanged: the
+ * broker reads the directory for every TDX quote, and parsing bundles each time would let
+ * attestation requests cost a full parse of the collateral.
+ */
+const classified = new Map<string, { key: string; item: CollateralItem }>();
+
 /** Every file of a TDX collateral directory, classified (see tdx/collateral-dir.ts). */
 export async function readTdxCollateralDir(
 	dir: string,
@@ -140,9 +147,19 @@ export async function readTdxCollateralDir(
 			});
 			continue;
 		}
-		items.push(
-			classifyCollateralFile(name, await readSmall(path, "collateral")),
+		const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+		const cached = classified.get(path);
+		if (cached?.key === key) {
+			items.push(cached.item);
+			continue;
+		}
+		const item = classifyCollateralFile(
+			name,
+			await readSmall(path, "collateral"),
 		);
+		if (classified.size >= MAX_COLLATERAL_FILES) classified.clear();
+		classified.set(path, { key, item });
+		items.push(item);
 	}
 	return items;
 }

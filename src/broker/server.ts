@@ -139,10 +139,27 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 					await readTdxCollateralDir(c.tdxCollateralDir),
 				),
 			);
-		const tdxCollateral = c.tdxCollateralDir
+		const tdxDir = c.tdxCollateralDir;
+		const tdxCollateral = tdxDir
 			? {
-					collateralSource: (fmspc: string, pckCa?: "processor" | "platform") =>
-						loadTdxCollateral(c.tdxCollateralDir as string, fmspc, pckCa),
+					// The details (paths, file names) go to the operator's log; the client is refused
+					// with PRECONDITION_FAILED, which it sees as an internal error.
+					collateralSource: async (
+						fmspc: string,
+						pckCa?: "processor" | "platform",
+					) => {
+						try {
+							return await loadTdxCollateral(tdxDir, fmspc, pckCa);
+						} catch (e) {
+							log(
+								`TDX collateral for FMSPC ${fmspc}: ${e instanceof DadiError ? e.message : String(e)}`,
+							);
+							throw new DadiError(
+								"PRECONDITION_FAILED",
+								`the broker has no usable TDX collateral for FMSPC ${fmspc} (see the broker's log)`,
+							);
+						}
+					},
 				}
 			: {};
 		const verifiers = c.verifiers
