@@ -479,7 +479,7 @@ describe.skipIf(!HAVE)(
 				"2023-06-25T00:00:00Z",
 				"--json",
 			];
-			const ok = await runCli(BIN.broker, [...args, "--collateral", dir]);
+			const ok = await runCli(BIN.broker, [...args, "--tdx-collateral", dir]);
 			expect(ok.code, ok.stderr).toBe(0);
 			const out = JSON.parse(ok.stdout);
 			expect(out).toMatchObject({
@@ -500,7 +500,7 @@ describe.skipIf(!HAVE)(
 				"--collateral",
 				await dirWith(files),
 			]);
-			expect(no.code).not.toBe(0);
+			expect(no.code).toBe(3);
 			const err = JSON.parse(no.stdout).error;
 			expect(err.code).toBe("PRECONDITION_FAILED");
 			expect(err.message).toContain("qe-identity");

@@ -32,6 +32,7 @@ interface Flags {
 	evidence: string;
 	certs?: string[];
 	collateral?: string;
+	tdxCollateral?: string;
 	now?: string;
 	reportData?: string;
 	json?: boolean;
@@ -59,7 +60,11 @@ export function evidenceCommand(program: Command): void {
 		)
 		.option(
 			"--collateral <DIR>",
-			"tdx, az-tdx-vtpm: Intel PCS collateral (see docs/broker.md)",
+			"tdx, az-tdx-vtpm: a TDX collateral directory: Intel PCS files, dcap-qvl bundles or PCS Client Tool files (docs/broker.md)",
+		)
+		.option(
+			"--tdx-collateral <DIR>",
+			"the same as --collateral (as serve names it)",
 		)
 		.option("--now <ISO8601>", "the verification time (default: now)")
 		.option(
@@ -69,6 +74,14 @@ export function evidenceCommand(program: Command): void {
 		.option("--json", "print the result as JSON")
 		.action(async (f: Flags) =>
 			runAction("dadi-broker evidence verify", Boolean(f.json), async () => {
+				if (f.tdxCollateral !== undefined) {
+					if (f.collateral !== undefined && f.collateral !== f.tdxCollateral)
+						throw new DadiError(
+							"USAGE",
+							"give the collateral directory once (--collateral or --tdx-collateral)",
+						);
+					f.collateral = f.tdxCollateral;
+				}
 				const now = f.now === undefined ? new Date() : new Date(f.now);
 				if (Number.isNaN(now.getTime()))
 					throw new DadiError(
