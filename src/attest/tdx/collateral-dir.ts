@@ -290,14 +290,17 @@ export function selectTdxCollateral(
 		}
 		const taken = from.get(p.role);
 		if (taken !== undefined) {
+			// Contents compare only between files of the same form (a bundle re-wraps its pieces).
 			const same = out[KEY[p.role]];
-			const equal =
-				typeof same === "string" || Buffer.isBuffer(same)
-					? Buffer.from(same).equals(Buffer.from(p.value))
-					: false;
+			const note = !byFile.has(taken)
+				? ""
+				: (typeof same === "string" || Buffer.isBuffer(same)) &&
+						Buffer.from(same).equals(Buffer.from(p.value))
+					? " (same content)"
+					: " (different content)";
 			report.ignored.push({
 				file: p.name,
-				reason: `duplicate: the ${p.role} comes from ${taken}${equal ? " (same content)" : " (different content)"}`,
+				reason: `duplicate: the ${p.role} comes from ${taken}${note}`,
 			});
 			continue;
 		}
