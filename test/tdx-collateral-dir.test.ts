@@ -395,6 +395,28 @@ describe.skipIf(!HAVE)(
 			expect(r.tcbStatus).toBe("TcbNotSupported");
 		});
 
+		it("--tdx-collateral may name one bundle file instead of a directory", async () => {
+			const dir = await dirWith({
+				"collateral.json": JSON.stringify(dcapQvlBundle()),
+				"platform-collaterals.json": pcsClientToolFile(
+					quotePckCa(quote) as "processor" | "platform",
+				),
+			});
+			for (const file of ["collateral.json", "platform-collaterals.json"]) {
+				const { collateral, report } = await loadTdxCollateralReport(
+					join(dir, file),
+					FMSPC,
+					quotePckCa(quote),
+				);
+				expect(report.used.map((u) => u.file)).toEqual([file]);
+				expect(verify(collateral).collateralChecked).toBe(true);
+			}
+			const r = await codeAsync(() =>
+				loadTdxCollateralReport(join(dir, "absent.json"), FMSPC),
+			);
+			expect(r.code).toBe("INPUT_NOT_FOUND");
+		});
+
 		it("a bundle wins over separate files, which are then reported as duplicates", async () => {
 			const dir = await dirWith({
 				...separateFiles(),

@@ -12,7 +12,7 @@
  */
 import { X509Certificate } from "node:crypto";
 import { readdir, readFile, stat } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
 import { pemCertificates } from "./pem.js";
 import { decodeTcb, SNP_PRODUCTS, type SnpProduct } from "./snp/report.js";
@@ -121,6 +121,24 @@ const classified = new Map<string, { key: string; item: CollateralItem }>();
 export async function readTdxCollateralDir(
 	dir: string,
 ): Promise<CollateralItem[]> {
+	const top = await stat(dir).catch((e) => {
+		throw fromSystemError(e, dir, "reading the TDX collateral directory");
+	});
+	// One file (a dcap-qvl bundle, or the PCS Client Tool file Trustee's file:// URL names) is a
+	// directory of one.
+	if (top.isFile()) {
+		if (top.size > MAX_FILE)
+			throw new DadiError(
+				"INPUT_INVALID",
+				`${dir}: larger than ${MAX_FILE} bytes; not TDX collateral`,
+			);
+		return [
+			classifyCollateralFile(
+				basename(dir),
+				await readSmall(dir, "TDX collateral"),
+			),
+		];
+	}
 	const names = await readdir(dir).catch((e) => {
 		throw fromSystemError(e, dir, "reading the TDX collateral directory");
 	});
