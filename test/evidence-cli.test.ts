@@ -221,6 +221,20 @@ describe.skipIf(!present)("dadi-broker evidence verify (real samples)", () => {
 			tcbStatus: "TcbNotSupported",
 			collateralChecked: true,
 		});
+		// The shared fixtures directory is used as it is: the report says what was taken and why
+		// the rest (quotes, the v5 platform's TCB info, the pinned root) was not.
+		expect(out.collateral.used.map((u: { file: string }) => u.file)).toEqual([
+			"pck-crl-issuer-chain.pem",
+			"pck-crl.der",
+			"qe-identity-response.json",
+			"root-crl.der",
+			"spr-e4-tcbinfo-response.json",
+			"tcb-signing-chain-2018.pem",
+		]);
+		expect(out.collateral.ignored).toContainEqual({
+			file: "quote-v5-tcbinfo-response.json",
+			reason: "a TCB info for FMSPC 90c06f000000, not the quote's 50806f000000",
+		});
 		expect(out.claims.measurement).toBe(
 			"6363b8043668a3ad953278e10389574d326c6749fb78aa810ecd9336923db86f22fc00b8dcd404bc10d5e119d7215cbb",
 		);

@@ -6,14 +6,13 @@
  * (VCEK or VLEK leaf by its CN "SEV-VCEK"/"SEV-VLEK", ARK self-signed, ASK/ASVK otherwise) — so AMD
  * KDS's `cert_chain` (ASK then ARK) and `vcek` downloads work as they are.
  *
- * TDX collateral directory: the Intel PCS response bodies and files, recognised by name —
- * `*tcbinfo*.json` or `*tcb-info*.json` (several allowed: the one whose fmspc matches the quote is
- * used), `*qe-identity*.json`, `*tcb-signing-chain*.pem`, `pck-crl.der`, `root-crl.der`,
- * `pck-crl-issuer-chain.pem`.
+ * TDX collateral directory: Intel PCS response bodies and files, dcap-qvl collateral bundles and
+ * Intel PCS Client Tool files (Trustee's), classified and selected per FMSPC by tdx/collateral-dir.ts
+ * with a report of the files used and ignored.
  */
 import { X509Certificate } from "node:crypto";
-import { readdir, readFile } from "node:fs/promises";
-import { join } from "node:path";
+import { readdir, readFile, stat } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { DadiError, fromSystemError } from "../errors.js";
 import { pemCertificates } from "./pem.js";
 import { decodeTcb, SNP_PRODUCTS, type SnpProduct } from "./snp/report.js";
@@ -24,6 +23,13 @@ import {
 	type SignerKind,
 } from "./snp/vcek.js";
 import type { CertRequest, CertSource } from "./snp/verifier.js";
+import type { PckCa } from "./tdx/collateral-bundle.js";
+import {
+	type CollateralItem,
+	classifyCollateralFile,
+	selectTdxCollateral,
+	type TdxCollateralReport,
+} from "./tdx/collateral-dir.js";
 import type { TdxCollateral } from "./tdx/verify.js";
 
 export interface SnpCertFiles {
@@ -102,47 +108,104 @@ export async function loadSnpCertFiles(paths: string[]): Promise<SnpCertFiles> {
 
 export type TdxCollateralFiles = TdxCollateral;
 
-/** The collateral in `dir` for a quote of this FMSPC (hex, any case). */
+const MAX_COLLATERAL_FILES = 4096;
+
+/**
+ * Classified files by path, kept while the file's identity, size and times are unchanged: the
+ * broker reads the directory for every TDX quote, and parsing bundles each time would let
+ * attestation requests cost a full parse of the collateral.
+ */
+const classified = new Map<string, { key: string; item: CollateralItem }>();
+
+/** Every file of a TDX collateral directory, classified (see tdx/collateral-dir.ts). */
+export async function readTdxCollateralDir(
+	dir: string,
+): Promise<CollateralItem[]> {
+	const top = await stat(dir).catch((e) => {
+		throw fromSystemError(e, dir, "reading the TDX collateral directory");
+	});
+	// One file (a dcap-qvl bundle, or the PCS Client Tool file Trustee's file:// URL names) is a
+	// directory of one.
+	if (top.isFile()) {
+		if (top.size > MAX_FILE)
+			throw new DadiError(
+				"INPUT_INVALID",
+				`${dir}: larger than ${MAX_FILE} bytes; not TDX collateral`,
+			);
+		return [
+			classifyCollateralFile(
+				basename(dir),
+				await readSmall(dir, "TDX collateral"),
+			),
+		];
+	}
+	const names = await readdir(dir).catch((e) => {
+		throw fromSystemError(e, dir, "reading the TDX collateral directory");
+	});
+	if (names.length > MAX_COLLATERAL_FILES)
+		throw new DadiError(
+			"INPUT_INVALID",
+			`${dir}: more than ${MAX_COLLATERAL_FILES} entries; not a collateral directory`,
+		);
+	const items: CollateralItem[] = [];
+	for (const name of names.sort()) {
+		const path = join(dir, name);
+		const st = await stat(path).catch((e) => {
+			throw fromSystemError(e, path, "reading TDX collateral");
+		});
+		if (!st.isFile()) {
+			items.push({ kind: "ignored", name, reason: "not a regular file" });
+			continue;
+		}
+		if (st.size > MAX_FILE) {
+			items.push({
+				kind: "ignored",
+				name,
+				reason: `larger than ${MAX_FILE} bytes`,
+			});
+			continue;
+		}
+		const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+		const cached = classified.get(path);
+		if (cached?.key === key) {
+			items.push(cached.item);
+			continue;
+		}
+		const item = classifyCollateralFile(
+			name,
+			await readSmall(path, "collateral"),
+		);
+		if (classified.size >= MAX_COLLATERAL_FILES) classified.clear();
+		classified.set(path, { key, item });
+		items.push(item);
+	}
+	return items;
+}
+
+/**
+ * The collateral in `dir` for a quote of this FMSPC (hex, any case) and PCK CA, with the report
+ * of what was used and ignored; PRECONDITION_FAILED when the TCB info, QE identity or signing
+ * chain for the FMSPC is missing.
+ */
+export async function loadTdxCollateralReport(
+	dir: string,
+	fmspc: string,
+	pckCa?: PckCa,
+): Promise<{ collateral: TdxCollateral; report: TdxCollateralReport }> {
+	return selectTdxCollateral(
+		dir,
+		await readTdxCollateralDir(dir),
+		fmspc,
+		pckCa,
+	);
+}
+
 export async function loadTdxCollateral(
 	dir: string,
 	fmspc: string,
+	pckCa?: PckCa,
 ): Promise<TdxCollateralFiles> {
-	const names = await readdir(dir).catch((e) => {
-		throw fromSystemError(e, dir, "reading the collateral directory");
-	});
-	const out: TdxCollateralFiles = {};
-	const text = async (n: string) =>
-		(await readSmall(join(dir, n), "collateral")).toString("utf8");
-	const tcbInfos = names.filter((n) => /tcb-?info.*\.json$/i.test(n)).sort();
-	for (const n of tcbInfos) {
-		const body = await text(n);
-		let f: unknown;
-		try {
-			f = (JSON.parse(body) as { tcbInfo?: { fmspc?: unknown } }).tcbInfo
-				?.fmspc;
-		} catch {
-			throw new DadiError(
-				"INPUT_INVALID",
-				`${join(dir, n)}: not a TCB info response (JSON)`,
-			);
-		}
-		if (typeof f === "string" && f.toLowerCase() === fmspc.toLowerCase()) {
-			out.tcbInfo = body;
-			break;
-		}
-	}
-	for (const n of names.sort()) {
-		if (/qe-?identity.*\.json$/i.test(n)) out.qeIdentity ??= await text(n);
-		else if (/tcb-signing-chain.*\.pem$/i.test(n))
-			out.tcbSigningChain ??= await text(n);
-		else if (n === "pck-crl.der")
-			out.pckCrl = await readSmall(join(dir, n), "a CRL");
-		else if (n === "root-crl.der")
-			out.rootCrl = await readSmall(join(dir, n), "a CRL");
-		else if (n === "pck-crl-issuer-chain.pem")
-			out.pckCrlIssuerChain = await text(n);
-	}
-	return out;
+	return (await loadTdxCollateralReport(dir, fmspc, pckCa)).collateral;
 }
 
 /**

@@ -13,10 +13,12 @@ import { createAzTdxVtpmVerifier } from "../attest/azure/tdx-vtpm-verifier.js";
 import type { Verifier } from "../attest/claims.js";
 import {
 	loadTdxCollateral,
+	readTdxCollateralDir,
 	snpCertSourceFromDir,
 } from "../attest/evidence-files.js";
 import { sampleVerifier } from "../attest/sample.js";
 import { createSnpVerifier } from "../attest/snp/verifier.js";
+import { describeCollateralItems } from "../attest/tdx/collateral-dir.js";
 import { tdxVerifier } from "../attest/tdx/verifier.js";
 import { DadiError } from "../errors.js";
 import { printable } from "../printable.js";
@@ -128,10 +130,36 @@ export async function startBroker(c: BrokerConfig): Promise<RunningBroker> {
 		const snpCerts = c.snpCertsDir
 			? { certSource: await snpCertSourceFromDir(c.snpCertsDir) }
 			: {};
-		const tdxCollateral = c.tdxCollateralDir
+		if (c.tdxCollateralDir)
+			// Read once at start so a wrong directory fails now, and say what it holds; each quote
+			// re-reads it (updated collateral is picked up without a restart).
+			log(
+				describeCollateralItems(
+					c.tdxCollateralDir,
+					await readTdxCollateralDir(c.tdxCollateralDir),
+				),
+			);
+		const tdxDir = c.tdxCollateralDir;
+		const tdxCollateral = tdxDir
 			? {
-					collateralSource: (fmspc: string) =>
-						loadTdxCollateral(c.tdxCollateralDir as string, fmspc),
+					// The details (paths, file names) go to the operator's log; the client is refused
+					// with PRECONDITION_FAILED, which it sees as an internal error.
+					collateralSource: async (
+						fmspc: string,
+						pckCa?: "processor" | "platform",
+					) => {
+						try {
+							return await loadTdxCollateral(tdxDir, fmspc, pckCa);
+						} catch (e) {
+							log(
+								`TDX collateral for FMSPC ${fmspc}: ${e instanceof DadiError ? e.message : String(e)}`,
+							);
+							throw new DadiError(
+								"PRECONDITION_FAILED",
+								`the broker has no usable TDX collateral for FMSPC ${fmspc} (see the broker's log)`,
+							);
+						}
+					},
 				}
 			: {};
 		const verifiers = c.verifiers

@@ -19,6 +19,7 @@ import { DEFAULT_TDX_TRUST, type TdxTrust } from "../tdx/trust.js";
 import {
 	createTdxContext,
 	quoteFmspc,
+	quotePckCa,
 	type TdxCollateral,
 } from "../tdx/verify.js";
 import { parseAzEvidence } from "./evidence.js";
@@ -32,7 +33,10 @@ const WHAT = "Azure TDX vTPM";
 
 export interface AzTdxVtpmVerifierOptions {
 	trust?: TdxTrust;
-	collateralSource?: (fmspc: string) => Promise<TdxCollateral | undefined>;
+	collateralSource?: (
+		fmspc: string,
+		pckCa?: "processor" | "platform",
+	) => Promise<TdxCollateral | undefined>;
 }
 
 export function createAzTdxVtpmVerifier(
@@ -50,7 +54,10 @@ export function createAzTdxVtpmVerifier(
 					`${WHAT}: the HCL report holds an SEV-SNP report, not a TDX one`,
 				);
 			const collateral = o.collateralSource
-				? await o.collateralSource(quoteFmspc(ev.hardware))
+				? await o.collateralSource(
+						quoteFmspc(ev.hardware),
+						quotePckCa(ev.hardware),
+					)
 				: undefined;
 			const td = ctx.verify({
 				quote: ev.hardware,

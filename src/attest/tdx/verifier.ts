@@ -21,14 +21,21 @@ import { DEFAULT_TDX_TRUST, type TdxTrust } from "./trust.js";
 import {
 	createTdxContext,
 	quoteFmspc,
+	quotePckCa,
 	type TdxCollateral,
 	type TdxContext,
 } from "./verify.js";
 
 export interface TdxVerifierOptions {
 	trust?: TdxTrust;
-	/** Collateral for a platform (FMSPC, lowercase hex); undefined when none is available. */
-	collateralSource?: (fmspc: string) => Promise<TdxCollateral | undefined>;
+	/**
+	 * Collateral for a platform (FMSPC, lowercase hex; the PCK CA, for the PCK CRL); undefined when
+	 * none is available.
+	 */
+	collateralSource?: (
+		fmspc: string,
+		pckCa?: "processor" | "platform",
+	) => Promise<TdxCollateral | undefined>;
 }
 
 /**
@@ -75,7 +82,10 @@ export function tdxVerifier(opts: TdxVerifierOptions = {}): Verifier & {
 			const log = ev.ccEventlog ? parseCcel(ev.ccEventlog) : undefined;
 			let collateral: TdxCollateral | undefined;
 			if (opts.collateralSource)
-				collateral = await opts.collateralSource(quoteFmspc(quote));
+				collateral = await opts.collateralSource(
+					quoteFmspc(quote),
+					quotePckCa(quote),
+				);
 			const r = context.verify({
 				quote,
 				collateral,

@@ -18,7 +18,7 @@
  * collateral signatures, CRL signatures, QE report signatures per PCK) by SHA-256 digest, so that a
  * repeated verification costs about one ECDSA verification (the quote's own signature).
  */
-import { createHash, type KeyObject } from "node:crypto";
+import { createHash, type KeyObject, X509Certificate } from "node:crypto";
 import { DadiError } from "../../errors.js";
 import { reportDataMatches } from "../../kbs/report-data.js";
 import type { Claims } from "../claims.js";
@@ -521,6 +521,26 @@ export function quoteFmspc(quote: Buffer): string {
 	const ext = certFields(leaf).extensions.get(SGX_EXT);
 	if (!ext) throw pckInvalid("absent from the PCK certificate");
 	return parsePckExtension(ext).fmspc;
+}
+
+/**
+ * Which Intel PCK CA issued the quote's PCK certificate (by its issuer's CN), for choosing the PCK
+ * CRL; undefined when the issuer is neither (the CRL check then refuses any CRL given).
+ */
+export function quotePckCa(
+	quote: Buffer,
+): "processor" | "platform" | undefined {
+	const leaf = parseQuote(quote).pckChain[0];
+	if (!leaf) return undefined;
+	let issuer: string;
+	try {
+		issuer = new X509Certificate(leaf).issuer;
+	} catch {
+		return undefined;
+	}
+	if (/^CN=Intel SGX PCK Processor CA$/m.test(issuer)) return "processor";
+	if (/^CN=Intel SGX PCK Platform CA$/m.test(issuer)) return "platform";
+	return undefined;
 }
 
 /** One-shot verification (no cache shared between calls). */

@@ -10,6 +10,7 @@ import type { Claims } from "../../attest/claims.js";
 import {
 	loadSnpCertFiles,
 	loadTdxCollateral,
+	loadTdxCollateralReport,
 	type SnpCertFiles,
 	snpCertSourceFromDir,
 } from "../../attest/evidence-files.js";
@@ -20,10 +21,12 @@ import {
 } from "../../attest/snp/verifier.js";
 import { verifySnp } from "../../attest/snp/verify.js";
 import { parseCcel } from "../../attest/tdx/ccel.js";
+import type { TdxCollateralReport } from "../../attest/tdx/collateral-dir.js";
 import { parseTdxEvidenceDocument } from "../../attest/tdx/evidence.js";
 import { addEventLogClaims } from "../../attest/tdx/verifier.js";
-import { quoteFmspc, verifyTdx } from "../../attest/tdx/verify.js";
+import { quoteFmspc, quotePckCa, verifyTdx } from "../../attest/tdx/verify.js";
 import { DadiError, fromSystemError } from "../../errors.js";
+import { printable } from "../../printable.js";
 import { printJson, runAction } from "../common.js";
 
 interface Flags {
@@ -31,6 +34,7 @@ interface Flags {
 	evidence: string;
 	certs?: string[];
 	collateral?: string;
+	tdxCollateral?: string;
 	now?: string;
 	reportData?: string;
 	json?: boolean;
@@ -58,7 +62,11 @@ export function evidenceCommand(program: Command): void {
 		)
 		.option(
 			"--collateral <DIR>",
-			"tdx, az-tdx-vtpm: Intel PCS collateral (see docs/broker.md)",
+			"tdx, az-tdx-vtpm: a TDX collateral directory: Intel PCS files, dcap-qvl bundles or PCS Client Tool files (docs/broker.md)",
+		)
+		.option(
+			"--tdx-collateral <DIR>",
+			"the same as --collateral (as serve names it)",
 		)
 		.option("--now <ISO8601>", "the verification time (default: now)")
 		.option(
@@ -68,6 +76,14 @@ export function evidenceCommand(program: Command): void {
 		.option("--json", "print the result as JSON")
 		.action(async (f: Flags) =>
 			runAction("dadi-broker evidence verify", Boolean(f.json), async () => {
+				if (f.tdxCollateral !== undefined) {
+					if (f.collateral !== undefined && f.collateral !== f.tdxCollateral)
+						throw new DadiError(
+							"USAGE",
+							"give the collateral directory once (--collateral or --tdx-collateral)",
+						);
+					f.collateral = f.tdxCollateral;
+				}
 				const now = f.now === undefined ? new Date() : new Date(f.now);
 				if (Number.isNaN(now.getTime()))
 					throw new DadiError(
@@ -122,10 +138,20 @@ export function evidenceCommand(program: Command): void {
 						: { quote: bytes };
 					const quote = ev.quote;
 					const log = ev.ccEventlog ? parseCcel(ev.ccEventlog) : undefined;
-					const collateral = f.collateral
-						? await loadTdxCollateral(f.collateral, quoteFmspc(quote))
+					const loaded = f.collateral
+						? await loadTdxCollateralReport(
+								f.collateral,
+								quoteFmspc(quote),
+								quotePckCa(quote),
+							)
 						: undefined;
-					const r = verifyTdx({ quote, collateral, now, expectedReportData });
+					if (loaded && !f.json) writeCollateralReport(loaded.report);
+					const r = verifyTdx({
+						quote,
+						collateral: loaded?.collateral,
+						now,
+						expectedReportData,
+					});
 					addEventLogClaims(r.claims, r.quote.body.rtmr, log);
 					claims = r.claims;
 					out = {
@@ -134,6 +160,7 @@ export function evidenceCommand(program: Command): void {
 						tcbStatus: r.tcbStatus ?? null,
 						advisoryIds: r.advisoryIds,
 						collateralChecked: r.collateralChecked,
+						...(loaded ? { collateral: loaded.report } : {}),
 					};
 				} else if (f.tee === "az-snp-vtpm" || f.tee === "azsnpvtpm") {
 					if (f.collateral)
@@ -173,7 +200,8 @@ export function evidenceCommand(program: Command): void {
 					claims = await createAzTdxVtpmVerifier(
 						dir
 							? {
-									collateralSource: (fmspc) => loadTdxCollateral(dir, fmspc),
+									collateralSource: (fmspc, pckCa) =>
+										loadTdxCollateral(dir, fmspc, pckCa),
 								}
 							: {},
 					).verify({
@@ -206,6 +234,16 @@ export function evidenceCommand(program: Command): void {
 					);
 			}),
 		);
+}
+
+/** The collateral report, for people (on stderr: stdout is the result). */
+function writeCollateralReport(r: TdxCollateralReport): void {
+	const lines = [`TDX collateral ${r.dir} for FMSPC ${r.fmspc}:`];
+	for (const u of r.used)
+		lines.push(`  used     ${u.file} (${u.form}): ${u.gives.join(", ")}`);
+	for (const i of r.ignored) lines.push(`  ignored  ${i.file}: ${i.reason}`);
+	for (const m of r.missing) lines.push(`  missing  ${m.what}: ${m.from}`);
+	process.stderr.write(`${lines.map(printable).join("\n")}\n`);
 }
 
 function hexArg(v: string, what: string): Buffer {

@@ -130,7 +130,7 @@ export function serveCommand(program: Command): void {
 		)
 		.option(
 			"--tdx-collateral <DIR>",
-			"Intel PCS collateral for TDX quotes: *tcbinfo*.json per FMSPC, *qe-identity*.json, *tcb-signing-chain*.pem, pck-crl.der, root-crl.der",
+			"TDX collateral: Intel PCS responses (TCB info per FMSPC, QE identity), *tcb-signing-chain*.pem, pck-crl.der, root-crl.der, or dcap-qvl bundles / Intel PCS Client Tool files (docs/broker.md §3); what it holds is logged at start",
 		)
 		.option(
 			"--crypto-workers <N>",
