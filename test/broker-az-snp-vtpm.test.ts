@@ -42,32 +42,20 @@ beforeAll(async () => {
 		],
 	});
 	await b.put(PATH, SECRET);
-	const a = await b.admin();
-	try {
-		await a.call(
-			"PUT",
-			"/admin/v0/policy/azure-test",
-			JSON.stringify({
-				apiVersion: "dadi.dev/v1alpha1",
-				kind: "KeyReleasePolicy",
-				name: "azure-test",
-				resources: ["prod/*/*"],
-				values: { pcr07: [(GOOD_PCRS[7] as Buffer).toString("hex")] },
-				rules: [
-					{ name: "is-azure-snp", expr: "tee == 'azsnpvtpm'" },
-					{ name: "no-debug", expr: "!claims.debug" },
-					{ name: "secure-boot", expr: "claims.tee_specific.secure_boot" },
-					{
-						name: "pcr07",
-						expr: "claims.tee_specific.pcr07 in values.pcr07",
-					},
-				],
-			}),
-			"application/json",
-		);
-	} finally {
-		await a.close();
-	}
+	await b.putPolicy({
+		name: "azure-test",
+		resources: ["prod/*/*"],
+		values: { pcr07: [(GOOD_PCRS[7] as Buffer).toString("hex")] },
+		rules: [
+			{ name: "is-azure-snp", expr: "tee == 'azsnpvtpm'" },
+			{ name: "no-debug", expr: "!claims.debug" },
+			{ name: "secure-boot", expr: "claims.tee_specific.secure_boot" },
+			{
+				name: "pcr07",
+				expr: "claims.tee_specific.pcr07 in values.pcr07",
+			},
+		],
+	});
 });
 
 afterAll(async () => {

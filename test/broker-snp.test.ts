@@ -64,31 +64,19 @@ beforeAll(async () => {
 		verifiers: [createSnpVerifier({ trust })],
 	});
 	await b.put(PATH, SECRET);
-	const a = await b.admin();
-	try {
-		await a.call(
-			"PUT",
-			"/admin/v0/policy/snp-test",
-			JSON.stringify({
-				apiVersion: "dadi.dev/v1alpha1",
-				kind: "KeyReleasePolicy",
-				name: "snp-test",
-				resources: ["prod/*/*"],
-				values: { measurements: [GOOD.toString("hex")] },
-				rules: [
-					{ name: "is-snp", expr: "tee == 'snp'" },
-					{ name: "no-debug", expr: "!claims.debug" },
-					{
-						name: "measurement",
-						expr: "claims.measurement in values.measurements",
-					},
-				],
-			}),
-			"application/json",
-		);
-	} finally {
-		await a.close();
-	}
+	await b.putPolicy({
+		name: "snp-test",
+		resources: ["prod/*/*"],
+		values: { measurements: [GOOD.toString("hex")] },
+		rules: [
+			{ name: "is-snp", expr: "tee == 'snp'" },
+			{ name: "no-debug", expr: "!claims.debug" },
+			{
+				name: "measurement",
+				expr: "claims.measurement in values.measurements",
+			},
+		],
+	});
 });
 
 afterAll(async () => {

@@ -71,42 +71,30 @@ beforeAll(async () => {
 	});
 	await b.put(PATH, SECRET);
 	const kernelDigest = createHash("sha384").update(GOOD_KERNEL).digest("hex");
-	const a = await b.admin();
-	try {
-		await a.call(
-			"PUT",
-			"/admin/v0/policy/tdx-test",
-			JSON.stringify({
-				apiVersion: "dadi.dev/v1alpha1",
-				kind: "KeyReleasePolicy",
-				name: "tdx-test",
-				resources: ["prod/*/*"],
-				values: {
-					kernels: [kernelDigest],
-					initrds: [INITRD_DIGEST.toString("hex")],
-				},
-				rules: [
-					{ name: "is-tdx", expr: "tee == 'tdx'" },
-					{ name: "no-debug", expr: "!claims.debug" },
-					{
-						name: "event-log",
-						expr: "claims.tee_specific.ccel_present == true",
-					},
-					{
-						name: "kernel",
-						expr: "claims.tee_specific.ccel_kernel in values.kernels",
-					},
-					{
-						name: "initrd",
-						expr: "claims.tee_specific.ccel_initrd in values.initrds",
-					},
-				],
-			}),
-			"application/json",
-		);
-	} finally {
-		await a.close();
-	}
+	await b.putPolicy({
+		name: "tdx-test",
+		resources: ["prod/*/*"],
+		values: {
+			kernels: [kernelDigest],
+			initrds: [INITRD_DIGEST.toString("hex")],
+		},
+		rules: [
+			{ name: "is-tdx", expr: "tee == 'tdx'" },
+			{ name: "no-debug", expr: "!claims.debug" },
+			{
+				name: "event-log",
+				expr: "claims.tee_specific.ccel_present == true",
+			},
+			{
+				name: "kernel",
+				expr: "claims.tee_specific.ccel_kernel in values.kernels",
+			},
+			{
+				name: "initrd",
+				expr: "claims.tee_specific.ccel_initrd in values.initrds",
+			},
+		],
+	});
 });
 
 afterAll(async () => {

@@ -92,34 +92,22 @@ beforeAll(async () => {
 	await b.put("tdx/image-key/app", SECRET);
 	await b.put("prod/image-key/app", SECRET);
 	await b.put("strict/image-key/app", SECRET);
-	const admin = await b.admin();
-	try {
-		for (const [name, resources, want, tee] of [
-			["azure-guest", ["prod/*/*"], pcr7, "azsnpvtpm"],
-			["azure-strict", ["strict/*/*"], "ab".repeat(32), "azsnpvtpm"],
-			["azure-tdx", ["tdx/*/*"], pcr7, "aztdxvtpm"],
-		] as const)
-			await admin.call(
-				"PUT",
-				`/admin/v0/policy/${name}`,
-				JSON.stringify({
-					apiVersion: "dadi.dev/v1alpha1",
-					kind: "KeyReleasePolicy",
-					name,
-					resources,
-					values: { pcr07: [want] },
-					rules: [
-						{ name: "is-azure", expr: `tee == '${tee}'` },
-						{ name: "no-debug", expr: "!claims.debug" },
-						{ name: "secure-boot", expr: "claims.tee_specific.secure_boot" },
-						{ name: "pcr7", expr: "claims.tee_specific.pcr07 in values.pcr07" },
-					],
-				}),
-				"application/json",
-			);
-	} finally {
-		await admin.close();
-	}
+	for (const [name, resources, want, tee] of [
+		["azure-guest", ["prod/*/*"], pcr7, "azsnpvtpm"],
+		["azure-strict", ["strict/*/*"], "ab".repeat(32), "azsnpvtpm"],
+		["azure-tdx", ["tdx/*/*"], pcr7, "aztdxvtpm"],
+	] as const)
+		await b.putPolicy({
+			name,
+			resources: [...resources],
+			values: { pcr07: [want] },
+			rules: [
+				{ name: "is-azure", expr: `tee == '${tee}'` },
+				{ name: "no-debug", expr: "!claims.debug" },
+				{ name: "secure-boot", expr: "claims.tee_specific.secure_boot" },
+				{ name: "pcr7", expr: "claims.tee_specific.pcr07 in values.pcr07" },
+			],
+		});
 }, 120_000);
 
 afterAll(async () => {

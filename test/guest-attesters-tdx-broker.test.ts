@@ -65,50 +65,31 @@ beforeAll(async () => {
 	});
 	await b.put(PATH, SECRET);
 	await b.put("kernel/image-key/app", SECRET);
-	const a = await b.admin();
-	try {
-		await a.call(
-			"PUT",
-			"/admin/v0/policy/tdx-guest",
-			JSON.stringify({
-				apiVersion: "dadi.dev/v1alpha1",
-				kind: "KeyReleasePolicy",
-				name: "tdx-guest",
-				resources: ["prod/*/*"],
-				values: { mrtds: [GOOD_MRTD.toString("hex")] },
-				rules: [
-					{ name: "is-tdx", expr: "tee == 'tdx'" },
-					{ name: "no-debug", expr: "!claims.debug" },
-					{ name: "mrtd", expr: "claims.measurement in values.mrtds" },
-				],
-			}),
-			"application/json",
-		);
-		await a.call(
-			"PUT",
-			"/admin/v0/policy/tdx-kernel",
-			JSON.stringify({
-				apiVersion: "dadi.dev/v1alpha1",
-				kind: "KeyReleasePolicy",
-				name: "tdx-kernel",
-				resources: ["kernel/*/*"],
-				values: {
-					kernels: [createHash("sha384").update(GOOD_KERNEL).digest("hex")],
-				},
-				rules: [
-					{ name: "is-tdx", expr: "tee == 'tdx'" },
-					{ name: "event-log", expr: "claims.tee_specific.ccel_present" },
-					{
-						name: "kernel",
-						expr: "claims.tee_specific.ccel_kernel in values.kernels",
-					},
-				],
-			}),
-			"application/json",
-		);
-	} finally {
-		await a.close();
-	}
+	await b.putPolicy({
+		name: "tdx-guest",
+		resources: ["prod/*/*"],
+		values: { mrtds: [GOOD_MRTD.toString("hex")] },
+		rules: [
+			{ name: "is-tdx", expr: "tee == 'tdx'" },
+			{ name: "no-debug", expr: "!claims.debug" },
+			{ name: "mrtd", expr: "claims.measurement in values.mrtds" },
+		],
+	});
+	await b.putPolicy({
+		name: "tdx-kernel",
+		resources: ["kernel/*/*"],
+		values: {
+			kernels: [createHash("sha384").update(GOOD_KERNEL).digest("hex")],
+		},
+		rules: [
+			{ name: "is-tdx", expr: "tee == 'tdx'" },
+			{ name: "event-log", expr: "claims.tee_specific.ccel_present" },
+			{
+				name: "kernel",
+				expr: "claims.tee_specific.ccel_kernel in values.kernels",
+			},
+		],
+	});
 });
 
 afterAll(async () => {

@@ -26,6 +26,13 @@ import { BIN, ROOT, runCli, tempDir } from "../helpers.js";
 
 export const POLICIES = join(ROOT, "policies");
 
+export interface TestPolicy {
+	name: string;
+	resources: string[];
+	values?: Record<string, unknown>;
+	rules: { name: string; expr: string }[];
+}
+
 export interface TestBroker {
 	running: RunningBroker;
 	url: string;
@@ -36,6 +43,8 @@ export interface TestBroker {
 	logs: string[];
 	admin(): Promise<AdminClient>;
 	put(path: string, value: Buffer): Promise<void>;
+	/** Uploads a KeyReleasePolicy (apiVersion and kind filled in) through the admin API. */
+	putPolicy(p: TestPolicy): Promise<void>;
 	/** Stops and starts again on the same state (same options unless overridden). */
 	restart(over?: Partial<BrokerConfig>): Promise<void>;
 	close(): Promise<void>;
@@ -76,6 +85,23 @@ export async function startTestBroker(
 			const a = await t.admin();
 			try {
 				await a.putResource(path, value);
+			} finally {
+				await a.close();
+			}
+		},
+		putPolicy: async (p) => {
+			const a = await t.admin();
+			try {
+				await a.call(
+					"PUT",
+					`/admin/v0/policy/${p.name}`,
+					JSON.stringify({
+						apiVersion: "dadi.dev/v1alpha1",
+						kind: "KeyReleasePolicy",
+						...p,
+					}),
+					"application/json",
+				);
 			} finally {
 				await a.close();
 			}
