@@ -6,11 +6,8 @@
  * them (READ, FLUSH, a refused WRITE, DISC). The kernel attach itself needs the nbd module, which
  * this host lacks: only its clear failure is checked here.
  */
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import fc from "fast-check";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { DadiError } from "../src/errors.js";
 import { detectFsType } from "../src/guest/fs-detect.js";
 import {
@@ -45,7 +42,13 @@ import {
 } from "../src/guest/registry-alias.js";
 import { peakRssFrom } from "../src/guest/run-report.js";
 import { kataVolume } from "../src/snapshotter/sealed-mounts.js";
-import { prng, rejection, thrown } from "./helpers.js";
+import {
+	cleanupTempDirs,
+	prng,
+	rejection,
+	tempDir,
+	thrown,
+} from "./helpers.js";
 
 const DIGEST = `sha256:${"ab".repeat(32)}`;
 const IMAGE = `docker://registry.example:5000/app/web@${DIGEST}`;
@@ -58,6 +61,8 @@ const good = () =>
 	});
 const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64");
 const parse = (v: unknown) => parseGuestVolume(decodeVolumeText(b64(v)));
+
+afterAll(cleanupTempDirs);
 
 describe("--volume: the Kata virtual volume of dadi-snapshotter's guest mode", () => {
 	it("reads what sealed-mounts.ts builds (base64, url-safe base64, @FILE's JSON as is)", () => {
@@ -339,7 +344,7 @@ describe("nbd ioctl interface (linux/nbd.h)", () => {
 		const server = new NbdServer({
 			source: { size: 1 << 20, read: async (_o, n) => Buffer.alloc(n) },
 		});
-		const empty = await mkdtemp(join(tmpdir(), "dadi-sysblock-"));
+		const empty = await tempDir();
 		const e = await rejection(
 			attachNbd({ server, size: 1 << 20, log: () => {}, sysBlock: empty }),
 		);

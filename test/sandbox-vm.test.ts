@@ -300,8 +300,11 @@ exit 7
 			`import { bootVm } from ${JSON.stringify(join(ROOT, "dist/src/sandbox/qemu.js"))};
 bootVm({ kernel: ${JSON.stringify(guest.kernel)}, initramfs: ${JSON.stringify(guest.initramfs)}, argv: ["/bin/sleep", "600"], onLine: (l) => { if (l.includes('"ready"')) console.log("READY"); } });`,
 		);
+		// Its temporary directory (the fw_cfg files) under the test's: a SIGKILLed process cannot
+		// remove its own, so the test's cleanup does.
 		const child = spawn(process.execPath, [script], {
 			stdio: ["ignore", "pipe", "inherit"],
+			env: { ...process.env, TMPDIR: work },
 		});
 		await new Promise<void>((resolve) =>
 			child.stdout.on("data", (d) => String(d).includes("READY") && resolve()),
