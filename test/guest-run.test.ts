@@ -31,6 +31,26 @@ import { buildTestImage, run as sh } from "./image-fixtures.js";
 import { type RunningRegistry, startRegistry } from "./registry/harness.js";
 
 const exec = promisify(execFile);
+
+/** `dadi-guest run ARGS` in the background: its output so far, and its exit code when it ends. */
+function startRun(args: string[]) {
+	const child = spawn(process.execPath, [BIN.guest, "run", ...args], {
+		stdio: ["ignore", "pipe", "pipe"],
+	});
+	const r = {
+		child,
+		stdout: "",
+		stderr: "",
+		exited: new Promise<number>((ok) => child.once("exit", (c) => ok(c ?? -1))),
+	};
+	child.stdout.on("data", (d) => {
+		r.stdout += d;
+	});
+	child.stderr.on("data", (d) => {
+		r.stderr += d;
+	});
+	return r;
+}
 const RES = "kbs:///default/image-key/run-test";
 const DENIED_RES = "kbs:///elsewhere/image-key/run-test";
 /** What the image's own process prints: its env, working directory, user, and arguments. */
@@ -182,37 +202,20 @@ describe("dadi-guest run --block loop", () => {
 	});
 
 	it("arguments after -- replace the Cmd (the Entrypoint stays); writes go to the tmpfs overlay over a read-only image", async () => {
-		const child = spawn(
-			process.execPath,
-			[
-				BIN.guest,
-				"run",
-				ref,
-				...brokerArgs,
-				"--block",
-				"loop",
-				"--json",
-				"--",
-				"echo changed > /home/user/owned && cat /home/user/owned && cat /etc/hello && touch /etc/x; sleep 3; echo done",
-			],
-			{ stdio: ["ignore", "pipe", "pipe"] },
-		);
-		let stdout = "";
-		let stderr = "";
-		child.stdout.on("data", (d) => {
-			stdout += d;
-		});
-		child.stderr.on("data", (d) => {
-			stderr += d;
-		});
-		const exited = new Promise<number>((r) =>
-			child.once("exit", (c) => r(c ?? -1)),
-		);
+		const g = startRun([
+			ref,
+			...brokerArgs,
+			"--block",
+			"loop",
+			"--json",
+			"--",
+			"echo changed > /home/user/owned && cat /home/user/owned && cat /etc/hello && touch /etc/x; sleep 3; echo done",
+		]);
 		// while it sleeps: the image's file system is mounted read-only, the overlay on top
 		let seen: string[] = [];
 		for (let i = 0; i < 200 && seen.length === 0; i++) {
 			const info = (await readFile("/proc/self/mountinfo", "utf8")).split("\n");
-			if (stdout.includes("hello from layer 2"))
+			if (g.stdout.includes("hello from layer 2"))
 				seen = info.filter((l) => /dadi-run-[^/ ]+\/(lower|root) /.test(l));
 			else await new Promise((r) => setTimeout(r, 50));
 		}
@@ -220,10 +223,10 @@ describe("dadi-guest run --block loop", () => {
 		expect(lower).toMatch(/ ro[, ]/);
 		expect(lower).toMatch(/ - ext4 \/dev\/loop\d+ ro/);
 		expect(seen.find((l) => / \S+\/root /.test(l))).toMatch(/ - overlay /);
-		expect(await exited).toBe(0);
-		expect(stdout).toBe("changed\nhello from layer 2\ndone\n");
+		expect(await g.exited).toBe(0);
+		expect(g.stdout).toBe("changed\nhello from layer 2\ndone\n");
 		// the user 1000 cannot write root's /etc: the image's permissions hold in the overlay
-		expect(stderr).toMatch(/touch: \/etc\/x: Permission denied/);
+		expect(g.stderr).toMatch(/touch: \/etc\/x: Permission denied/);
 		expect(await leftovers()).toEqual([]);
 		// a new run starts from the image again: the write was the overlay's only
 		const again = await must(
@@ -343,69 +346,47 @@ describe("dadi-guest run --block loop", () => {
 	});
 
 	it("SIGTERM stops the container (its exit code, 143) and tears everything down", async () => {
-		const child = spawn(
-			process.execPath,
-			[
-				BIN.guest,
-				"run",
-				ref,
-				...brokerArgs,
-				"--block",
-				"loop",
-				"--",
-				"echo up; exec /bin/busybox sleep 60",
-			],
-			{ stdio: ["ignore", "pipe", "pipe"] },
-		);
-		let stdout = "";
-		child.stdout.on("data", (d) => {
-			stdout += d;
-		});
-		const exited = new Promise<number>((r) =>
-			child.once("exit", (c) => r(c ?? -1)),
-		);
-		for (let i = 0; i < 400 && !stdout.includes("up"); i++)
+		const g = startRun([
+			ref,
+			...brokerArgs,
+			"--block",
+			"loop",
+			"--",
+			"echo up; exec /bin/busybox sleep 60",
+		]);
+		for (let i = 0; i < 400 && !g.stdout.includes("up"); i++)
 			await new Promise((r) => setTimeout(r, 50));
-		expect(stdout).toBe("up\n");
-		child.kill("SIGTERM");
-		expect(await exited).toBe(143);
+		expect(g.stdout).toBe("up\n");
+		g.child.kill("SIGTERM");
+		expect(await g.exited).toBe(143);
 		expect(await leftovers()).toEqual([]);
 	});
 
 	it("SIGTERM while an unreachable broker is being retried stops at once (143), nothing attached", async () => {
-		const child = spawn(
-			process.execPath,
-			[
-				BIN.guest,
-				"run",
-				ref,
-				"--insecure",
-				"--broker",
-				"http://127.0.0.1:1",
-				"--attester",
-				"sample",
-				"--broker-retry",
-				"60",
-				"--block",
-				"loop",
-				"--json",
-			],
-			{ stdio: ["ignore", "pipe", "pipe"] },
-		);
-		let stderr = "";
-		child.stderr.on("data", (d) => {
-			stderr += d;
-		});
-		const exited = new Promise<number>((r) =>
-			child.once("exit", (c) => r(c ?? -1)),
-		);
-		for (let i = 0; i < 200 && !/retry|retrying|unreachable/i.test(stderr); i++)
+		const g = startRun([
+			ref,
+			"--insecure",
+			"--broker",
+			"http://127.0.0.1:1",
+			"--attester",
+			"sample",
+			"--broker-retry",
+			"60",
+			"--block",
+			"loop",
+			"--json",
+		]);
+		for (
+			let i = 0;
+			i < 200 && !/retry|retrying|unreachable/i.test(g.stderr);
+			i++
+		)
 			await new Promise((r) => setTimeout(r, 50));
 		const t = Date.now();
-		child.kill("SIGTERM");
-		expect(await exited).toBe(143);
+		g.child.kill("SIGTERM");
+		expect(await g.exited).toBe(143);
 		expect(Date.now() - t).toBeLessThan(5000);
-		expect(stderr).toMatch(/DADI-RUN \{"ok":false.*"INTERRUPTED"/);
+		expect(g.stderr).toMatch(/DADI-RUN \{"ok":false.*"INTERRUPTED"/);
 		expect(await leftovers()).toEqual([]);
 	});
 
