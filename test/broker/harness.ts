@@ -16,6 +16,7 @@ import {
 	startBroker,
 } from "../../src/broker/server.js";
 import { initStateDir } from "../../src/broker/state-dir.js";
+import { decryptFromBroker, parseFlattenedJwe } from "../../src/kbs/jwe.js";
 import { reportDataDigest } from "../../src/kbs/report-data.js";
 import {
 	generateEphemeralKey,
@@ -234,6 +235,24 @@ export class ManualGuest {
 		});
 		this.bodies.push(r.text);
 		return r;
+	}
+
+	/** The resource's value: its response must be 200, and the JWE is opened with this guest's key. */
+	async released(path: string): Promise<Buffer> {
+		const res = await this.resource(path);
+		if (res.status !== 200)
+			throw new Error(`resource ${path}: ${res.status} ${res.text}`);
+		return decryptFromBroker(
+			parseFlattenedJwe(res.json(), "resource"),
+			this.key.privateKey,
+		);
+	}
+
+	/** The claims the broker put in this guest's attestation token for `tee`. */
+	tokenClaims(tee: string): Record<string, unknown> {
+		return JSON.parse(
+			Buffer.from(this.token.split(".")[1] as string, "base64url").toString(),
+		).submods[tee]["dadi.claims"];
 	}
 
 	/** auth + attest, both expected to succeed. */
