@@ -45,40 +45,104 @@ export interface Swtpm {
 }
 
 export async function startSwtpm(): Promise<Swtpm> {
-	const dir = mkdtempSync(join(tmpdir(), "dadi-swtpm-"));
-	// tpm2-tools' swtpm TCTI finds the control channel at port + 1
-	const port = await freePort();
-	const ctrl = port + 1;
-	const proc: ChildProcess = spawn(
-		"swtpm",
-		[
-			"socket",
-			"--tpm2",
-			"--tpmstate",
-			`dir=${dir}`,
-			"--server",
-			`type=tcp,port=${port},bindaddr=127.0.0.1`,
-			"--ctrl",
-			`type=tcp,port=${ctrl},bindaddr=127.0.0.1`,
-			"--flags",
-			"not-need-init,startup-clear",
-		],
-		{ stdio: "ignore" },
-	);
-	const tcti = `swtpm:port=${port}`;
-	const tpm2 = (tool: string, args: string[]) =>
-		execFileSync(tool, args, {
-			cwd: dir,
-			env: { ...process.env, TPM2TOOLS_TCTI: tcti },
-			stdio: ["ignore", "pipe", "pipe"],
-		}).toString();
-	try {
-		provision(tpm2);
-	} catch (e) {
-		proc.kill();
-		rmSync(dir, { recursive: true, force: true });
-		throw e;
+	// The two ports are picked free and then given to swtpm, so another process may take one in
+	// between (the whole suite runs in parallel): swtpm then exits at once, and a new pair is tried.
+	let lastError = "";
+	for (let attempt = 0; attempt < 5; attempt++) {
+		const dir = mkdtempSync(join(tmpdir(), "dadi-swtpm-"));
+		// tpm2-tools' swtpm TCTI finds the control channel at port + 1
+		const port = await freePortPair();
+		const proc: ChildProcess = spawn(
+			"swtpm",
+			[
+				"socket",
+				"--tpm2",
+				"--tpmstate",
+				`dir=${dir}`,
+				"--server",
+				`type=tcp,port=${port},bindaddr=127.0.0.1`,
+				"--ctrl",
+				`type=tcp,port=${port + 1},bindaddr=127.0.0.1`,
+				"--flags",
+				"not-need-init,startup-clear",
+			],
+			{ stdio: ["ignore", "ignore", "pipe"] },
+		);
+		let stderr = "";
+		proc.stderr?.on("data", (d: Buffer) => {
+			stderr += d.toString();
+		});
+		let exited = false;
+		proc.on("exit", () => {
+			exited = true;
+		});
+		const tcti = `swtpm:port=${port}`;
+		const tpm2 = (tool: string, args: string[]) =>
+			execFileSync(tool, args, {
+				cwd: dir,
+				env: { ...process.env, TPM2TOOLS_TCTI: tcti },
+				stdio: ["ignore", "pipe", "pipe"],
+			}).toString();
+		const cleanup = () => {
+			proc.kill();
+			rmSync(dir, { recursive: true, force: true });
+		};
+		const ready = await waitReady(tpm2, () => exited);
+		if (!ready) {
+			cleanup();
+			lastError = `swtpm on ports ${port}/${port + 1} ${exited ? "exited" : "did not answer in 10 s"}: ${stderr.trim()}`;
+			continue;
+		}
+		try {
+			provision(tpm2);
+		} catch (e) {
+			cleanup();
+			throw e;
+		}
+		return swtpmHandle(dir, tcti, tpm2, cleanup);
 	}
+	throw new Error(`could not start swtpm: ${lastError}`);
+}
+
+async function freePortPair(): Promise<number> {
+	for (;;) {
+		const port = await freePort();
+		if (port < 65535 && (await portFree(port + 1))) return port;
+	}
+}
+
+async function portFree(port: number): Promise<boolean> {
+	return new Promise((resolve) => {
+		const s = createServer();
+		s.once("error", () => resolve(false));
+		s.listen(port, "127.0.0.1", () => s.close(() => resolve(true)));
+	});
+}
+
+/** Polls the TPM (without blocking the event loop between tries) until it answers, it exits, or 10 s. */
+async function waitReady(
+	tpm2: (tool: string, args: string[]) => string,
+	exited: () => boolean,
+): Promise<boolean> {
+	const until = Date.now() + 10_000;
+	while (Date.now() < until) {
+		if (exited()) return false;
+		try {
+			tpm2("tpm2_getrandom", ["--hex", "4"]);
+			return true;
+		} catch {
+			await new Promise((r) => setTimeout(r, 50));
+		}
+	}
+	return false;
+}
+
+function swtpmHandle(
+	dir: string,
+	tcti: string,
+	tpm2: (tool: string, args: string[]) => string,
+	cleanup: () => void,
+): Swtpm {
 	const hex = (n: number) => `0x${n.toString(16).padStart(8, "0")}`;
 	return {
 		tcti,
@@ -102,25 +166,12 @@ export async function startSwtpm(): Promise<Swtpm> {
 			writeFileSync(join(dir, "nv.bin"), data);
 			tpm2("tpm2_nvwrite", [hex(index), "-C", "o", "-i", "nv.bin"]);
 		},
-		stop() {
-			proc.kill();
-			rmSync(dir, { recursive: true, force: true });
-		},
+		stop: cleanup,
 	};
 }
 
-/** Waits for the TPM, then makes the EK and the AK and persists the AK at 0x81000003. */
+/** Makes the EK and the AK and persists the AK at 0x81000003. */
 function provision(tpm2: (tool: string, args: string[]) => string): void {
-	const until = Date.now() + 10_000;
-	for (;;) {
-		try {
-			tpm2("tpm2_getrandom", ["--hex", "4"]);
-			break;
-		} catch (e) {
-			if (Date.now() > until) throw e;
-			execFileSync("sleep", ["0.05"]);
-		}
-	}
 	tpm2("tpm2_createek", ["-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
 	tpm2("tpm2_createak", [
 		"-C",
