@@ -1,4 +1,5 @@
 /** `dadi-snapshotter serve`: the snapshots gRPC service on a unix socket until SIGINT/SIGTERM. */
+import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Command } from "commander";
@@ -189,11 +190,25 @@ function sealedLayersFor(
 		mode: "host",
 		host: new HostImages({
 			root,
-			guestProgram: fileURLToPath(new URL("../dadi-guest.js", import.meta.url)),
+			guestProgram: guestProgram(),
 			serveArgs: keys ? [...keys, ...registry] : undefined,
 			cacheDir: o.cacheDir ? resolve(o.cacheDir) : undefined,
 			log,
 		}),
 		log,
 	});
+}
+
+/**
+ * What host mode starts for an image: the single-file dadi-guest that `npm run build` writes
+ * beside dist/src (it starts in about half the time: one file instead of ~300 modules), or the
+ * module entry point when the bundle is not there (a build without it).
+ */
+export function guestProgram(): string {
+	const bundle = fileURLToPath(
+		new URL("../../../guest/dadi-guest.mjs", import.meta.url),
+	);
+	return existsSync(bundle)
+		? bundle
+		: fileURLToPath(new URL("../dadi-guest.js", import.meta.url));
 }
