@@ -6,6 +6,12 @@
  */
 import { createHash } from "node:crypto";
 import { DadiError } from "../errors.js";
+import { HEADER_SIZE, TRAILER_SIZE } from "../format/constants.js";
+import {
+	decodeTrailer,
+	indexLengthOf,
+	indexOffsetOf,
+} from "../format/trailer.js";
 import {
 	checkSealedImage,
 	type KeySource,
@@ -22,6 +28,7 @@ import {
 	formatDockerReference,
 } from "../oci/docker-reference.js";
 import { MT_OCI_MANIFEST } from "../oci/media-types.js";
+import type { SealedLayerEntry } from "../oci/sealed-config.js";
 import { blobStream } from "../registry/blob-download.js";
 import {
 	RegistryClient,
@@ -142,18 +149,32 @@ export async function openRemoteSealedImage(
 			tuning: { ...DEFAULT_TUNING, ...o.tuning },
 			stallLog: new StallLog(o.log),
 		};
+		const count = layerCount(o.layers, image.config.layers.length);
+		const blobs = image.config.layers
+			.slice(0, count)
+			.map(
+				(l, i) =>
+					new RemoteBlob(
+						ctx,
+						image.manifest.layers[i] as Descriptor,
+						`${layerAt(i, image.config.layers.length)} (${l.digest.slice(0, 19)}…)`,
+					),
+			);
+		// The layers' header, trailer and index are fetched while the key is being obtained (a
+		// broker exchange takes round trips of its own); the open below then finds them cached and
+		// checks them as always.
+		const warm = blobs.map((b, i) =>
+			warmLayerMetadata(b, image.config.layers[i] as SealedLayerEntry),
+		);
+		const imageKey = await resolveKey(key, image);
+		await Promise.all(warm);
 		const opened = await openLayers(
 			image,
-			await resolveKey(key, image),
-			async (desc, i) =>
-				new RemoteBlob(
-					ctx,
-					desc,
-					`${layerAt(i, image.config.layers.length)} (${desc.digest.slice(0, 19)}…)`,
-				),
+			imageKey,
+			async (_desc, i) => blobs[i] as RemoteBlob,
 			(desc, what, onBytes) =>
 				checkRemoteBlob(client, ref.repository, desc, what, onBytes),
-			layerCount(o.layers, image.config.layers.length),
+			count,
 		);
 		return {
 			...opened,
@@ -171,6 +192,30 @@ export async function openRemoteSealedImage(
 		await disk?.close().catch(() => {});
 		await client.close();
 		throw e;
+	}
+}
+
+/**
+ * Fetches a layer's header, trailer and (located by the trailer) index into the caches, without
+ * trusting them: nothing is decided here. The bytes are checked when the layer is opened with its
+ * key, which reads them again from the cache. An index larger than the sealed config allows is not
+ * fetched; any failure is left for the open to meet and report.
+ */
+async function warmLayerMetadata(
+	blob: RemoteBlob,
+	entry: SealedLayerEntry,
+): Promise<void> {
+	try {
+		if (blob.size < HEADER_SIZE + TRAILER_SIZE) return;
+		const [, tail] = await Promise.all([
+			blob.read(0, HEADER_SIZE),
+			blob.read(blob.size - TRAILER_SIZE, TRAILER_SIZE),
+		]);
+		const trailer = decodeTrailer(tail, blob.size);
+		if (trailer.extentCount > entry.storedChunks + entry.zeroChunks) return;
+		await blob.read(indexOffsetOf(trailer), indexLengthOf(trailer));
+	} catch {
+		// the open fetches and checks again, and reports what is wrong
 	}
 }
 
