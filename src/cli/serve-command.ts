@@ -10,20 +10,16 @@ import {
 	startServing,
 } from "../guest/serve.js";
 import { TraceRecording } from "../guest/trace-recording.js";
-import {
-	type PrefetchMode,
-	parsePrefetchMode,
-	TraceReplay,
-	type TraceReplayJson,
-} from "../guest/trace-replay.js";
+import { TraceReplay, type TraceReplayJson } from "../guest/trace-replay.js";
 import type { OpenedImage } from "../image/open-image.js";
 import { writeFileAtomic } from "../oci/layout.js";
 import { runConfigOf } from "../runtime/run-config.js";
 import { handleSignals } from "../temp-files.js";
-import { formatBytes, parseSize, printJson, runAction } from "./common.js";
+import { formatBytes, printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
+import { traceFlags } from "./trace-options.js";
 
 interface ServeFlags extends LazyFlags, KeyFlags {
 	nbd?: string;
@@ -265,69 +261,6 @@ async function writeRunConfig(file: string, image: OpenedImage): Promise<void> {
 			}
 		: {};
 	await writeFileAtomic(file, `${JSON.stringify(doc)}\n`, 0o600);
-}
-
-/** The trace recording and replay flags, checked. */
-export function traceFlags(opts: {
-	recordTrace?: string;
-	traceBudgetMs?: string;
-	traceBudgetBytes?: string;
-	prefetch?: string;
-	prefetchBudget?: string;
-}): {
-	record?: string;
-	budgetMs?: number;
-	budgetBytes?: number;
-	prefetch: PrefetchMode;
-	prefetchBudget?: number;
-} {
-	if (!opts.recordTrace && (opts.traceBudgetMs || opts.traceBudgetBytes))
-		throw new DadiError(
-			"USAGE",
-			"--trace-budget-ms and --trace-budget-bytes apply with --record-trace",
-		);
-	let budgetMs: number | undefined;
-	if (opts.traceBudgetMs !== undefined) {
-		budgetMs = Number(opts.traceBudgetMs);
-		if (
-			!/^\d{1,10}$/.test(opts.traceBudgetMs) ||
-			budgetMs < 1 ||
-			budgetMs > 86_400_000
-		)
-			throw new DadiError(
-				"USAGE",
-				`--trace-budget-ms "${opts.traceBudgetMs}": whole milliseconds, 1 to 86400000`,
-			);
-	}
-	const budgetBytes =
-		opts.traceBudgetBytes === undefined
-			? undefined
-			: parseSize(opts.traceBudgetBytes, "--trace-budget-bytes");
-	// Recording measures a cold start: replaying a trace would put its chunks into the new one.
-	const prefetch =
-		opts.prefetch === undefined && opts.recordTrace
-			? "none"
-			: parsePrefetchMode(opts.prefetch);
-	if (opts.recordTrace && prefetch !== "none")
-		throw new DadiError(
-			"USAGE",
-			"--record-trace records a cold start: give it with --prefetch none (or without --prefetch)",
-		);
-	if (opts.prefetchBudget !== undefined && prefetch === "none")
-		throw new DadiError(
-			"USAGE",
-			"--prefetch-budget applies when a trace is replayed (--prefetch auto|trace)",
-		);
-	return {
-		record: opts.recordTrace,
-		budgetMs,
-		budgetBytes,
-		prefetch,
-		prefetchBudget:
-			opts.prefetchBudget === undefined
-				? undefined
-				: parseSize(opts.prefetchBudget, "--prefetch-budget"),
-	};
 }
 
 function describeReplay(t: TraceReplayJson): string {
