@@ -1,5 +1,5 @@
 /**
- * A start-up trace sealed to one image (docs/format.md §9.2). The trace is padded (padding.ts),
+ * A start-up trace sealed to one image (docs/format.md §10.2). The trace is padded (padding.ts),
  * then encrypted with AES-256-GCM under a key derived from the image key, with a random nonce:
  *
  *   blob = "DTRE" | version u8 (1) | 3 zero bytes | nonce (12) | ciphertext | tag (16)

@@ -1,5 +1,5 @@
 /**
- * Start-up access traces (docs/format.md §9): which chunks of which layer a workload read first,
+ * Start-up access traces (docs/format.md §10): which chunks of which layer a workload read first,
  * in first-read order, with the time of each first read. The plaintext reveals the image's access
  * pattern, so it is stored only in the operator's own file (0600) and travels sealed under a key
  * derived from the image key (trace-seal.ts).
