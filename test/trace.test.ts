@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
+import { traceFlags } from "../src/cli/trace-options.js";
 import {
 	openTrace,
 	sealTrace,
@@ -368,5 +369,40 @@ describe("trace referrer documents", () => {
 			"application/example",
 			TRACE_ARTIFACT_TYPE,
 		]);
+	});
+});
+
+describe("trace flags", () => {
+	it("recording implies --prefetch none; contradictions are USAGE", () => {
+		expect(traceFlags({})).toMatchObject({ prefetch: "auto" });
+		expect(
+			traceFlags({
+				recordTrace: "/x",
+				traceBudgetMs: "5000",
+				traceBudgetBytes: "1M",
+			}),
+		).toEqual({
+			record: "/x",
+			budgetMs: 5000,
+			budgetBytes: 1 << 20,
+			prefetch: "none",
+			prefetchBudget: undefined,
+		});
+		expect(
+			traceFlags({ prefetch: "trace", prefetchBudget: "64k" }),
+		).toMatchObject({ prefetch: "trace", prefetchBudget: 65536 });
+		for (const bad of [
+			{ prefetch: "always" },
+			{ traceBudgetMs: "10" },
+			{ recordTrace: "/x", prefetch: "auto" },
+			{ recordTrace: "/x", traceBudgetMs: "0" },
+			{ recordTrace: "/x", traceBudgetMs: "1.5" },
+			{ prefetch: "none", prefetchBudget: "1M" },
+			{ prefetchBudget: "lots" },
+		])
+			expect(
+				codeOf(() => traceFlags(bad)),
+				JSON.stringify(bad),
+			).toBe("USAGE");
 	});
 });

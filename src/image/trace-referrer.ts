@@ -76,7 +76,7 @@ export class RegistryReferrerStore implements ReferrerStore {
 	}
 	async getManifest(desc: Descriptor): Promise<Buffer> {
 		return (
-			await this.client.getManifest(this.repo, desc.digest, [desc.mediaType])
+			await this.client.getManifest(this.repo, desc.digest, [MT_OCI_MANIFEST])
 		).bytes;
 	}
 	getBlob(desc: Descriptor, max: number): Promise<Buffer> {
@@ -292,7 +292,13 @@ async function storeArtifact(
 	const tag = referrersTag(subjectDigest);
 	const old = await store.getTagged(tag);
 	const kept = old ? parseReferrersIndex(old, `${store.name}:${tag}`) : [];
-	const others = kept.filter((d) => d.artifactType !== TRACE_ARTIFACT_TYPE);
+	// Other referrers' entries are kept as they were written (every member, not only ours).
+	const raw = old
+		? ((parseJson(old, tag) as { manifests: unknown[] }).manifests ?? [])
+		: [];
+	const others = raw.filter(
+		(_m, i) => kept[i]?.artifactType !== TRACE_ARTIFACT_TYPE,
+	);
 	const index = {
 		schemaVersion: 2,
 		mediaType: MT_OCI_INDEX,
