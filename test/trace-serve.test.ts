@@ -416,4 +416,30 @@ describe("start-up traces", () => {
 		);
 		expect(JSON.parse(shown.stdout).entries).toBe(entries);
 	});
+
+	it("dadi-guest run replays the trace as well, and says so in its report", async () => {
+		const r = await runCli(BIN.guest, [
+			"run",
+			`docker://${reg.host}/${A}`,
+			"--key",
+			keyPath,
+			"--insecure",
+			"--block",
+			"loop",
+			"--json",
+			"--",
+			"/bin/busybox",
+			"cat",
+			"/etc/hello",
+		]);
+		expect(r.code, r.stderr).toBe(0);
+		expect(r.stdout).toMatch(/^hello from layer/);
+		const line = r.stderr.trimEnd().split("\n").pop() as string;
+		const report = JSON.parse(line.replace(/^DADI-RUN /, ""));
+		expect(report.trace).toMatchObject({
+			mode: "auto",
+			state: "done",
+			entries: decodeTrace(await readFile(traceFile)).length,
+		});
+	});
 });
