@@ -442,4 +442,40 @@ describe("start-up traces", () => {
 			entries: decodeTrace(await readFile(traceFile)).length,
 		});
 	});
+
+	it("SIGUSR1 writes the trace early; later reads are not recorded", async () => {
+		const early = join(dir, "early.trace");
+		const s = await serve(A, [
+			"--record-trace",
+			early,
+			"--trace-budget-ms",
+			"600000",
+		]);
+		try {
+			await readFile(join(s.mnt, "etc/hello"));
+			s.child.kill("SIGUSR1");
+			for (let i = 0; i < 100; i++) {
+				if (
+					await stat(early).then(
+						() => true,
+						() => false,
+					)
+				)
+					break;
+				await new Promise((r) => setTimeout(r, 50));
+			}
+			const first = decodeTrace(await readFile(early));
+			expect(first.length).toBeGreaterThan(0);
+			await readFile(join(s.mnt, "bin/busybox"));
+			expect(decodeTrace(await readFile(early))).toEqual(first);
+		} finally {
+			expect(await s.stop(), s.stderr()).toBe(0);
+		}
+		expect(s.stderr()).toMatch(/\(stopped: signal\)/);
+		const stats = JSON.parse(await readFile(s.statsFile, "utf8"));
+		expect(stats.recording).toMatchObject({
+			stoppedBy: "signal",
+			written: true,
+		});
+	});
 });

@@ -231,6 +231,7 @@ export function serveCommand(program: Command, prog: string): void {
 						);
 					const sig = await stopped;
 					log(`${sig}: shutting down`);
+					await recording?.finish("signal");
 				} finally {
 					process.off("SIGUSR1", onUsr1);
 					await recording?.finish("close");
