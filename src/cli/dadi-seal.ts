@@ -8,6 +8,7 @@ import { copyCommand } from "./seal/copy.js";
 import { inspectCommand } from "./seal/inspect.js";
 import { keygenCommand } from "./seal/keygen.js";
 import { sealCommand } from "./seal/seal.js";
+import { traceCommand } from "./seal/trace.js";
 import { verifyCommand } from "./seal/verify.js";
 import { VERSION } from "./version.js";
 
@@ -25,6 +26,7 @@ sealCommand(program);
 copyCommand(program);
 inspectCommand(program);
 verifyCommand(program);
+traceCommand(program);
 exportCommand(program, "dadi-seal");
 installSignalCleanup();
 await runProgram(program, process.argv);

@@ -11,6 +11,11 @@ import {
 	type SealedImageRef,
 } from "../image/open-image.js";
 import {
+	LayoutReferrerStore,
+	type ReferrerStore,
+	RegistryReferrerStore,
+} from "../image/trace-referrer.js";
+import {
 	loadRemoteSealedImage,
 	openRemoteSealedImage,
 } from "../lazy/open-remote.js";
@@ -44,12 +49,20 @@ export async function openForReading(
 	log?: (line: string) => void,
 	/** Wraps the key source (e.g. to time the broker exchange). */
 	wrapKey: (key: KeySource) => KeySource = (k) => k,
+	/**
+	 * Told as soon as the image's manifest and config are checked, before the key is asked for,
+	 * with where its referrers are (the registry repository or the layout): trace lookup.
+	 */
+	onImage?: (image: SealedImageRef, referrers: ReferrerStore) => void,
 ): Promise<ReadableImage> {
 	const ref = parseReference(refText);
 	const key = wrapKey(await keySourceFrom(keyFlags, log));
 	if (ref.transport === "docker") {
 		const o = await lazyOpenOptions(ref, flags);
 		o.log = log;
+		if (onImage)
+			o.onImage = (image, client) =>
+				onImage(image, new RegistryReferrerStore(client, ref.repository));
 		if (sequential)
 			o.tuning = { ...o.tuning, readAheadAfter: Number.MAX_SAFE_INTEGER };
 		const image = await openRemoteSealedImage(ref, key, o);
@@ -77,7 +90,15 @@ export async function openForReading(
 			"USAGE",
 			"--cache-dir, --stats and --layers apply to registry (docker://) images only",
 		);
-	const image = await openSealedImage(ref, key);
+	const image = await openSealedImage(
+		ref,
+		onImage
+			? async (img) => {
+					if (img.layout) onImage(img, new LayoutReferrerStore(img.layout));
+					return resolveKey(key, img);
+				}
+			: key,
+	);
 	return { image, name: image.name, finish: () => image.close() };
 }
 

@@ -29,6 +29,7 @@ import {
 	type RunReport,
 	reportLine,
 } from "../guest/run-report.js";
+import { TraceReplay } from "../guest/trace-replay.js";
 import { UndoStack } from "../guest/undo-stack.js";
 import type { KeySource } from "../image/open-image.js";
 import { writeFileAtomic } from "../oci/layout.js";
@@ -37,6 +38,7 @@ import { exitCodeFor } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading, type ReadableImage } from "./open-for-reading.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
+import { traceFlags } from "./trace-options.js";
 
 interface RunFlags extends LazyFlags, KeyFlags {
 	block?: string;
@@ -46,6 +48,8 @@ interface RunFlags extends LazyFlags, KeyFlags {
 	volume?: string;
 	registryAlias?: string[];
 	report?: string;
+	prefetch?: string;
+	prefetchBudget?: string;
 	json?: boolean;
 	verbose?: boolean;
 }
@@ -93,6 +97,14 @@ export function runCommand(program: Command, prog: string): void {
 			"--registry-alias <FROM=TO>",
 			"reach registry FROM at TO (HOST[:PORT] each; repeatable): the sandbox's address of the host's registry",
 			collect,
+		)
+		.option(
+			"--prefetch <auto|trace|none>",
+			"replay the image's attached start-up trace: auto (default) uses one when attached and usable, trace fails without a usable one, none skips it",
+		)
+		.option(
+			"--prefetch-budget <SIZE>",
+			"fetch at most this many bytes while replaying the start-up trace",
 		)
 		.option("--report <FILE>", "write the run report (JSON) to FILE")
 		.option(
@@ -156,6 +168,7 @@ async function runAction(
 	let signalled: NodeJS.Signals | undefined;
 	let started: StartedProcess | undefined;
 	let opened: ReadableImage | undefined;
+	let replay: TraceReplay | undefined;
 	let killTimer: NodeJS.Timeout | undefined;
 	let onSignal: (sig: NodeJS.Signals) => void = () => {};
 	const signalledP = new Promise<NodeJS.Signals>((r) => {
@@ -192,6 +205,9 @@ async function runAction(
 				"--nbd-device and --nbd-timeout apply with --block nbd",
 			);
 		const nbdTimeout = parseTimeout(opts.nbdTimeout);
+		const trace = traceFlags(opts);
+		replay = new TraceReplay(trace.prefetch, trace.prefetchBudget, say);
+		const tracing = replay;
 		const aliases: RegistryAlias[] = (opts.registryAlias ?? []).map(
 			parseRegistryAlias,
 		);
@@ -252,7 +268,8 @@ async function runAction(
 			{ ...opts, stats: undefined },
 			false,
 			say,
-			timedKey,
+			(k) => tracing.wrapKey(timedKey(k)),
+			tracing.onImage,
 		);
 		opened = await Promise.race([
 			opening,
@@ -268,6 +285,12 @@ async function runAction(
 		report.timingsMs.attest = ms(keyMs);
 		report.timingsMs.open = ms(performance.now() - openStart - keyMs);
 		checkpoint();
+		// The trace lookup ran alongside the key release and the layer opening; the prefetch runs
+		// alongside attaching, mounting and the container (only --prefetch trace waits for the check).
+		const image = opened.image;
+		const replaying = tracing.ready(image).then(() => tracing.start(image));
+		if (tracing.mode === "trace") await replaying;
+		else replaying.catch(() => {});
 		const imageConfig = await opened.image.imageConfig();
 		const code = await runContainer({
 			source: opened.image.disk,
@@ -303,6 +326,10 @@ async function runAction(
 	} finally {
 		clearTimeout(killTimer);
 		await undo.unwind();
+		if (replay) {
+			await replay.close();
+			if (replay.mode !== "none") report.trace = replay.toJSON();
+		}
 		if (opened) {
 			const s = opened.stats?.toJSON();
 			if (s)

@@ -9,6 +9,8 @@ import {
 	type Serving,
 	startServing,
 } from "../guest/serve.js";
+import { TraceRecording } from "../guest/trace-recording.js";
+import { TraceReplay, type TraceReplayJson } from "../guest/trace-replay.js";
 import type { OpenedImage } from "../image/open-image.js";
 import { writeFileAtomic } from "../oci/layout.js";
 import { runConfigOf } from "../runtime/run-config.js";
@@ -17,6 +19,7 @@ import { formatBytes, printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
+import { traceFlags } from "./trace-options.js";
 
 interface ServeFlags extends LazyFlags, KeyFlags {
 	nbd?: string;
@@ -26,6 +29,11 @@ interface ServeFlags extends LazyFlags, KeyFlags {
 	metrics?: string;
 	runConfig?: string;
 	statsInterval?: string;
+	recordTrace?: string;
+	traceBudgetMs?: string;
+	traceBudgetBytes?: string;
+	prefetch?: string;
+	prefetchBudget?: string;
 	json?: boolean;
 }
 
@@ -66,6 +74,26 @@ export function serveCommand(program: Command, prog: string): void {
 		.option(
 			"--stats-interval <SECONDS>",
 			"how often --stats FILE is rewritten (default 5)",
+		)
+		.option(
+			"--record-trace <FILE>",
+			"record the chunks the start-up reads (first-read order, with times) and write this plaintext trace to FILE, mode 0600, when a budget runs out, on SIGUSR1, or at stop (attach it with 'dadi-seal trace attach')",
+		)
+		.option(
+			"--trace-budget-ms <MS>",
+			"with --record-trace: stop recording this many ms after the start (default 30000)",
+		)
+		.option(
+			"--trace-budget-bytes <SIZE>",
+			"with --record-trace: stop recording once this many bytes of chunks are recorded",
+		)
+		.option(
+			"--prefetch <auto|trace|none>",
+			"replay the image's attached start-up trace: auto (default; none while --record-trace) uses one when attached and usable, trace fails without a usable one, none skips it",
+		)
+		.option(
+			"--prefetch-budget <SIZE>",
+			"fetch at most this many bytes while replaying the start-up trace",
 		)
 		.option("--json", "print the ready line as JSON");
 	addLazyOptions(addKeyOptions(c)).action(
@@ -109,6 +137,12 @@ export function serveCommand(program: Command, prog: string): void {
 					);
 				if (opts.fuse)
 					opts.fuse = await prepareMountPoint(opts.fuse, "--fuse", log);
+				const trace = traceFlags(opts);
+				const replay = new TraceReplay(
+					trace.prefetch,
+					trace.prefetchBudget,
+					log,
+				);
 				let stop: (sig: string) => void = () => {};
 				const stopped = new Promise<string>((r) => {
 					stop = r;
@@ -121,15 +155,39 @@ export function serveCommand(program: Command, prog: string): void {
 					{ ...opts, stats: undefined },
 					false,
 					log,
+					replay.wrapKey,
+					replay.onImage,
 				).catch((e) => {
 					handleSignals(undefined);
 					throw e;
 				});
 				let serving: Serving | undefined;
+				let recording: TraceRecording | undefined;
+				const onUsr1 = () => void recording?.finish("signal");
 				try {
+					if (trace.record) {
+						recording = new TraceRecording(
+							trace.record,
+							opened.image.disk,
+							{ budgetMs: trace.budgetMs, budgetBytes: trace.budgetBytes },
+							log,
+						);
+						process.on("SIGUSR1", onUsr1);
+					}
+					// The trace lookup ran alongside the key release and the layer opening; the
+					// prefetch runs alongside the mount.
+					const replaying = replay
+						.ready(opened.image)
+						.then(() => replay.start(opened.image));
+					if (replay.mode === "trace") await replaying;
+					else replaying.catch(() => {});
 					if (opts.runConfig)
 						await writeRunConfig(opts.runConfig, opened.image);
 					serving = await startServing({
+						extraStats: () => ({
+							...(replay.mode !== "none" ? { trace: replay.toJSON() } : {}),
+							...(recording ? { recording: recording.toJSON() } : {}),
+						}),
 						source: opened.image.disk,
 						lazy: opened.stats,
 						name: opened.name,
@@ -150,6 +208,8 @@ export function serveCommand(program: Command, prog: string): void {
 						mountedAt: serving.mountedAt,
 						loopDevice: serving.loopDevice,
 						metrics: serving.metrics,
+						...(replay.mode !== "none" ? { trace: replay.toJSON() } : {}),
+						...(recording ? { recording: recording.toJSON() } : {}),
 					};
 					if (opts.json) printJson(ready);
 					else
@@ -161,11 +221,21 @@ export function serveCommand(program: Command, prog: string): void {
 									? `\n  mounted   ${serving.mountedAt} (${serving.loopDevice}, read-only)`
 									: "",
 								serving.metrics ? `\n  metrics   ${serving.metrics}` : "",
+								replay.mode !== "none"
+									? `\n  trace     ${describeReplay(replay.toJSON())}`
+									: "",
+								recording
+									? `\n  recording ${recording.file} (start-up trace)`
+									: "",
 							].join("")}\n`,
 						);
 					const sig = await stopped;
 					log(`${sig}: shutting down`);
+					await recording?.finish("signal");
 				} finally {
+					process.off("SIGUSR1", onUsr1);
+					await recording?.finish("close");
+					await replay.close();
 					await serving?.close();
 					await opened.finish();
 					handleSignals(undefined);
@@ -192,4 +262,12 @@ async function writeRunConfig(file: string, image: OpenedImage): Promise<void> {
 			}
 		: {};
 	await writeFileAtomic(file, `${JSON.stringify(doc)}\n`, 0o600);
+}
+
+function describeReplay(t: TraceReplayJson): string {
+	if (t.state === "none") return "no start-up trace attached";
+	if (t.state === "refused")
+		return `start-up trace refused (${t.error?.code}): not used`;
+	if (t.state === "pending") return "looking up the start-up trace";
+	return `replaying the start-up trace: ${t.entries} chunks`;
 }

@@ -24,6 +24,8 @@ export const LABELS = {
 	configSiv: "dadi/v1/config-siv",
 	/** v2: the HMAC key of the file-system UUID of container images (seal/fs-identity.ts). */
 	fsIdentity: "dadi/v2/fs-identity",
+	/** The AES-256-GCM key of sealed start-up traces (trace-seal.ts, docs/format.md §10.2). */
+	traceKey: "dadi/v1/trace-key",
 } as const;
 
 export function hkdf32(

@@ -20,6 +20,9 @@ export interface GuestStatsJson {
 	readErrors: number;
 	readLatencyMs: { p50: number; p99: number; max: number };
 	fetched?: LazyStatsJson;
+	/** Start-up trace replay (--prefetch) and recording (--record-trace), when asked. */
+	trace?: unknown;
+	recording?: unknown;
 	updatedAt: string;
 }
 
@@ -32,6 +35,9 @@ export class GuestMetrics {
 	readonly buckets = new Array<number>(LATENCY_BUCKETS.length).fill(0);
 	/** Fine-grained latencies for the quantiles in --stats. */
 	readonly latency = new LatencyHistogram();
+
+	/** Extra members of the JSON (trace replay and recording state). */
+	extra?: () => Pick<GuestStatsJson, "trace" | "recording">;
 
 	constructor(readonly lazy?: LazyStats) {}
 
@@ -62,6 +68,7 @@ export class GuestMetrics {
 				max: round(this.latency.maxMs),
 			},
 			...(this.lazy ? { fetched: this.lazy.toJSON() } : {}),
+			...this.extra?.(),
 			updatedAt: new Date().toISOString(),
 		};
 	}

@@ -6,6 +6,8 @@
  * reference.
  */
 
+import type { TraceReplayJson } from "./trace-replay.js";
+
 export const REPORT_PREFIX = "DADI-RUN ";
 
 export interface RunTimings {
@@ -34,6 +36,8 @@ export interface RunReport {
 	timingsMs: RunTimings;
 	/** Lazy fetch statistics of a registry image. */
 	fetched?: { bytes: number; requests: number; chunks: number };
+	/** Start-up trace replay (--prefetch): whether one was found, its entries, the prefetch. */
+	trace?: TraceReplayJson;
 	/** VmHWM of dadi-guest itself (not the container), bytes. */
 	peakRssBytes?: number;
 	error?: { code: string; message: string };

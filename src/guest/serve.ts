@@ -76,6 +76,8 @@ export interface ServeOptions {
 	metrics?: { host: string; port: number };
 	statsFile?: string;
 	statsIntervalMs?: number;
+	/** Extra members of --stats (trace replay and recording). */
+	extraStats?: GuestMetrics["extra"];
 	log: (line: string) => void;
 }
 
@@ -97,6 +99,7 @@ export async function startServing(o: ServeOptions): Promise<Serving> {
 			"nothing to serve: give --nbd unix:PATH|tcp:HOST:PORT, --fuse DIR or --mount-at DIR",
 		);
 	const metrics = new GuestMetrics(o.lazy);
+	metrics.extra = o.extraStats;
 	const source = meteredSource(o.source, metrics);
 	const undo: { what: string; fn: () => Promise<void> }[] = [];
 	let closing: Promise<void> | undefined;

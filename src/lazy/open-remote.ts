@@ -63,6 +63,12 @@ export interface RemoteOpenOptions extends RegistryClientOptions {
 	log?: (line: string) => void;
 	/** Open only the bottom `layers` layers: the disk as it was after that layer. */
 	layers?: number;
+	/**
+	 * Told as soon as manifest and config are fetched and checked (before the key is asked for
+	 * and the layers opened), with the client: e.g. to look up the image's trace referrer
+	 * concurrently. Must not throw; the client is closed with the image.
+	 */
+	onImage?: (image: SealedImageRef, client: RegistryClient) => void;
 }
 
 export const DEFAULT_CACHE_BYTES = 10 * 2 ** 30;
@@ -133,6 +139,7 @@ export async function openRemoteSealedImage(
 	const memory = new MemoryChunkCache(o.memoryBytes ?? DEFAULT_MEMORY_BYTES);
 	try {
 		const image = await fetchSealedImage(client, ref);
+		o.onImage?.(image, client);
 		const pinned = image.pinned;
 		if (o.cacheDir)
 			disk = await DiskChunkCache.open(

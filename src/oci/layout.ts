@@ -273,10 +273,17 @@ export class OciLayout {
 			return d;
 		}
 		if (ref.tag === undefined) {
-			if (manifests.length === 1) return manifests[0] as Descriptor;
+			// Referrers (tag schema "sha256-<hex>", e.g. a dadi trace) are not images of their own.
+			const images = manifests.filter(
+				(m) =>
+					!/^sha256-[0-9a-f]{64}$/.test(
+						m.annotations?.[ANNOTATION_REF_NAME] ?? "",
+					),
+			);
+			if (images.length === 1) return images[0] as Descriptor;
 			throw new DadiError(
 				"USAGE",
-				`${this.dir}: holds ${manifests.length} images; name one as oci:${this.dir}:TAG`,
+				`${this.dir}: holds ${images.length} images; name one as oci:${this.dir}:TAG`,
 			);
 		}
 		const d = manifests.find(

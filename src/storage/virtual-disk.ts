@@ -120,8 +120,15 @@ export class VirtualDisk {
 		if (c < end) yield { kind: "zero", first: c, count: end - c };
 	}
 
+	/**
+	 * Told of every data run before it is read (start-up trace recording); must not throw.
+	 * Reads of shadowed chunks (authenticateShadowed) are not runs and are not reported.
+	 */
+	onRun?: (run: Run & { kind: "data" }) => void;
+
 	/** Plaintext of the chunks of one data run, decrypted and authenticated, with one read. */
 	async readRun(run: Run & { kind: "data" }): Promise<Buffer[]> {
+		this.onRun?.(run);
 		const layer = this.layers[run.layer] as SealedLayer;
 		return layer.readPieces(run.pieces);
 	}

@@ -1,6 +1,8 @@
 /** `dadi-seal copy SRC DEST`: move an image between OCI layouts and registries. */
 import type { Command } from "commander";
 import { DadiError } from "../../errors.js";
+import { copyTrace, storeOfEndpoint } from "../../image/trace-referrer.js";
+import { MT_OCI_MANIFEST } from "../../oci/media-types.js";
 import {
 	formatReference,
 	parseReference,
@@ -21,6 +23,12 @@ import {
 	type RegistryFlags,
 	registryClientOptions,
 } from "../registry-options.js";
+
+/** The start-up trace referrer copied along with an image. */
+export interface CopiedTrace {
+	artifact: string;
+	bytes: number;
+}
 
 export interface OpenEndpoint {
 	endpoint: ImageEndpoint;
@@ -63,20 +71,35 @@ export async function copyBetween(
 	dest: Reference,
 	flags: RegistryFlags & { platform?: string; quiet?: boolean; json?: boolean },
 	texts: [string, string],
-): Promise<CopyResult> {
+): Promise<CopyResult & { trace?: CopiedTrace }> {
 	const from = await openEndpoint(src, "source", flags, texts[0]);
 	try {
 		const to = await openEndpoint(dest, "destination", flags, texts[1]);
 		try {
 			const progress = new Progress(!flags.quiet, Boolean(flags.json));
+			let r: CopyResult;
 			try {
-				return await copyImage(from.endpoint, to.endpoint, {
+				r = await copyImage(from.endpoint, to.endpoint, {
 					platform: flags.platform ? parsePlatform(flags.platform) : undefined,
 					onProgress: (e) => progress.report(e),
 				});
 			} finally {
 				progress.done();
 			}
+			// The image's start-up trace (a referrer of its manifest) goes along, still sealed: the
+			// manifest digest it is bound to is the same at the destination.
+			const fromStore = storeOfEndpoint(from.endpoint);
+			const toStore = storeOfEndpoint(to.endpoint);
+			const trace =
+				fromStore && toStore && r.manifest.mediaType === MT_OCI_MANIFEST
+					? await copyTrace(fromStore, toStore, r.manifest.digest)
+					: undefined;
+			return trace
+				? {
+						...r,
+						trace: { artifact: trace.manifest.digest, bytes: trace.bytes },
+					}
+				: r;
 		} finally {
 			await to.close();
 		}
@@ -132,11 +155,12 @@ export function copyCommand(program: Command): void {
 						blobs: r.blobs,
 						bytesCopied: r.bytesCopied,
 						totalBytes: r.totalBytes,
+						trace: r.trace ?? null,
 						seconds,
 					});
 				else
 					process.stdout.write(
-						`copied ${srcText} to ${destText} (${r.manifest.digest}): ${r.blobs.uploaded} blobs copied (${formatBytes(r.bytesCopied)}), ${r.blobs.exists} already there, ${r.blobs.mounted} mounted, ${seconds.toFixed(2)} s\n`,
+						`copied ${srcText} to ${destText} (${r.manifest.digest}): ${r.blobs.uploaded} blobs copied (${formatBytes(r.bytesCopied)}), ${r.blobs.exists} already there, ${r.blobs.mounted} mounted${r.trace ? `, start-up trace ${r.trace.artifact.slice(0, 19)}… copied along` : ""}, ${seconds.toFixed(2)} s\n`,
 					);
 			}),
 	);
