@@ -24,8 +24,25 @@ export interface LazyStatsJson {
 	diskHits: number;
 	/** Chunk reads that joined a fetch already in flight. */
 	sharedFetches: number;
-	/** Chunks fetched ahead of demand, and how many of them were later used. */
+	/** Chunks fetched ahead of demand by sequential read-ahead. */
 	readAheadChunks: number;
+	/** Chunks, bytes and range requests fetched by prefetch (src/lazy/prefetch.ts). */
+	prefetchChunks: number;
+	prefetchBytes: number;
+	prefetchRequests: number;
+	/** Prefetched chunks later read on demand (from the caches or by joining the prefetch). */
+	prefetchUsed: number;
+	/** Demand fetches that found every slot taken and waited: count and total ms. */
+	demandWaitedForSlot: { count: number; ms: number };
+	/** Of those, waits that began while speculation (read-ahead, prefetch) held a slot. */
+	demandWaitedBehindSpeculative: number;
+	/** Chunk reads that joined a speculative fetch in flight (also counted in sharedFetches). */
+	demandJoinedSpeculative: number;
+	/**
+	 * Of those, reads whose speculative fetch had not answered within the promotion delay (or
+	 * failed), so they issued their own demand request for just their chunk (first answer wins).
+	 */
+	demandPromoted: number;
 	/** Chunks (or metadata) fetched again from the origin because they failed to authenticate. */
 	refetches: number;
 	/** Failed attempts that were retried (429, 5xx, resets, bad Content-Range). */
@@ -56,12 +73,28 @@ export class LazyStats {
 	diskHits = 0;
 	sharedFetches = 0;
 	readAheadChunks = 0;
+	prefetchChunks = 0;
+	prefetchBytes = 0;
+	prefetchRequests = 0;
+	prefetchUsed = 0;
+	demandWaits = 0;
+	demandWaitMs = 0;
+	demandWaitedBehindSpeculative = 0;
+	demandJoinedSpeculative = 0;
+	demandPromoted = 0;
 	refetches = 0;
 	retries = 0;
 	stalls = 0;
 	hedges = 0;
 	stallFailures = 0;
 	readonly #latency = new LatencyHistogram();
+
+	/** Records a demand fetch's wait for a limiter slot (LimiterHooks.demandWaited). */
+	demandWaited(ms: number, behindSpeculative: boolean): void {
+		this.demandWaits++;
+		this.demandWaitMs += ms;
+		if (behindSpeculative) this.demandWaitedBehindSpeculative++;
+	}
 
 	/** Records one exchange's latency (ms). */
 	latency(ms: number): void {
@@ -81,6 +114,17 @@ export class LazyStats {
 			diskHits: this.diskHits,
 			sharedFetches: this.sharedFetches,
 			readAheadChunks: this.readAheadChunks,
+			prefetchChunks: this.prefetchChunks,
+			prefetchBytes: this.prefetchBytes,
+			prefetchRequests: this.prefetchRequests,
+			prefetchUsed: this.prefetchUsed,
+			demandWaitedForSlot: {
+				count: this.demandWaits,
+				ms: Math.round(this.demandWaitMs * 10) / 10,
+			},
+			demandWaitedBehindSpeculative: this.demandWaitedBehindSpeculative,
+			demandJoinedSpeculative: this.demandJoinedSpeculative,
+			demandPromoted: this.demandPromoted,
 			refetches: this.refetches,
 			retries: this.retries,
 			stalls: this.stalls,

@@ -1,0 +1,241 @@
+/**
+ * Prefetch: bringing the ciphertext of chunks that will be read soon (a recorded trace, or the
+ * file-system metadata found at open) into the caches, in the order given, as a low-priority
+ * neighbour of on-demand reads. Chunks adjacent in a layer's blob are coalesced into one range
+ * request (up to `maxRequestBytes`), a few requests run at once (`concurrency`), chunks already
+ * cached or in flight are skipped, and the whole stops at `budgetBytes`. Nothing is decrypted
+ * here: reads authenticate the chunks later (and a prefetched chunk that fails is fetched again
+ * by the read). Prefetch requests are speculative for the image's limiter: they never take the
+ * slots reserved for demand, and a read that joins one is promoted to its own request if the
+ * prefetch is slow (src/lazy/remote-blob.ts). It never rejects: a failure ends it with
+ * stoppedBy "error".
+ */
+import { findExtent, isZeroExtent, storedOffsetOf } from "../format/extents.js";
+import {
+	type ChunkedSource,
+	isChunkedSource,
+	type StoredRange,
+} from "../storage/source.js";
+import type { VirtualDisk } from "../storage/virtual-disk.js";
+
+/** Layer index in the image (0 = bottom), chunk index (same numbering as the virtual disk's chunks). */
+export interface PrefetchItem {
+	layer: number;
+	chunk: number;
+}
+
+export interface PrefetchOptions {
+	/** Stop once this many stored bytes were requested (default: no bound). */
+	budgetBytes?: number;
+	/** Prefetch requests in flight at once (default 4; the limiter's reserve still applies). */
+	concurrency?: number;
+	/** Largest single prefetch request (default 1 MiB). */
+	maxRequestBytes?: number;
+	signal?: AbortSignal;
+}
+
+export interface PrefetchResult {
+	/** Chunks fetched, their stored bytes, and the range requests that carried them. */
+	chunks: number;
+	bytes: number;
+	requests: number;
+	/** Chunks skipped because they were cached or in flight already. */
+	alreadyHad: number;
+	stoppedBy: "done" | "budget" | "abort" | "error";
+	ms: number;
+	error?: string;
+}
+
+export const DEFAULT_PREFETCH_CONCURRENCY = 4;
+export const DEFAULT_PREFETCH_REQUEST_BYTES = 1 << 20;
+
+interface Wanted {
+	layer: number;
+	range: StoredRange;
+}
+
+/** Stored ranges of the items, in the given order, without duplicates and what is not stored. */
+export function storedRangesOf(
+	disk: VirtualDisk,
+	items: readonly PrefetchItem[],
+): Wanted[] {
+	const out: Wanted[] = [];
+	const seen = new Set<string>();
+	for (const it of items) {
+		const layer = disk.layers[it.layer];
+		if (
+			layer === undefined ||
+			!Number.isSafeInteger(it.layer) ||
+			!Number.isSafeInteger(it.chunk) ||
+			it.chunk < 0 ||
+			it.chunk >= layer.chunkCount
+		)
+			continue;
+		const e = findExtent(layer.extents, it.chunk);
+		if (e === undefined || isZeroExtent(e)) continue;
+		const range = {
+			offset: storedOffsetOf(e, it.chunk),
+			length: e.storedLength,
+		};
+		const id = `${it.layer}/${range.offset}`;
+		if (seen.has(id)) continue;
+		seen.add(id);
+		out.push({ layer: it.layer, range });
+	}
+	return out;
+}
+
+/**
+ * Groups wanted chunks into requests: each group starts at the first chunk not yet taken (trace
+ * order) and grows over chunks of the same layer adjacent in the blob (after it, then before it)
+ * that are also wanted, up to `maxBytes`. Groups come out in the order of their first chunk, each
+ * sorted by blob offset.
+ */
+export function groupRequests(
+	wanted: readonly Wanted[],
+	maxBytes: number,
+): Wanted[][] {
+	const byStart = new Map<string, number>();
+	const byEnd = new Map<string, number>();
+	wanted.forEach((w, i) => {
+		byStart.set(`${w.layer}/${w.range.offset}`, i);
+		byEnd.set(`${w.layer}/${w.range.offset + w.range.length}`, i);
+	});
+	const taken = new Uint8Array(wanted.length);
+	const groups: Wanted[][] = [];
+	for (let i = 0; i < wanted.length; i++) {
+		if (taken[i]) continue;
+		const w = wanted[i] as Wanted;
+		taken[i] = 1;
+		const after: Wanted[] = [];
+		const before: Wanted[] = [];
+		let bytes = w.range.length;
+		let end = w.range.offset + w.range.length;
+		for (;;) {
+			const j = byStart.get(`${w.layer}/${end}`);
+			if (j === undefined || taken[j]) break;
+			const n = wanted[j] as Wanted;
+			if (bytes + n.range.length > maxBytes) break;
+			taken[j] = 1;
+			after.push(n);
+			bytes += n.range.length;
+			end += n.range.length;
+		}
+		let start = w.range.offset;
+		for (;;) {
+			const j = byEnd.get(`${w.layer}/${start}`);
+			if (j === undefined || taken[j]) break;
+			const n = wanted[j] as Wanted;
+			if (bytes + n.range.length > maxBytes) break;
+			taken[j] = 1;
+			before.push(n);
+			bytes += n.range.length;
+			start -= n.range.length;
+		}
+		groups.push([...before.reverse(), w, ...after]);
+	}
+	return groups;
+}
+
+export async function prefetchChunks(
+	disk: VirtualDisk,
+	items: readonly PrefetchItem[],
+	o: PrefetchOptions = {},
+): Promise<PrefetchResult> {
+	const t0 = performance.now();
+	const r: PrefetchResult = {
+		chunks: 0,
+		bytes: 0,
+		requests: 0,
+		alreadyHad: 0,
+		stoppedBy: "done",
+		ms: 0,
+	};
+	const end = () => {
+		r.ms = Math.round((performance.now() - t0) * 10) / 10;
+		return r;
+	};
+	try {
+		const sources = disk.layers.map((l) =>
+			isChunkedSource(l.source) ? l.source : undefined,
+		);
+		if (sources.every((s) => s === undefined)) return end();
+		const budget = o.budgetBytes ?? Number.POSITIVE_INFINITY;
+		const concurrency = Math.max(
+			1,
+			Math.floor(o.concurrency ?? DEFAULT_PREFETCH_CONCURRENCY),
+		);
+		const maxBytes = Math.max(
+			1,
+			o.maxRequestBytes ?? DEFAULT_PREFETCH_REQUEST_BYTES,
+		);
+		const all = storedRangesOf(disk, items).filter(
+			(w) => sources[w.layer] !== undefined,
+		);
+		// Skip what is cached or in flight already (checked in batches: disk-cache lookups).
+		const wanted: Wanted[] = [];
+		for (let i = 0; i < all.length; i += 64) {
+			if (o.signal?.aborted) {
+				r.stoppedBy = "abort";
+				return end();
+			}
+			const batch = all.slice(i, i + 64);
+			const had = await Promise.all(
+				batch.map((w) => (sources[w.layer] as ChunkedSource).holds(w.range)),
+			);
+			batch.forEach((w, k) => {
+				if (had[k]) r.alreadyHad++;
+				else wanted.push(w);
+			});
+		}
+		const groups = groupRequests(wanted, maxBytes);
+		let next = 0;
+		let requested = 0;
+		const worker = async (): Promise<void> => {
+			while (r.stoppedBy === "done" && next < groups.length) {
+				if (o.signal?.aborted) {
+					r.stoppedBy = "abort";
+					return;
+				}
+				let g = groups[next++] as Wanted[];
+				let bytes = 0;
+				for (const w of g) bytes += w.range.length;
+				if (requested + bytes > budget) {
+					// Keep the chunks of the group that fit, from its first (trace-order) chunk on.
+					const fit: Wanted[] = [];
+					let b = 0;
+					for (const w of g) {
+						if (requested + b + w.range.length > budget) break;
+						fit.push(w);
+						b += w.range.length;
+					}
+					r.stoppedBy = "budget";
+					if (fit.length === 0) return;
+					g = fit;
+					bytes = b;
+				}
+				requested += bytes;
+				const src = sources[(g[0] as Wanted).layer] as ChunkedSource;
+				const got = await src.prefetch(g.map((w) => w.range));
+				r.chunks += got.chunks;
+				r.bytes += got.bytes;
+				r.requests += got.requests;
+				r.alreadyHad += g.length - got.chunks;
+			}
+		};
+		await Promise.all(
+			Array.from({ length: Math.min(concurrency, groups.length) }, () =>
+				worker().catch((e: unknown) => {
+					if (r.stoppedBy === "error") return;
+					r.stoppedBy = "error";
+					r.error = e instanceof Error ? e.message : String(e);
+				}),
+			),
+		);
+		return end();
+	} catch (e) {
+		r.stoppedBy = "error";
+		r.error = e instanceof Error ? e.message : String(e);
+		return end();
+	}
+}

@@ -1,0 +1,317 @@
+/**
+ * Prefetch and the request scheduler (src/lazy/prefetch.ts, limiter.ts, remote-blob.ts): chunks
+ * fetched in trace order into the caches, coalesced; speculation never holds the slots reserved
+ * for demand; a demand read that joins a stalled speculative fetch is promoted to its own request.
+ */
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { ImageKey } from "../src/crypto/image-key.js";
+import { Limiter } from "../src/lazy/limiter.js";
+import {
+	openRemoteSealedImage,
+	type RemoteOpenOptions,
+} from "../src/lazy/open-remote.js";
+import {
+	groupRequests,
+	type PrefetchResult,
+	prefetchChunks,
+} from "../src/lazy/prefetch.js";
+import { parseReference } from "../src/oci/reference.js";
+import { cleanupTempDirs, prng, sealDiskToRegistry, texty } from "./helpers.js";
+import {
+	type FaultProxy,
+	isBlobGet,
+	type ProxiedRequest,
+	startFaultProxy,
+} from "./registry/fault-proxy.js";
+import { type RunningRegistry, startRegistry } from "./registry/harness.js";
+
+const MiB = 1 << 20;
+const CHUNK = 64 * 1024;
+const STORED = CHUNK + 16;
+let reg: RunningRegistry;
+let proxy: FaultProxy;
+let key: ImageKey;
+let disk: Buffer;
+
+/** Held requests stay held: no hedge, no stall failure while the test runs. */
+const PATIENT: RemoteOpenOptions = {
+	insecure: true,
+	timeouts: {
+		connectMs: 5000,
+		headersMs: 120_000,
+		bodyMs: 120_000,
+		requestMs: 120_000,
+	},
+	tuning: { stallMs: 120_000, hedgeMs: 0 },
+};
+
+beforeAll(async () => {
+	reg = await startRegistry();
+	proxy = await startFaultProxy({ host: reg.host });
+	({ key, disk } = await sealDiskToRegistry(
+		reg.host,
+		"prefetch/disk:v1",
+		16 * MiB,
+		[
+			{ at: 0, bytes: prng("p", 9 * MiB) },
+			{ at: 10 * MiB, bytes: texty("q", 6 * MiB) },
+		],
+	));
+});
+
+afterAll(async () => {
+	await proxy?.close();
+	await reg?.stop();
+	await cleanupTempDirs();
+});
+
+async function open(o: RemoteOpenOptions = PATIENT) {
+	const ref = parseReference(`docker://${proxy.host}/prefetch/disk:v1`);
+	if (ref.transport !== "docker") throw new Error("ref");
+	return openRemoteSealedImage(ref, key, o);
+}
+
+/** Bytes a ranged request asks for (0 when it has no Range header). */
+function rangeLength(req: ProxiedRequest): number {
+	const m = /^bytes=(\d+)-(\d+)$/.exec(String(req.headers.range ?? ""));
+	return m ? Number(m[2]) - Number(m[1]) + 1 : 0;
+}
+
+const items = (first: number, n: number) =>
+	Array.from({ length: n }, (_, i) => ({ layer: 0, chunk: first + i }));
+
+describe("prefetchChunks", () => {
+	it("fetches in coalesced requests into the cache; later reads fetch nothing and count as used", async () => {
+		const image = await open();
+		try {
+			const r = await prefetchChunks(image.disk, items(0, 40), {
+				maxRequestBytes: 16 * STORED,
+			});
+			expect(r).toMatchObject({
+				chunks: 40,
+				bytes: 40 * STORED,
+				requests: 3,
+				alreadyHad: 0,
+				stoppedBy: "done",
+			});
+			const before = image.stats.rangeRequests;
+			const got = await image.disk.read(3 * CHUNK, 20 * CHUNK);
+			expect(got.equals(disk.subarray(3 * CHUNK, 23 * CHUNK))).toBe(true);
+			const s = image.stats.toJSON();
+			expect(s.rangeRequests).toBe(before);
+			expect(s.prefetchChunks).toBe(40);
+			expect(s.prefetchRequests).toBe(3);
+			expect(s.prefetchBytes).toBe(40 * STORED);
+			expect(s.prefetchUsed).toBe(20);
+			// again: everything is had already
+			const again = await prefetchChunks(image.disk, items(0, 40));
+			expect(again).toMatchObject({ chunks: 0, requests: 0, alreadyHad: 40 });
+		} finally {
+			await image.close();
+		}
+	});
+
+	it("skips zero chunks, out-of-range items and duplicates; stops at the budget and on abort", async () => {
+		const image = await open();
+		try {
+			const zeroChunk = (9 * MiB) / CHUNK + 2; // between the two regions
+			const r = await prefetchChunks(
+				image.disk,
+				[
+					{ layer: 0, chunk: 100 },
+					{ layer: 0, chunk: 100 },
+					{ layer: 0, chunk: zeroChunk },
+					{ layer: 1, chunk: 3 },
+					{ layer: 0, chunk: -1 },
+					{ layer: 0, chunk: 1e9 },
+					{ layer: 0.5, chunk: 3 },
+					...items(101, 9),
+				],
+				{ budgetBytes: 5 * STORED },
+			);
+			expect(r).toMatchObject({
+				chunks: 5,
+				bytes: 5 * STORED,
+				requests: 1,
+				stoppedBy: "budget",
+			});
+			const ac = new AbortController();
+			ac.abort();
+			const a = await prefetchChunks(image.disk, items(120, 4), {
+				signal: ac.signal,
+			});
+			expect(a).toMatchObject({ chunks: 0, requests: 0, stoppedBy: "abort" });
+		} finally {
+			await image.close();
+		}
+	});
+
+	it("never rejects: a registry that fails ends it with stoppedBy error", async () => {
+		const image = await open({
+			...PATIENT,
+			retry: {
+				attempts: 1,
+				baseDelayMs: 1,
+				maxDelayMs: 1,
+				maxRetryAfterMs: 1,
+			},
+		});
+		try {
+			proxy.setRule((req) =>
+				isBlobGet(true)(req) && rangeLength(req) > STORED
+					? { kind: "status", status: 404 }
+					: undefined,
+			);
+			const r = await prefetchChunks(image.disk, items(30, 8));
+			expect(r.stoppedBy).toBe("error");
+			expect(r.error).toBeTruthy();
+			proxy.setRule(undefined);
+			// the failed prefetch leaves nothing behind: a read fetches the chunk itself
+			const got = await image.disk.read(31 * CHUNK, CHUNK);
+			expect(got.equals(disk.subarray(31 * CHUNK, 32 * CHUNK))).toBe(true);
+		} finally {
+			proxy.setRule(undefined);
+			await image.close();
+		}
+	});
+});
+
+describe("the scheduler", () => {
+	it("A slow prefetch never delays an on-demand read", async () => {
+		const image = await open();
+		let release!: () => void;
+		const until = new Promise<void>((r) => {
+			release = r;
+		});
+		const held: ProxiedRequest[] = [];
+		try {
+			// Hold every multi-chunk range request (the prefetch's); single chunks pass.
+			proxy.setRule((req) => {
+				if (!isBlobGet(true)(req) || rangeLength(req) <= STORED)
+					return undefined;
+				held.push(req);
+				return { kind: "hold", until };
+			});
+			let settled: PrefetchResult | undefined;
+			// 8 groups of 15 chunks, 8 at once: all 8 limiter slots would be taken without the reserve
+			const prefetch = prefetchChunks(image.disk, items(0, 120), {
+				concurrency: 8,
+				maxRequestBytes: 15 * STORED,
+			}).then((r) => {
+				settled = r;
+				return r;
+			});
+			while (held.length < 6) await new Promise((r) => setTimeout(r, 10));
+			// (a) a chunk no prefetch touches
+			const a = await image.disk.read(200 * CHUNK, CHUNK);
+			expect(a.equals(disk.subarray(200 * CHUNK, 201 * CHUNK))).toBe(true);
+			// (b) a chunk inside a stalled prefetch request, and (c) one in a queued prefetch request
+			const b = await image.disk.read(5 * CHUNK + 100, 3000);
+			expect(b.equals(disk.subarray(5 * CHUNK + 100, 5 * CHUNK + 3100))).toBe(
+				true,
+			);
+			const c = await image.disk.read(110 * CHUNK, CHUNK);
+			expect(c.equals(disk.subarray(110 * CHUNK, 111 * CHUNK))).toBe(true);
+			// all three answered while the prefetch is still held
+			expect(settled).toBeUndefined();
+			expect(held.length).toBe(6); // the reserve: speculation took 6 of the 8 slots
+			const s = image.stats.toJSON();
+			expect(s.demandWaitedForSlot.count).toBe(0);
+			expect(s.demandWaitedBehindSpeculative).toBe(0);
+			expect(s.demandJoinedSpeculative).toBe(2);
+			expect(s.demandPromoted).toBe(2);
+			expect(s.prefetchRequests).toBe(0);
+			release();
+			const r = await prefetch;
+			expect(r).toMatchObject({ chunks: 120, requests: 8, stoppedBy: "done" });
+			const after = image.stats.toJSON();
+			expect(after.prefetchRequests).toBe(8);
+			expect(after.prefetchUsed).toBe(2);
+			// everything authenticates: read the prefetched stretch back
+			const all = await image.disk.read(0, 120 * CHUNK);
+			expect(all.equals(disk.subarray(0, 120 * CHUNK))).toBe(true);
+		} finally {
+			release();
+			proxy.setRule(undefined);
+			await image.close();
+		}
+	});
+});
+
+describe("Limiter", () => {
+	it("keeps the reserve for demand, and serves demand first", async () => {
+		const l = new Limiter(4);
+		expect(l.reserved).toBe(2);
+		const gates: (() => void)[] = [];
+		const gate = () => new Promise<void>((r) => gates.push(r));
+		const order: string[] = [];
+		const spec = [0, 1, 2].map((i) =>
+			l.run(async () => {
+				order.push(`s${i}`);
+				await gate();
+			}, true),
+		);
+		await new Promise((r) => setImmediate(r));
+		expect(order).toEqual(["s0", "s1"]);
+		const d = [0, 1, 2].map((i) =>
+			l.run(async () => {
+				order.push(`d${i}`);
+				await gate();
+			}),
+		);
+		await new Promise((r) => setImmediate(r));
+		expect(order).toEqual(["s0", "s1", "d0", "d1"]);
+		gates.shift()?.(); // s0 ends: the waiting demand goes before the waiting speculation
+		await new Promise((r) => setTimeout(r, 5));
+		expect(order).toEqual(["s0", "s1", "d0", "d1", "d2"]);
+		while (gates.length) {
+			gates.shift()?.();
+			await new Promise((r) => setTimeout(r, 5));
+		}
+		await Promise.all([...spec, ...d]);
+		expect(order).toEqual(["s0", "s1", "d0", "d1", "d2", "s2"]);
+		expect(l.running).toEqual({ all: 0, speculative: 0 });
+	});
+
+	it("with one slot, speculation may use it (no reserve is possible)", async () => {
+		const l = new Limiter(1);
+		expect(l.reserved).toBe(0);
+		expect(await l.run(async () => 7, true)).toBe(7);
+	});
+});
+
+describe("groupRequests", () => {
+	it("puts every chunk in exactly one contiguous group within the bound, in trace order", () => {
+		fc.assert(
+			fc.property(
+				fc.uniqueArray(fc.integer({ min: 0, max: 60 }), { maxLength: 60 }),
+				fc.integer({ min: 1, max: 8 }),
+				(chunks, per) => {
+					const wanted = chunks.map((c) => ({
+						layer: c % 2,
+						range: { offset: 4096 + c * 100, length: 100 },
+					}));
+					const groups = groupRequests(wanted, per * 100);
+					const seen = groups.flat();
+					expect(seen.length).toBe(wanted.length);
+					expect(new Set(seen).size).toBe(wanted.length);
+					for (const g of groups) {
+						expect(g.length).toBeLessThanOrEqual(per);
+						for (let i = 1; i < g.length; i++) {
+							expect(g[i]?.layer).toBe(g[0]?.layer);
+							expect(g[i]?.range.offset).toBe(
+								(g[i - 1]?.range.offset ?? 0) + 100,
+							);
+						}
+					}
+					// each group holds the earliest (trace order) chunk not in an earlier group
+					const firstIndex = groups.map((g) =>
+						Math.min(...g.map((w) => wanted.indexOf(w))),
+					);
+					expect([...firstIndex].sort((x, y) => x - y)).toEqual(firstIndex);
+				},
+			),
+		);
+	});
+});
