@@ -11,6 +11,9 @@
  * stoppedBy "error".
  */
 import { findExtent, isZeroExtent, storedOffsetOf } from "../format/extents.js";
+import { erofsMetadataRanges } from "../prefetch/erofs-meta.js";
+import { ext4MetadataRanges } from "../prefetch/ext4-meta.js";
+import { chunksOf, type DiskRange } from "../prefetch/ranges.js";
 import {
 	type ChunkedSource,
 	isChunkedSource,
@@ -238,4 +241,117 @@ export async function prefetchChunks(
 		r.error = e instanceof Error ? e.message : String(e);
 		return end();
 	}
+}
+
+/** What prefetchMetadata did: the prefetches summed up, and the chunks the walk found. */
+export interface MetadataPrefetchResult extends PrefetchResult {
+	fsType: string;
+	/** Disk chunks the file-system walk named (prefetched, had already, or left by a bound). */
+	metadataChunks: number;
+}
+
+export interface MetadataPrefetchOptions extends PrefetchOptions {
+	/** Bound on the chunks named (default: 256 MiB worth of chunks). */
+	maxChunks?: number;
+	/** Bound on bytes the walk reads to parse (inode tables, directories); default 64 MiB. */
+	maxReadBytes?: number;
+}
+
+/** The items for disk chunks: each from the layer the merged view shows it from. */
+export function itemsOfChunks(
+	disk: VirtualDisk,
+	chunks: readonly number[],
+): PrefetchItem[] {
+	const out: PrefetchItem[] = [];
+	for (const chunk of chunks) {
+		const layer = disk.layerOf(chunk);
+		if (layer >= 0) out.push({ layer, chunk });
+	}
+	return out;
+}
+
+/**
+ * Prefetches a file system's metadata without a trace: walks it (src/prefetch/ext4-meta.ts,
+ * erofs-meta.ts) reading what it must through the disk (the superblock and descriptors: demand
+ * reads of a few chunks; inode tables and directories after prefetching them), and prefetches
+ * what it found, superblock and descriptors first. Meant to run concurrently with the mount, not
+ * awaited before it. Never rejects; a "raw" disk or local (non-chunked) layers do nothing.
+ */
+export async function prefetchMetadata(
+	disk: VirtualDisk,
+	fsType: string,
+	o: MetadataPrefetchOptions = {},
+): Promise<MetadataPrefetchResult> {
+	const t0 = performance.now();
+	const r: MetadataPrefetchResult = {
+		fsType,
+		metadataChunks: 0,
+		chunks: 0,
+		bytes: 0,
+		requests: 0,
+		alreadyHad: 0,
+		stoppedBy: "done",
+		ms: 0,
+	};
+	const end = () => {
+		r.ms = Math.round((performance.now() - t0) * 10) / 10;
+		return r;
+	};
+	if (
+		(fsType !== "ext4" && fsType !== "erofs") ||
+		!disk.layers.some((l) => isChunkedSource(l.source))
+	)
+		return end();
+	const maxChunks =
+		o.maxChunks ?? Math.max(1, Math.floor((256 << 20) / disk.chunkSize));
+	const named = new Set<number>();
+	let budget = o.budgetBytes ?? Number.POSITIVE_INFINITY;
+	const add = (p: PrefetchResult) => {
+		r.chunks += p.chunks;
+		r.bytes += p.bytes;
+		r.requests += p.requests;
+		r.alreadyHad += p.alreadyHad;
+		budget -= p.bytes;
+		if (p.stoppedBy !== "done" && r.stoppedBy === "done") {
+			r.stoppedBy = p.stoppedBy;
+			if (p.error !== undefined) r.error = p.error;
+		}
+	};
+	/** Prefetches the chunks of `ranges` not named before (all of them, in order). */
+	const fetch = async (ranges: readonly DiskRange[]) => {
+		if (r.stoppedBy !== "done") return;
+		const fresh = chunksOf(
+			ranges,
+			disk.chunkSize,
+			disk.chunkCount,
+			maxChunks,
+		).filter((c) => !named.has(c));
+		const room = fresh.slice(0, Math.max(0, maxChunks - named.size));
+		for (const c of room) named.add(c);
+		r.metadataChunks = named.size;
+		if (room.length === 0) return;
+		add(
+			await prefetchChunks(disk, itemsOfChunks(disk, room), {
+				...o,
+				budgetBytes: budget,
+			}),
+		);
+	};
+	try {
+		const walk = fsType === "ext4" ? ext4MetadataRanges : erofsMetadataRanges;
+		const ranges = await walk((at, n) => disk.read(at, n), {
+			diskSize: disk.size,
+			maxReadBytes: o.maxReadBytes,
+			maxBytes: maxChunks * disk.chunkSize,
+			beforeRead: fetch,
+		});
+		if (o.signal?.aborted && r.stoppedBy === "done") r.stoppedBy = "abort";
+		await fetch(ranges);
+	} catch (e) {
+		if (r.stoppedBy === "done") {
+			r.stoppedBy = "error";
+			r.error = e instanceof Error ? e.message : String(e);
+		}
+	}
+	return end();
 }
