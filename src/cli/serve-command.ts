@@ -16,9 +16,14 @@ import { handleSignals } from "../temp-files.js";
 import { formatBytes, printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
+import {
+	addPrefetchOptions,
+	type PrefetchFlags,
+	startMetadataPrefetch,
+} from "./prefetch-option.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 
-interface ServeFlags extends LazyFlags, KeyFlags {
+interface ServeFlags extends LazyFlags, KeyFlags, PrefetchFlags {
 	nbd?: string;
 	nbdAllowRemote?: boolean;
 	fuse?: string;
@@ -68,7 +73,7 @@ export function serveCommand(program: Command, prog: string): void {
 			"how often --stats FILE is rewritten (default 5)",
 		)
 		.option("--json", "print the ready line as JSON");
-	addLazyOptions(addKeyOptions(c)).action(
+	addPrefetchOptions(addLazyOptions(addKeyOptions(c))).action(
 		async (refText: string, opts: ServeFlags) =>
 			runAction(`${prog} serve`, Boolean(opts.json), async () => {
 				const log = (line: string) =>
@@ -125,6 +130,8 @@ export function serveCommand(program: Command, prog: string): void {
 					handleSignals(undefined);
 					throw e;
 				});
+				// In the background, while the disk is attached and mounted.
+				void startMetadataPrefetch(opened, opts, log);
 				let serving: Serving | undefined;
 				try {
 					if (opts.runConfig)

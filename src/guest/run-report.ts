@@ -6,6 +6,8 @@
  * reference.
  */
 
+import type { MetadataPrefetchJson } from "../lazy/stats.js";
+
 export const REPORT_PREFIX = "DADI-RUN ";
 
 export interface RunTimings {
@@ -34,6 +36,8 @@ export interface RunReport {
 	timingsMs: RunTimings;
 	/** Lazy fetch statistics of a registry image. */
 	fetched?: { bytes: number; requests: number; chunks: number };
+	/** The metadata prefetch started at open (--prefetch-metadata), as it stood at the end. */
+	metadataPrefetch?: MetadataPrefetchJson;
 	/** VmHWM of dadi-guest itself (not the container), bytes. */
 	peakRssBytes?: number;
 	error?: { code: string; message: string };

@@ -52,6 +52,12 @@ export interface LazyStatsJson {
 	hedges: number;
 	/** Fetches that failed because nothing progressed for --stall-timeout (reads got EIO). */
 	stallFailures: number;
+	/**
+	 * The file-system metadata prefetch started at open (`dadi-guest serve`/`run`,
+	 * --prefetch-metadata): stoppedBy "running" until it ends, then its result
+	 * (src/lazy/prefetch.ts MetadataPrefetchResult). Absent when none was started.
+	 */
+	metadataPrefetch?: MetadataPrefetchJson;
 	latencyMs: {
 		p50: number;
 		p90: number;
@@ -60,6 +66,21 @@ export interface LazyStatsJson {
 		count: number;
 	};
 }
+
+/** MetadataPrefetchResult, or its start while it runs. */
+export type MetadataPrefetchJson =
+	| { fsType: string; stoppedBy: "running" }
+	| {
+			fsType: string;
+			metadataChunks: number;
+			chunks: number;
+			bytes: number;
+			requests: number;
+			alreadyHad: number;
+			stoppedBy: "done" | "budget" | "abort" | "error";
+			ms: number;
+			error?: string;
+	  };
 
 export class LazyStats {
 	rangeRequests = 0;
@@ -87,6 +108,7 @@ export class LazyStats {
 	stalls = 0;
 	hedges = 0;
 	stallFailures = 0;
+	metadataPrefetch?: MetadataPrefetchJson;
 	readonly #latency = new LatencyHistogram();
 
 	/** Records a demand fetch's wait for a limiter slot (LimiterHooks.demandWaited). */
@@ -130,6 +152,9 @@ export class LazyStats {
 			stalls: this.stalls,
 			hedges: this.hedges,
 			stallFailures: this.stallFailures,
+			...(this.metadataPrefetch
+				? { metadataPrefetch: { ...this.metadataPrefetch } }
+				: {}),
 			latencyMs: this.#latency.quantiles(),
 		};
 	}
