@@ -3,6 +3,8 @@
  * fetched in trace order into the caches, coalesced; speculation never holds the slots reserved
  * for demand; a demand read that joins a stalled speculative fetch is promoted to its own request.
  */
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ImageKey } from "../src/crypto/image-key.js";
@@ -15,9 +17,18 @@ import {
 	groupRequests,
 	type PrefetchResult,
 	prefetchChunks,
+	prefetchMetadata,
 } from "../src/lazy/prefetch.js";
 import { parseReference } from "../src/oci/reference.js";
-import { cleanupTempDirs, prng, sealDiskToRegistry, texty } from "./helpers.js";
+import { ext4MetadataRanges } from "../src/prefetch/ext4-meta.js";
+import { buildFilesystem } from "../src/rootfs/mkfs.js";
+import {
+	cleanupTempDirs,
+	prng,
+	sealDiskToRegistry,
+	tempDir,
+	texty,
+} from "./helpers.js";
 import {
 	type FaultProxy,
 	isBlobGet,
@@ -234,6 +245,60 @@ describe("the scheduler", () => {
 		} finally {
 			release();
 			proxy.setRule(undefined);
+			await image.close();
+		}
+	});
+});
+
+describe("prefetchMetadata", () => {
+	it("walks an ext4 disk through the lazy reader and prefetches its metadata; the walk again fetches nothing", async () => {
+		const dir = await tempDir();
+		const staging = join(dir, "rootfs");
+		for (let i = 0; i < 30; i++) {
+			await mkdir(join(staging, `d${i}/e`), { recursive: true });
+			await writeFile(join(staging, `d${i}/e/f`), prng(`f${i}`, 100_000));
+		}
+		await buildFilesystem({
+			fsType: "ext4",
+			staging,
+			out: join(dir, "fs.img"),
+			sizeBytes: 32 * MiB,
+			uuid: "01234567-89ab-cdef-0123-456789abcdef",
+			timestamp: 1_700_000_000,
+		});
+		const fs = await readFile(join(dir, "fs.img"));
+		const sealed = await sealDiskToRegistry(
+			reg.host,
+			"prefetch/ext4:v1",
+			fs.length,
+			[{ at: 0, bytes: fs }],
+		);
+		const ref = parseReference(`docker://${reg.host}/prefetch/ext4:v1`);
+		if (ref.transport !== "docker") throw new Error("ref");
+		const image = await openRemoteSealedImage(ref, sealed.key, PATIENT);
+		try {
+			const r = await prefetchMetadata(image.disk, "ext4");
+			expect(r.stoppedBy).toBe("done");
+			expect(r.fsType).toBe("ext4");
+			expect(r.metadataChunks).toBeGreaterThan(2);
+			expect(r.chunks).toBeGreaterThan(0);
+			expect(r.requests).toBeLessThan(r.chunks);
+			const s = image.stats.toJSON();
+			expect(s.prefetchChunks).toBe(r.chunks);
+			// the same walk again: all from the caches
+			const before = s.rangeRequests;
+			await ext4MetadataRanges((o, n) => image.disk.read(o, n), {
+				diskSize: image.disk.size,
+			});
+			expect(image.stats.rangeRequests).toBe(before);
+			// a raw disk or another type does nothing
+			const raw = await prefetchMetadata(image.disk, "raw");
+			expect(raw).toMatchObject({ chunks: 0, requests: 0, stoppedBy: "done" });
+			// garbage where a superblock should be: stoppedBy error, no rejection
+			const bad = await prefetchMetadata(image.disk, "erofs");
+			expect(bad.stoppedBy).toBe("error");
+			expect(bad.error).toMatch(/EROFS/);
+		} finally {
 			await image.close();
 		}
 	});
