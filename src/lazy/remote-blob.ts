@@ -26,6 +26,11 @@ export interface LazyTuning {
 	maxRequestBytes: number;
 	/** Largest read-ahead window. */
 	readAheadMaxBytes: number;
+	/**
+	 * Largest single read-ahead request: a window is fetched as several requests of this size in
+	 * parallel (within the limiter's speculative slots) rather than one large one.
+	 */
+	aheadRequestBytes: number;
 	/** Consecutive sequential reads before read-ahead starts. */
 	readAheadAfter: number;
 	/** A fetch with no progress (headers, body bytes) for this long fails: the read gets EIO. */
@@ -42,6 +47,7 @@ export interface LazyTuning {
 export const DEFAULT_TUNING: LazyTuning = {
 	maxRequestBytes: 4 << 20,
 	readAheadMaxBytes: 16 << 20,
+	aheadRequestBytes: 4 << 20,
 	readAheadAfter: 2,
 	stallMs: 5000,
 	hedgeMs: 1000,
@@ -346,14 +352,21 @@ export class RemoteBlob implements ChunkedSource {
 		let group: Want[] = [];
 		let groupEnd = -1;
 		let groupBytes = 0;
-		const max = this.ctx.tuning.maxRequestBytes;
+		let groupAhead = true;
+		const t = this.ctx.tuning;
 		for (const w of wants) {
 			const adjacent = w.range.offset === groupEnd;
+			const ahead = groupAhead && w.kind === "ahead";
+			const max = ahead
+				? Math.min(t.aheadRequestBytes, t.maxRequestBytes)
+				: t.maxRequestBytes;
 			if (!adjacent || groupBytes + w.range.length > max) {
 				if (group.length) this.#fetch(group).catch(() => {});
 				group = [];
 				groupBytes = 0;
+				groupAhead = true;
 			}
+			groupAhead &&= w.kind === "ahead";
 			group.push(w);
 			groupBytes += w.range.length;
 			groupEnd = w.range.offset + w.range.length;
