@@ -14,6 +14,7 @@ import {
 	type RemoteOpenOptions,
 } from "../src/lazy/open-remote.js";
 import {
+	fillGaps,
 	groupRequests,
 	type PrefetchResult,
 	prefetchChunks,
@@ -343,6 +344,36 @@ describe("Limiter", () => {
 		const l = new Limiter(1);
 		expect(l.reserved).toBe(0);
 		expect(await l.run(async () => 7, true)).toBe(7);
+	});
+});
+
+describe("fillGaps", () => {
+	it("fills gaps of at most N chunks up to the next named chunk, right after the chunk below", () => {
+		const named = new Set([1, 4, 10, 20, 21]);
+		expect(fillGaps([10, 1, 4, 20, 21], named, 2)).toEqual([
+			10, 1, 2, 3, 4, 20, 21,
+		]);
+		expect(named.has(2) && named.has(3)).toBe(true);
+		expect(fillGaps([5, 9], new Set([5, 9]), 0)).toEqual([5, 9]);
+		fc.assert(
+			fc.property(
+				fc.uniqueArray(fc.nat({ max: 200 }), { maxLength: 50 }),
+				fc.nat({ max: 4 }),
+				(chunks, gap) => {
+					const set = new Set(chunks);
+					const out = fillGaps(chunks, set, gap);
+					expect(new Set(out).size).toBe(out.length);
+					for (const c of chunks) expect(out).toContain(c);
+					for (const c of out)
+						if (!chunks.includes(c)) {
+							// a filled chunk lies in a gap of at most `gap` between two named chunks
+							const below = Math.max(...chunks.filter((x) => x < c));
+							const above = Math.min(...chunks.filter((x) => x > c));
+							expect(above - below - 1).toBeLessThanOrEqual(gap);
+						}
+				},
+			),
+		);
 	});
 });
 

@@ -246,7 +246,10 @@ export async function prefetchChunks(
 /** What prefetchMetadata did: the prefetches summed up, and the chunks the walk found. */
 export interface MetadataPrefetchResult extends PrefetchResult {
 	fsType: string;
-	/** Disk chunks the file-system walk named (prefetched, had already, or left by a bound). */
+	/**
+	 * Disk chunks the file-system walk named (prefetched, had already, or left by a bound), not
+	 * counting the gap chunks fetched between them.
+	 */
 	metadataChunks: number;
 }
 
@@ -255,6 +258,40 @@ export interface MetadataPrefetchOptions extends PrefetchOptions {
 	maxChunks?: number;
 	/** Bound on bytes the walk reads to parse (inode tables, directories); default 64 MiB. */
 	maxReadBytes?: number;
+	/**
+	 * Gaps of at most this many chunks between named chunks are fetched too, so both ends go in
+	 * one request (directory blocks lie among file data); default 2, 0 = none.
+	 */
+	gapChunks?: number;
+}
+
+/**
+ * `chunks` with the gaps of at most `gap` chunks to their nearest named neighbour above (in
+ * `named`, which already holds `chunks`) filled in: each gap chunk right after the chunk below it.
+ * Adds what it fills to `named`.
+ */
+export function fillGaps(
+	chunks: readonly number[],
+	named: Set<number>,
+	gap: number,
+): number[] {
+	if (gap <= 0) return [...chunks];
+	const out: number[] = [];
+	for (const c of chunks) {
+		out.push(c);
+		let next = -1;
+		for (let k = 1; k <= gap + 1; k++)
+			if (named.has(c + k)) {
+				next = c + k;
+				break;
+			}
+		if (next < 0) continue;
+		for (let k = c + 1; k < next; k++) {
+			named.add(k);
+			out.push(k);
+		}
+	}
+	return out;
 }
 
 /** The items for disk chunks: each from the layer the merged view shows it from. */
@@ -328,10 +365,11 @@ export async function prefetchMetadata(
 		).filter((c) => !named.has(c));
 		const room = fresh.slice(0, Math.max(0, maxChunks - named.size));
 		for (const c of room) named.add(c);
-		r.metadataChunks = named.size;
+		r.metadataChunks += room.length;
 		if (room.length === 0) return;
+		const filled = fillGaps(room, named, o.gapChunks ?? 2);
 		add(
-			await prefetchChunks(disk, itemsOfChunks(disk, room), {
+			await prefetchChunks(disk, itemsOfChunks(disk, filled), {
 				...o,
 				budgetBytes: budget,
 			}),
