@@ -39,7 +39,8 @@ export interface LazyTuning {
 	hedgeMs: number;
 	/**
 	 * A demand read that joined a speculative fetch (read-ahead, prefetch) still unanswered after
-	 * this long issues its own request for just its chunk; the first answer wins.
+	 * this long (or twice the median request latency, if longer) issues its own request for just
+	 * its chunk; the first answer wins.
 	 */
 	promoteMs: number;
 }
@@ -204,7 +205,7 @@ export class RemoteBlob implements ChunkedSource {
 
 	/**
 	 * A demand read of a chunk a speculative fetch is bringing: it waits for that fetch only
-	 * `promoteMs`; then (or at once when the speculative fetch fails) it asks for just its chunk
+	 * `promoteMs` (or twice the median request latency); then (or at once when the speculative fetch fails) it asks for just its chunk
 	 * with a demand request, and takes whichever answers first.
 	 */
 	#joinSpeculative(
@@ -239,7 +240,13 @@ export class RemoteBlob implements ChunkedSource {
 				own = this.#enqueue(range, key, "demand");
 				own.then(ok, fail);
 			};
-			const timer = setTimeout(promote, this.ctx.tuning.promoteMs);
+			// Not before a typical request could have answered: on a distant registry a
+			// speculative request issued just before the read is not late yet.
+			const delay = Math.max(
+				this.ctx.tuning.promoteMs,
+				2 * stats.typicalLatencyMs(),
+			);
+			const timer = setTimeout(promote, delay);
 			shared.then(ok, fail);
 		});
 	}

@@ -118,6 +118,22 @@ export class LazyStats {
 		if (behindSpeculative) this.demandWaitedBehindSpeculative++;
 	}
 
+	#typical = 0;
+	#typicalAt = -1;
+
+	/**
+	 * The median range-request latency (ms), recomputed every 16 samples: what a request usually
+	 * takes here (the promotion delay of a demand read scales with it).
+	 */
+	typicalLatencyMs(): number {
+		const n = this.#latency.count;
+		if (this.#typicalAt < 0 || n - this.#typicalAt >= 16) {
+			this.#typical = this.#latency.quantile(0.5);
+			this.#typicalAt = n;
+		}
+		return this.#typical;
+	}
+
 	/** Records one exchange's latency (ms). */
 	latency(ms: number): void {
 		this.#latency.record(ms);
