@@ -2,12 +2,14 @@
  * Read-ahead request size: a 96 MiB disk (incompressible and text halves) sealed to a loopback
  * docker-registry, read front to back in 128 KiB reads (like the kernel's readahead through FUSE)
  * by a fresh reader per run, with read-ahead windows fetched as one request of up to 4 MiB or as
- * several parallel requests of 1 MiB or 512 KiB (LazyTuning.aheadRequestBytes). Prints the median
- * time and requests per variant.
+ * several parallel requests of 1 MiB or 512 KiB (LazyTuning.aheadRequestBytes); then the whole
+ * disk prefetched (prefetchChunks, 4 at once) with requests of 256 KiB, 1 MiB and 4 MiB. Prints the
+ * median time and requests per variant.
  *
  *   npm run build && node dist/bench/read-ahead.js [--runs N]
  */
 import { openRemoteSealedImage } from "../src/lazy/open-remote.js";
+import { prefetchChunks } from "../src/lazy/prefetch.js";
 import { parseReference } from "../src/oci/reference.js";
 import {
 	cleanupTempDirs,
@@ -58,6 +60,39 @@ async function main(): Promise<void> {
 			const req = list.map((r) => r.requests).sort((a, b) => a - b);
 			process.stdout.write(
 				`aheadRequestBytes ${String(ahead / 1024).padStart(5)} KiB: ${med.toFixed(0)} ms median (${ms.map((m) => m.toFixed(0)).join(", ")}), ${(size / MiB / (med / 1000)).toFixed(0)} MiB/s, ${req[req.length >> 1]} range requests\n`,
+			);
+		}
+		const pre = new Map<number, number[]>();
+		for (let i = 0; i < runs; i++)
+			for (const bytes of [256 * 1024, 1 * MiB, 4 * MiB]) {
+				const image = await openRemoteSealedImage(ref, key, {
+					insecure: true,
+					memoryBytes: 256 * MiB,
+				});
+				try {
+					const items = Array.from(
+						{ length: image.disk.chunkCount },
+						(_, chunk) => ({ layer: 0, chunk }),
+					);
+					const r = await prefetchChunks(image.disk, items, {
+						maxRequestBytes: bytes,
+					});
+					const list = pre.get(bytes) ?? [];
+					list.push(r.ms);
+					pre.set(bytes, list);
+					if (i === 0)
+						process.stdout.write(
+							`prefetch ${bytes / 1024} KiB requests: ${r.requests} requests, ${r.chunks} chunks\n`,
+						);
+				} finally {
+					await image.close();
+				}
+			}
+		for (const [bytes, list] of pre) {
+			const ms = [...list].sort((a, b) => a - b);
+			const med = ms[ms.length >> 1] ?? 0;
+			process.stdout.write(
+				`prefetch maxRequestBytes ${String(bytes / 1024).padStart(5)} KiB: ${med.toFixed(0)} ms median (${ms.map((m) => m.toFixed(0)).join(", ")}), ${(size / MiB / (med / 1000)).toFixed(0)} MiB/s of disk\n`,
 			);
 		}
 	} finally {
