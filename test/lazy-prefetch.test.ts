@@ -21,6 +21,7 @@ import {
 	prefetchMetadata,
 } from "../src/lazy/prefetch.js";
 import { parseReference } from "../src/oci/reference.js";
+import { erofsMetadataRanges } from "../src/prefetch/erofs-meta.js";
 import { ext4MetadataRanges } from "../src/prefetch/ext4-meta.js";
 import { buildFilesystem } from "../src/rootfs/mkfs.js";
 import {
@@ -299,6 +300,53 @@ describe("prefetchMetadata", () => {
 			const bad = await prefetchMetadata(image.disk, "erofs");
 			expect(bad.stoppedBy).toBe("error");
 			expect(bad.error).toMatch(/EROFS/);
+		} finally {
+			await image.close();
+		}
+	});
+});
+
+describe("prefetchMetadata on EROFS", () => {
+	it("walks the directory tree through the lazy reader; the walk again fetches nothing", async () => {
+		const dir = await tempDir();
+		const staging = join(dir, "rootfs");
+		for (let i = 0; i < 40; i++) {
+			await mkdir(join(staging, `d${i}/e`), { recursive: true });
+			await writeFile(join(staging, `d${i}/e/f`), prng(`g${i}`, 50_000));
+		}
+		await buildFilesystem({
+			fsType: "erofs",
+			staging,
+			out: join(dir, "fs.img"),
+			uuid: "01234567-89ab-cdef-0123-456789abcdef",
+			timestamp: 1_700_000_000,
+		});
+		const fs = await readFile(join(dir, "fs.img"));
+		const size = Math.ceil(fs.length / CHUNK) * CHUNK;
+		const sealed = await sealDiskToRegistry(
+			reg.host,
+			"prefetch/erofs:v1",
+			size,
+			[{ at: 0, bytes: fs }],
+		);
+		const ref = parseReference(`docker://${reg.host}/prefetch/erofs:v1`);
+		if (ref.transport !== "docker") throw new Error("ref");
+		const image = await openRemoteSealedImage(ref, sealed.key, PATIENT);
+		try {
+			const r = await prefetchMetadata(image.disk, "erofs");
+			expect(r).toMatchObject({ fsType: "erofs", stoppedBy: "done" });
+			expect(r.metadataChunks).toBeGreaterThan(0);
+			const before = image.stats.rangeRequests;
+			const ranges = await erofsMetadataRanges(
+				(o, n) => image.disk.read(o, n),
+				{ diskSize: image.disk.size },
+			);
+			// the root's inode and one for each of the 120 paths under it
+			const inodes = new Set(
+				ranges.filter((x) => x.length === 64).map((x) => x.offset),
+			);
+			expect(inodes.size).toBe(121);
+			expect(image.stats.rangeRequests).toBe(before);
 		} finally {
 			await image.close();
 		}
