@@ -116,10 +116,18 @@ describe("dadi-guest serve", () => {
 			const stats = JSON.parse(await readFile(statsFile, "utf8"));
 			expect(stats.reads).toBeGreaterThan(0);
 			expect(stats.fetched.chunksFetched).toBeGreaterThan(0);
+			// the metadata prefetch started at open (on by default), beside the mount
+			expect(stats.fetched.metadataPrefetch?.fsType).toBe("ext4");
 		} finally {
 			code = await s.stop();
 		}
 		expect(code, s.stderr()).toBe(0);
+		const final = JSON.parse(await readFile(statsFile, "utf8"));
+		expect(final.fetched.metadataPrefetch).toMatchObject({
+			fsType: "ext4",
+			stoppedBy: "done",
+		});
+		expect(final.fetched.metadataPrefetch.metadataChunks).toBeGreaterThan(0);
 		expect(s.stderr()).toMatch(/SIGTERM: shutting down/);
 		const m = await mounts();
 		expect(m).not.toContain(mnt);

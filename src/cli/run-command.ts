@@ -37,10 +37,15 @@ import { handleSignals } from "../temp-files.js";
 import { exitCodeFor } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading, type ReadableImage } from "./open-for-reading.js";
+import {
+	addPrefetchOptions,
+	type PrefetchFlags,
+	startMetadataPrefetch,
+} from "./prefetch-option.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 import { traceFlags } from "./trace-options.js";
 
-interface RunFlags extends LazyFlags, KeyFlags {
+interface RunFlags extends LazyFlags, KeyFlags, PrefetchFlags {
 	block?: string;
 	nbdDevice?: string;
 	nbdTimeout?: string;
@@ -112,7 +117,7 @@ export function runCommand(program: Command, prog: string): void {
 			"print the run report as the last line on stderr: DADI-RUN {json}",
 		)
 		.option("--verbose", "log the block device's connection events");
-	addLazyOptions(addKeyOptions(c))
+	addPrefetchOptions(addLazyOptions(addKeyOptions(c)))
 		.allowExcessArguments(true)
 		.action(
 			async (_ref: unknown, _args: unknown, opts: RunFlags, cmd: Command) =>
@@ -281,6 +286,8 @@ async function runAction(
 				throw new Interrupted(sig);
 			}),
 		]);
+		// In the background, while the disk is attached and mounted.
+		void startMetadataPrefetch(opened, opts, debug);
 		report.image = opened.name;
 		report.timingsMs.attest = ms(keyMs);
 		report.timingsMs.open = ms(performance.now() - openStart - keyMs);
@@ -332,12 +339,14 @@ async function runAction(
 		}
 		if (opened) {
 			const s = opened.stats?.toJSON();
-			if (s)
+			if (s) {
 				report.fetched = {
 					bytes: s.bytesFetched,
 					requests: s.requests,
 					chunks: s.chunksFetched,
 				};
+				if (s.metadataPrefetch) report.metadataPrefetch = s.metadataPrefetch;
+			}
 			await opened.finish().catch(() => {});
 		}
 		handleSignals(undefined);

@@ -18,10 +18,15 @@ import { handleSignals } from "../temp-files.js";
 import { formatBytes, printJson, runAction } from "./common.js";
 import { addKeyOptions, type KeyFlags } from "./key-options.js";
 import { openForReading } from "./open-for-reading.js";
+import {
+	addPrefetchOptions,
+	type PrefetchFlags,
+	startMetadataPrefetch,
+} from "./prefetch-option.js";
 import { addLazyOptions, type LazyFlags } from "./registry-options.js";
 import { traceFlags } from "./trace-options.js";
 
-interface ServeFlags extends LazyFlags, KeyFlags {
+interface ServeFlags extends LazyFlags, KeyFlags, PrefetchFlags {
 	nbd?: string;
 	nbdAllowRemote?: boolean;
 	fuse?: string;
@@ -96,7 +101,7 @@ export function serveCommand(program: Command, prog: string): void {
 			"fetch at most this many bytes while replaying the start-up trace",
 		)
 		.option("--json", "print the ready line as JSON");
-	addLazyOptions(addKeyOptions(c)).action(
+	addPrefetchOptions(addLazyOptions(addKeyOptions(c))).action(
 		async (refText: string, opts: ServeFlags) =>
 			runAction(`${prog} serve`, Boolean(opts.json), async () => {
 				const log = (line: string) =>
@@ -161,6 +166,8 @@ export function serveCommand(program: Command, prog: string): void {
 					handleSignals(undefined);
 					throw e;
 				});
+				// In the background, while the disk is attached and mounted.
+				void startMetadataPrefetch(opened, opts, log);
 				let serving: Serving | undefined;
 				let recording: TraceRecording | undefined;
 				const onUsr1 = () => void recording?.finish("signal");

@@ -6,6 +6,7 @@
  * reference.
  */
 
+import type { MetadataPrefetchJson } from "../lazy/stats.js";
 import type { TraceReplayJson } from "./trace-replay.js";
 
 export const REPORT_PREFIX = "DADI-RUN ";
@@ -36,6 +37,8 @@ export interface RunReport {
 	timingsMs: RunTimings;
 	/** Lazy fetch statistics of a registry image. */
 	fetched?: { bytes: number; requests: number; chunks: number };
+	/** The metadata prefetch started at open (--prefetch-metadata), as it stood at the end. */
+	metadataPrefetch?: MetadataPrefetchJson;
 	/** Start-up trace replay (--prefetch): whether one was found, its entries, the prefetch. */
 	trace?: TraceReplayJson;
 	/** VmHWM of dadi-guest itself (not the container), bytes. */

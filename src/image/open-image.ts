@@ -200,28 +200,34 @@ export async function openLayers(
 	const layerKeys = unwrapLayerKeys(image, key);
 	const sources: RangeSource[] = [];
 	try {
-		const layers: SealedLayer[] = [];
-		for (const [i, l] of image.config.layers.slice(0, count).entries()) {
-			const src = await openSource(image.manifest.layers[i] as Descriptor, i);
-			sources.push(src);
-			layers.push(
-				await SealedLayer.open(src, layerKeys[i] as Buffer, {
+		// Every layer's header, trailer and index at once (a chain of round trips otherwise); the
+		// first failure in layer order is the one reported, after all have settled.
+		const settled = await Promise.allSettled(
+			image.config.layers.slice(0, count).map(async (l, i) => {
+				const src = await openSource(image.manifest.layers[i] as Descriptor, i);
+				sources.push(src);
+				const opened = await SealedLayer.open(src, layerKeys[i] as Buffer, {
 					layerId: Buffer.from(l.layerId, "hex"),
 					chunkSize: image.config.chunkSize,
 					virtualSize: l.virtualSize,
 					compression: l.compression,
 					maxExtents: l.storedChunks + l.zeroChunks,
-				}),
-			);
-			const opened = layers[i] as SealedLayer;
-			if (
-				opened.storedChunks !== l.storedChunks ||
-				opened.zeroChunks !== l.zeroChunks
-			)
-				throw new DadiError(
-					"LAYER_MISMATCH",
-					`${layerAt(i, image.config.layers.length)}: its index does not match the chunk counts in the sealed config`,
-				);
+				});
+				if (
+					opened.storedChunks !== l.storedChunks ||
+					opened.zeroChunks !== l.zeroChunks
+				)
+					throw new DadiError(
+						"LAYER_MISMATCH",
+						`${layerAt(i, image.config.layers.length)}: its index does not match the chunk counts in the sealed config`,
+					);
+				return opened;
+			}),
+		);
+		const layers: SealedLayer[] = [];
+		for (const r of settled) {
+			if (r.status === "rejected") throw r.reason;
+			layers.push(r.value);
 		}
 		const disk = new VirtualDisk(layers);
 		return {

@@ -152,7 +152,9 @@ export async function openRemoteSealedImage(
 			stats,
 			memory,
 			disk,
-			limiter: new Limiter(o.concurrency ?? DEFAULT_CONCURRENCY),
+			limiter: new Limiter(o.concurrency ?? DEFAULT_CONCURRENCY, {
+				demandWaited: (ms, behind) => stats.demandWaited(ms, behind),
+			}),
 			tuning: { ...DEFAULT_TUNING, ...o.tuning },
 			stallLog: new StallLog(o.log),
 		};

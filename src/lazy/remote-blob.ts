@@ -10,7 +10,11 @@
 import type { Descriptor } from "../oci/digest.js";
 import { readRange } from "../registry/blob-download.js";
 import type { RegistryClient } from "../registry/client.js";
-import type { ChunkedSource, StoredRange } from "../storage/source.js";
+import type {
+	ChunkedSource,
+	PrefetchRun,
+	StoredRange,
+} from "../storage/source.js";
 import type { ChunkCache } from "./chunk-cache.js";
 import { hedgedFetch, StallError } from "./hedged-fetch.js";
 import type { Limiter } from "./limiter.js";
@@ -22,20 +26,33 @@ export interface LazyTuning {
 	maxRequestBytes: number;
 	/** Largest read-ahead window. */
 	readAheadMaxBytes: number;
+	/**
+	 * Largest single read-ahead request: a window is fetched as several requests of this size in
+	 * parallel (within the limiter's speculative slots) rather than one large one.
+	 */
+	aheadRequestBytes: number;
 	/** Consecutive sequential reads before read-ahead starts. */
 	readAheadAfter: number;
 	/** A fetch with no progress (headers, body bytes) for this long fails: the read gets EIO. */
 	stallMs: number;
 	/** A request with no progress for this long is re-issued (hedged); 0 = never. */
 	hedgeMs: number;
+	/**
+	 * A demand read that joined a speculative fetch (read-ahead, prefetch) still unanswered after
+	 * this long (or twice the median request latency, if longer) issues its own request for just
+	 * its chunk; the first answer wins.
+	 */
+	promoteMs: number;
 }
 
 export const DEFAULT_TUNING: LazyTuning = {
 	maxRequestBytes: 4 << 20,
 	readAheadMaxBytes: 16 << 20,
+	aheadRequestBytes: 4 << 20,
 	readAheadAfter: 2,
 	stallMs: 5000,
 	hedgeMs: 1000,
+	promoteMs: 30,
 };
 
 /** What the blobs of one image share. */
@@ -53,10 +70,13 @@ export interface LazyContext {
 	closed?: boolean;
 }
 
+/** Why a chunk is fetched: a reader waits for it, sequential read-ahead, or prefetch. */
+type WantKind = "demand" | "ahead" | "prefetch";
+
 interface Want {
 	range: StoredRange;
 	key: string;
-	speculative: boolean;
+	kind: WantKind;
 	resolve: (b: Buffer) => void;
 	reject: (e: unknown) => void;
 }
@@ -69,6 +89,10 @@ export class RemoteBlob implements ChunkedSource {
 	readonly size: number;
 	readonly #inflight = new Map<string, Promise<Buffer>>();
 	readonly #metaKeys = new Set<string>();
+	/** In-flight promises of speculative fetches (read-ahead, prefetch). */
+	readonly #speculative = new WeakSet<Promise<Buffer>>();
+	/** Keys fetched by prefetch and not yet read on demand (for prefetchUsed). */
+	readonly #prefetched = new Set<string>();
 	#pending: Want[] = [];
 	#flushQueued = false;
 	#chunkMap: readonly StoredRange[] = [];
@@ -133,7 +157,12 @@ export class RemoteBlob implements ChunkedSource {
 			const shared = fresh ? undefined : this.#inflight.get(key);
 			if (shared) {
 				this.ctx.stats.sharedFetches++;
-				out.push(shared);
+				this.#usedPrefetched(key);
+				out.push(
+					this.#speculative.has(shared)
+						? this.#joinSpeculative(shared, range, key)
+						: shared,
+				);
 				continue;
 			}
 			if (fresh) this.ctx.stats.refetches++;
@@ -152,9 +181,14 @@ export class RemoteBlob implements ChunkedSource {
 			(hits) => {
 				misses.forEach((m, i) => {
 					const hit = hits[i];
-					if (hit && hit.length === m.range.length) m.d.resolve(hit);
-					else
-						this.#enqueue(m.range, m.key, false).then(m.d.resolve, m.d.reject);
+					if (hit && hit.length === m.range.length) {
+						this.#usedPrefetched(m.key);
+						m.d.resolve(hit);
+					} else
+						this.#enqueue(m.range, m.key, "demand").then(
+							m.d.resolve,
+							m.d.reject,
+						);
 				});
 			},
 			(e) => {
@@ -163,6 +197,113 @@ export class RemoteBlob implements ChunkedSource {
 		);
 		if (!fresh) this.#readAhead(ranges);
 		return Promise.all(out);
+	}
+
+	#usedPrefetched(key: string): void {
+		if (this.#prefetched.delete(key)) this.ctx.stats.prefetchUsed++;
+	}
+
+	/**
+	 * A demand read of a chunk a speculative fetch is bringing: it waits for that fetch only
+	 * `promoteMs` (or twice the median request latency); then (or at once when the speculative fetch fails) it asks for just its chunk
+	 * with a demand request, and takes whichever answers first.
+	 */
+	#joinSpeculative(
+		shared: Promise<Buffer>,
+		range: StoredRange,
+		key: string,
+	): Promise<Buffer> {
+		const stats = this.ctx.stats;
+		stats.demandJoinedSpeculative++;
+		return new Promise<Buffer>((resolve, reject) => {
+			let own: Promise<Buffer> | undefined;
+			let failures = 0;
+			let settled = false;
+			const ok = (b: Buffer) => {
+				if (settled) return;
+				settled = true;
+				clearTimeout(timer);
+				resolve(b);
+			};
+			const fail = (e: unknown) => {
+				if (settled) return;
+				failures++;
+				if (own === undefined) promote();
+				else if (failures >= 2) {
+					settled = true;
+					reject(e);
+				}
+			};
+			const promote = () => {
+				if (settled || own) return;
+				stats.demandPromoted++;
+				own = this.#enqueue(range, key, "demand");
+				own.then(ok, fail);
+			};
+			// Not before a typical request could have answered: on a distant registry a
+			// speculative request issued just before the read is not late yet.
+			const delay = Math.max(
+				this.ctx.tuning.promoteMs,
+				2 * stats.typicalLatencyMs(),
+			);
+			const timer = setTimeout(promote, delay);
+			shared.then(ok, fail);
+		});
+	}
+
+	/** Whether the caches hold `key` (no hit counted) or a fetch for it is in flight. */
+	async holds(range: StoredRange): Promise<boolean> {
+		const key = this.#key(range);
+		if (this.#inflight.has(key)) return true;
+		try {
+			const m = await this.ctx.memory.get(key, range.length);
+			if (m?.length === range.length) return true;
+			const d = await this.ctx.disk?.get(key, range.length);
+			return d?.length === range.length;
+		} catch {
+			return false;
+		}
+	}
+
+	async prefetch(ranges: readonly StoredRange[]): Promise<PrefetchRun> {
+		const done: PrefetchRun = { chunks: 0, bytes: 0, requests: 0 };
+		if (this.ctx.closed) return done;
+		// Split at chunks in flight meanwhile: every piece is one request of adjacent chunks.
+		const groups: Want[][] = [];
+		let group: Want[] = [];
+		let end = -1;
+		for (const range of ranges) {
+			const key = this.#key(range);
+			if (this.#inflight.has(key) || range.offset !== end) {
+				if (group.length) groups.push(group);
+				group = [];
+			}
+			end = range.offset + range.length;
+			if (this.#inflight.has(key)) continue;
+			const d = deferred();
+			d.promise.catch(() => {}); // speculation: a failure is retried on demand
+			this.#track(key, d.promise);
+			this.#speculative.add(d.promise);
+			this.#prefetched.add(key);
+			d.promise.catch(() => this.#prefetched.delete(key));
+			group.push({
+				range,
+				key,
+				kind: "prefetch",
+				resolve: d.resolve,
+				reject: d.reject,
+			});
+		}
+		if (group.length) groups.push(group);
+		await Promise.all(
+			groups.map(async (g) => {
+				await this.#fetch(g);
+				done.requests++;
+				done.chunks += g.length;
+				for (const w of g) done.bytes += w.range.length;
+			}),
+		);
+		return done;
 	}
 
 	async #cached(key: string, length: number): Promise<Buffer | undefined> {
@@ -200,13 +341,9 @@ export class RemoteBlob implements ChunkedSource {
 		p.then(done, done);
 	}
 
-	#enqueue(
-		range: StoredRange,
-		key: string,
-		speculative: boolean,
-	): Promise<Buffer> {
+	#enqueue(range: StoredRange, key: string, kind: WantKind): Promise<Buffer> {
 		return new Promise<Buffer>((resolve, reject) => {
-			this.#pending.push({ range, key, speculative, resolve, reject });
+			this.#pending.push({ range, key, kind, resolve, reject });
 			if (!this.#flushQueued) {
 				this.#flushQueued = true;
 				// Wait one turn so reads issued together are coalesced together.
@@ -222,28 +359,36 @@ export class RemoteBlob implements ChunkedSource {
 		let group: Want[] = [];
 		let groupEnd = -1;
 		let groupBytes = 0;
-		const max = this.ctx.tuning.maxRequestBytes;
+		let groupAhead = true;
+		const t = this.ctx.tuning;
 		for (const w of wants) {
 			const adjacent = w.range.offset === groupEnd;
+			const ahead = groupAhead && w.kind === "ahead";
+			const max = ahead
+				? Math.min(t.aheadRequestBytes, t.maxRequestBytes)
+				: t.maxRequestBytes;
 			if (!adjacent || groupBytes + w.range.length > max) {
-				if (group.length) this.#fetch(group);
+				if (group.length) this.#fetch(group).catch(() => {});
 				group = [];
 				groupBytes = 0;
+				groupAhead = true;
 			}
+			groupAhead &&= w.kind === "ahead";
 			group.push(w);
 			groupBytes += w.range.length;
 			groupEnd = w.range.offset + w.range.length;
 		}
-		if (group.length) this.#fetch(group);
+		if (group.length) this.#fetch(group).catch(() => {});
 	}
 
-	#fetch(group: Want[]): void {
+	/** One range request for a group of adjacent chunks; settles every want, rejects on failure. */
+	#fetch(group: Want[]): Promise<void> {
 		const first = group[0] as Want;
 		const last = group[group.length - 1] as Want;
 		const start = first.range.offset;
 		const length = last.range.offset + last.range.length - start;
-		const speculative = group.every((w) => w.speculative);
-		this.ctx.limiter
+		const speculative = group.every((w) => w.kind !== "demand");
+		return this.ctx.limiter
 			.run(() => this.#hedged(start, length), speculative)
 			.then(
 				async (bytes) => {
@@ -251,16 +396,22 @@ export class RemoteBlob implements ChunkedSource {
 					s.rangeRequests++;
 					s.chunksFetched += group.length;
 					s.chunkBytesFetched += length;
+					if (group.some((w) => w.kind === "prefetch")) s.prefetchRequests++;
 					for (const w of group) {
 						const at = w.range.offset - start;
 						const piece = bytes.subarray(at, at + w.range.length);
-						if (w.speculative) s.readAheadChunks++;
+						if (w.kind === "ahead") s.readAheadChunks++;
+						if (w.kind === "prefetch") {
+							s.prefetchChunks++;
+							s.prefetchBytes += w.range.length;
+						}
 						w.resolve(piece);
 						await this.#store(w.key, piece);
 					}
 				},
 				(e) => {
 					for (const w of group) w.reject(e);
+					throw e;
 				},
 			);
 	}
@@ -337,6 +488,7 @@ export class RemoteBlob implements ChunkedSource {
 			const d = deferred();
 			d.promise.catch(() => {}); // speculation: a failure is retried on demand
 			this.#track(key, d.promise);
+			this.#speculative.add(d.promise);
 			ahead.push({ range, key, d });
 		}
 		void Promise.all(
@@ -347,7 +499,10 @@ export class RemoteBlob implements ChunkedSource {
 					const hit = hits[i];
 					if (hit && hit.length === a.range.length) a.d.resolve(hit);
 					else
-						this.#enqueue(a.range, a.key, true).then(a.d.resolve, a.d.reject);
+						this.#enqueue(a.range, a.key, "ahead").then(
+							a.d.resolve,
+							a.d.reject,
+						);
 				});
 			},
 			(e) => {

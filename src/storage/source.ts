@@ -119,6 +119,21 @@ export interface ChunkedSource extends RangeSource {
 	forgetMetadata(): Promise<void>;
 	/** The layer's chunk ranges in blob order, once its index is known (for read-ahead). */
 	setChunkMap(ranges: readonly StoredRange[]): void;
+	/** Whether a chunk's stored bytes are cached or being fetched (no fetch, no hit counted). */
+	holds(range: StoredRange): Promise<boolean>;
+	/**
+	 * Fetches chunks that follow each other in the blob into the caches with one speculative
+	 * request (never decrypted here; readers authenticate later), skipping those cached or in
+	 * flight meanwhile. Rejects when the fetch fails (readers joining it fall back to their own).
+	 */
+	prefetch(ranges: readonly StoredRange[]): Promise<PrefetchRun>;
+}
+
+/** What one `prefetch` call did. */
+export interface PrefetchRun {
+	chunks: number;
+	bytes: number;
+	requests: number;
 }
 
 export function isChunkedSource(s: RangeSource): s is ChunkedSource {

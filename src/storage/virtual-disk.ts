@@ -151,16 +151,23 @@ export class VirtualDisk {
 		const cs = this.chunkSize;
 		const first = Math.floor(offset / cs);
 		const end = Math.ceil((offset + length) / cs);
+		// The runs of one read are fetched together (they may live in different layers or apart in
+		// one blob): a read costs one round trip, not one per run.
+		const reads: Promise<void>[] = [];
 		for (const run of this.runs(first, end)) {
 			if (run.kind === "zero") continue;
-			const chunks = await this.readRun(run);
-			chunks.forEach((plain, k) => {
-				const chunkStart = (run.first + k) * cs;
-				const from = Math.max(offset, chunkStart);
-				const to = Math.min(offset + length, chunkStart + cs);
-				plain.copy(out, from - offset, from - chunkStart, to - chunkStart);
-			});
+			reads.push(
+				this.readRun(run).then((chunks) =>
+					chunks.forEach((plain, k) => {
+						const chunkStart = (run.first + k) * cs;
+						const from = Math.max(offset, chunkStart);
+						const to = Math.min(offset + length, chunkStart + cs);
+						plain.copy(out, from - offset, from - chunkStart, to - chunkStart);
+					}),
+				),
+			);
 		}
+		await settleAll(reads);
 		return out;
 	}
 
@@ -203,6 +210,12 @@ export class VirtualDisk {
 		}
 		return n;
 	}
+}
+
+/** Waits for every promise, then rethrows the first failure (in order), if any. */
+async function settleAll(ps: readonly Promise<void>[]): Promise<void> {
+	for (const r of await Promise.allSettled(ps))
+		if (r.status === "rejected") throw r.reason;
 }
 
 function segmentIndexAtOrAfter(
