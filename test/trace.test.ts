@@ -374,7 +374,12 @@ describe("trace referrer documents", () => {
 
 describe("trace flags", () => {
 	it("recording implies --prefetch none; contradictions are USAGE", () => {
-		expect(traceFlags({})).toMatchObject({ prefetch: "auto" });
+		// without a disk cache the replay is bounded by what the memory cache holds
+		expect(traceFlags({})).toMatchObject({
+			prefetch: "auto",
+			prefetchBudget: 48 << 20,
+		});
+		expect(traceFlags({ cacheDir: "/c" }).prefetchBudget).toBeUndefined();
 		expect(
 			traceFlags({
 				recordTrace: "/x",

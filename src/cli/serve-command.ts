@@ -98,7 +98,7 @@ export function serveCommand(program: Command, prog: string): void {
 		)
 		.option(
 			"--prefetch-budget <SIZE>",
-			"fetch at most this many bytes while replaying the start-up trace",
+			"fetch at most this many bytes while replaying the start-up trace (default: no bound with --cache-dir, 48M without: what waits in the 64M memory cache)",
 		)
 		.option("--json", "print the ready line as JSON");
 	addPrefetchOptions(addLazyOptions(addKeyOptions(c))).action(

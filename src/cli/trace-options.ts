@@ -1,6 +1,7 @@
 /** The start-up trace flags of `dadi-guest serve` and `run`: recording and replay (issue 18). */
 import { DadiError } from "../errors.js";
 import { type PrefetchMode, parsePrefetchMode } from "../guest/trace-replay.js";
+import { MEMORY_ONLY_PREFETCH_BYTES } from "../lazy/open-remote.js";
 import { parseSize } from "./common.js";
 
 /** The trace recording and replay flags, checked. */
@@ -10,6 +11,7 @@ export function traceFlags(opts: {
 	traceBudgetBytes?: string;
 	prefetch?: string;
 	prefetchBudget?: string;
+	cacheDir?: string;
 }): {
 	record?: string;
 	budgetMs?: number;
@@ -54,14 +56,21 @@ export function traceFlags(opts: {
 			"USAGE",
 			"--prefetch-budget applies when a trace is replayed (--prefetch auto|trace)",
 		);
+	const asked =
+		opts.prefetchBudget === undefined
+			? undefined
+			: parseSize(opts.prefetchBudget, "--prefetch-budget");
 	return {
 		record: opts.recordTrace,
 		budgetMs,
 		budgetBytes,
 		prefetch,
+		// Without --cache-dir the prefetched chunks wait in the memory cache: more than fits would
+		// push out what was prefetched first, before the start reads it.
 		prefetchBudget:
-			opts.prefetchBudget === undefined
+			asked ??
+			(prefetch === "none" || opts.cacheDir
 				? undefined
-				: parseSize(opts.prefetchBudget, "--prefetch-budget"),
+				: MEMORY_ONLY_PREFETCH_BYTES),
 	};
 }

@@ -73,6 +73,8 @@ export interface RemoteOpenOptions extends RegistryClientOptions {
 
 export const DEFAULT_CACHE_BYTES = 10 * 2 ** 30;
 export const DEFAULT_MEMORY_BYTES = 64 << 20;
+/** What a trace replay prefetches at most when the chunks can only wait in memory (no disk cache). */
+export const MEMORY_ONLY_PREFETCH_BYTES = (DEFAULT_MEMORY_BYTES * 3) / 4;
 export const DEFAULT_CONCURRENCY = 8;
 
 export interface RemoteImage extends OpenedImage {
