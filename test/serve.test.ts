@@ -98,6 +98,15 @@ describe("dadi-guest serve", () => {
 			expect(s.ready.mountedAt).toBe(mnt);
 			expect(String(s.ready.loopDevice)).toMatch(/^\/dev\/loop\d+$/);
 			expect(String(s.ready.image)).toMatch(/@sha256:/);
+			// where the start went, step by step, and the steps add up to no more than the whole
+			const t = s.ready.timingsMs as Record<string, number>;
+			for (const step of ["startup", "open", "fuse", "mount", "ready"])
+				expect(t[step], step).toBeGreaterThan(0);
+			expect(t.nbd).toBeUndefined();
+			expect(t.key).toBeUndefined(); // a key file is read before the image is opened
+			expect(t.startup + t.open + t.fuse + t.mount).toBeLessThanOrEqual(
+				t.ready + 1,
+			);
 			const { stdout } = await sh("chroot", [
 				mnt,
 				"/bin/busybox",

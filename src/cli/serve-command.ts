@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import { DadiError } from "../errors.js";
 import { prepareMountPoint } from "../guest/mount-point.js";
+import { ms } from "../guest/run-report.js";
 import {
 	checkNbdExposure,
 	isLoopbackHost,
@@ -11,7 +12,7 @@ import {
 } from "../guest/serve.js";
 import { TraceRecording } from "../guest/trace-recording.js";
 import { TraceReplay, type TraceReplayJson } from "../guest/trace-replay.js";
-import type { OpenedImage } from "../image/open-image.js";
+import type { KeySource, OpenedImage } from "../image/open-image.js";
 import { writeFileAtomic } from "../oci/layout.js";
 import { runConfigOf } from "../runtime/run-config.js";
 import { handleSignals } from "../temp-files.js";
@@ -154,18 +155,32 @@ export function serveCommand(program: Command, prog: string): void {
 				});
 				// Signals from here on shut down in order (a second one exits at once).
 				handleSignals((sig) => stop(sig));
+				const openStart = performance.now();
+				let keyMs: number | undefined;
+				const timedKey = (key: KeySource): KeySource =>
+					typeof key === "function"
+						? async (image) => {
+								const t = performance.now();
+								try {
+									return await key(image);
+								} finally {
+									keyMs = performance.now() - t;
+								}
+							}
+						: key;
 				const opened = await openForReading(
 					refText,
 					opts,
 					{ ...opts, stats: undefined },
 					false,
 					log,
-					replay.wrapKey,
+					(key) => replay.wrapKey(timedKey(key)),
 					replay.onImage,
 				).catch((e) => {
 					handleSignals(undefined);
 					throw e;
 				});
+				const openedAt = performance.now();
 				// In the background, while the disk is attached and mounted.
 				void startMetadataPrefetch(opened, opts, log);
 				let serving: Serving | undefined;
@@ -206,6 +221,7 @@ export function serveCommand(program: Command, prog: string): void {
 						statsIntervalMs: interval ? interval * 1000 : undefined,
 						log,
 					});
+					const servingAt = performance.now();
 					const ready = {
 						ok: true,
 						image: opened.name,
@@ -217,6 +233,13 @@ export function serveCommand(program: Command, prog: string): void {
 						metrics: serving.metrics,
 						...(replay.mode !== "none" ? { trace: replay.toJSON() } : {}),
 						...(recording ? { recording: recording.toJSON() } : {}),
+						timingsMs: {
+							startup: ms(openStart),
+							open: ms(openedAt - openStart),
+							...(keyMs !== undefined ? { key: ms(keyMs) } : {}),
+							...serving.timingsMs,
+							ready: ms(servingAt),
+						},
 					};
 					if (opts.json) printJson(ready);
 					else

@@ -87,6 +87,8 @@ export interface Serving {
 	mountedAt?: string;
 	loopDevice?: string;
 	metrics?: string;
+	/** How long each step took (ms): the NBD listener, the FUSE mount, the loop attach + mount. */
+	readonly timingsMs: { nbd?: number; fuse?: number; mount?: number };
 	readonly metricsState: GuestMetrics;
 	/** Undoes everything, in reverse order; idempotent. */
 	close(): Promise<void>;
@@ -115,7 +117,14 @@ export async function startServing(o: ServeOptions): Promise<Serving> {
 		})();
 		return closing;
 	};
-	const serving: Serving = { metricsState: metrics, close };
+	const serving: Serving = { metricsState: metrics, close, timingsMs: {} };
+	let t = performance.now();
+	const took = (): number => {
+		const now = performance.now();
+		const d = Math.round((now - t) * 10) / 10;
+		t = now;
+		return d;
+	};
 	try {
 		if (o.nbd) {
 			const nbd = new NbdServer({
@@ -126,6 +135,7 @@ export async function startServing(o: ServeOptions): Promise<Serving> {
 			const { address } = await nbd.listen(o.nbd);
 			undo.push({ what: "NBD server", fn: () => nbd.close() });
 			serving.nbd = address;
+			serving.timingsMs.nbd = took();
 		}
 		let fuseDir = o.fuse;
 		if (o.mountAt && !fuseDir) {
@@ -144,11 +154,13 @@ export async function startServing(o: ServeOptions): Promise<Serving> {
 			});
 			undo.push({ what: "FUSE mount", fn: () => fuse.close() });
 			serving.fuse = fuse.path;
+			serving.timingsMs.fuse = took();
 			if (o.mountAt) {
 				const m = await loopMount(fuse.path, o.mountAt);
 				undo.push({ what: "loop mount", fn: () => m.release() });
 				serving.mountedAt = m.dir;
 				serving.loopDevice = m.device;
+				serving.timingsMs.mount = took();
 			}
 		}
 		if (o.metrics) {
