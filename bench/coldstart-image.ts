@@ -70,6 +70,7 @@ function packagesOf(root: string): Record<string, string> {
 		join(root, "var/lib/dpkg"),
 		"-W",
 		"-f",
+		// biome-ignore lint/suspicious/noTemplateCurlyInString: dpkg-query's format, not a template
 		"${Package} ${Version}\n",
 	]).split("\n")) {
 		const [n, v] = line.split(" ");
