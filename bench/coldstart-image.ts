@@ -7,11 +7,20 @@
  */
 import { spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
-import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import {
+	lutimes,
+	mkdir,
+	readdir,
+	readFile,
+	rename,
+	rm,
+	stat,
+	writeFile,
+} from "node:fs/promises";
 import { join } from "node:path";
 
 /** Bump when the recipe changes: older cached images are not reused. */
-const RECIPE = 1;
+const RECIPE = 2;
 export const TAG = "py";
 const MIRROR = "http://deb.debian.org/debian";
 const SUITE = "bookworm";
@@ -110,6 +119,10 @@ export async function prepareColdImage(o: {
 		`building the cold-start image (Debian ${SUITE} minbase + ${EXTRA.join(" ")}; cached in ${o.cacheDir})...`,
 	);
 	await mkdir(o.cacheDir, { recursive: true });
+	// Images of earlier recipes are not used any more.
+	for (const name of await readdir(o.cacheDir))
+		if (/^coldstart-debian-py-r\d+(\.json)?$/.test(name))
+			await rm(join(o.cacheDir, name), { recursive: true, force: true });
 	const tmp = `${dir}.${process.pid}.tmp`;
 	const scratch = join(o.workDir, "coldstart-image");
 	const drop = () => {
@@ -155,6 +168,7 @@ export async function prepareColdImage(o: {
 			sh("rsync", [
 				"-aHAX",
 				"--delete",
+				"--itemize-changes",
 				"--exclude=/dev/*",
 				"--exclude=/proc/*",
 				"--exclude=/sys/*",
@@ -170,7 +184,23 @@ export async function prepareColdImage(o: {
 			`${tmp}:${TAG}`,
 			bundle,
 		]);
-		rsync(full);
+		// Layer 2 carries the parent directories of what it changes, as Docker's diff layers do
+		// (umoci leaves out directories whose own metadata did not change; ctr-remote optimize then
+		// fails to place a prioritised file's parent: 'failed to sort tar entries: file: "usr"').
+		const changed = rsync(full)
+			.split("\n")
+			.filter((l) => l.length > 12 && !l.startsWith("*deleting"))
+			.map((l) =>
+				(l.slice(12).split(/ (?:->|=>) /)[0] as string).replace(/\/$/, ""),
+			);
+		const parents = new Set<string>();
+		for (const f of changed)
+			for (let d = f; d.includes("/"); ) {
+				d = d.slice(0, d.lastIndexOf("/"));
+				parents.add(d);
+			}
+		const now = new Date();
+		for (const d of parents) await lutimes(join(bundle, "rootfs", d), now, now);
 		sh("umoci", ["repack", "--image", `${tmp}:${TAG}`, bundle]);
 		sh("umoci", [
 			"config",

@@ -78,6 +78,12 @@ export interface ColdRun {
 	/** Peak memory, bytes, and how it was measured. */
 	peakMemBytes: number | null;
 	peakMemHow: string;
+	/**
+	 * B, C: the bytes the start read from the image's disk — the loop device's sectors read (the
+	 * file system's demand, kernel read-ahead included), sampled every 25 ms while the run lasts
+	 * (reads in the last interval before the device is detached can be missed).
+	 */
+	demandBytes?: number;
 	/** dadi-guest's own report (B, C): timings, fetched, peakRssBytes. */
 	dadi?: Record<string, unknown>;
 }
@@ -92,6 +98,51 @@ export interface Prepared {
 }
 
 const KEY_REF = "kbs:///default/image-key/coldstart";
+
+/**
+ * Samples every loop device's sectors-read counter while a run lasts: per device the counter at
+ * the start (a device re-attached meanwhile whose counter went down starts again from 0) and the
+ * last value seen.
+ */
+class LoopReads {
+	readonly #seen = new Map<string, { base: number; last: number }>();
+	readonly #timer: NodeJS.Timeout;
+	constructor() {
+		this.sample(true);
+		this.#timer = setInterval(() => this.sample(), 25);
+	}
+	/** A device first seen after the start is new: its reads count from 0. */
+	sample(first = false): void {
+		let names: string[];
+		try {
+			names = readdirSync("/sys/block").filter((n) => n.startsWith("loop"));
+		} catch {
+			return;
+		}
+		for (const n of names)
+			try {
+				const v = Number(
+					readFileSync(`/sys/block/${n}/stat`, "utf8").trim().split(/\s+/)[2],
+				);
+				const s = this.#seen.get(n);
+				if (!s) this.#seen.set(n, { base: first ? v : 0, last: v });
+				else {
+					if (v < s.last) s.base = 0;
+					s.last = v;
+				}
+			} catch {
+				// detached meanwhile
+			}
+	}
+	stop(): void {
+		clearInterval(this.#timer);
+	}
+	/** Bytes read from `dev` (e.g. "loop3") while sampled; undefined when never seen. */
+	bytes(dev: string): number | undefined {
+		const s = this.#seen.get(dev);
+		return s === undefined ? undefined : (s.last - s.base) * 512;
+	}
+}
 
 function helpHas(repo: string, args: string[], flag: string): boolean {
 	const r = spawnSync(
@@ -178,7 +229,7 @@ export async function prepareVariants(o: {
 		if (o.want.has("C")) {
 			if (!traceSupport)
 				skipped.C =
-					"skipped: this build has no trace support (dadi-guest serve --help lacks --record-trace / dadi-seal trace attach)";
+					"skipped: this build has no trace support — dadi-guest serve --help lacks --record-trace (or dadi-seal has no trace attach)";
 			else
 				for (const w of o.workloads) {
 					const tag = `trace-${w}`;
@@ -242,12 +293,19 @@ export async function prepareVariants(o: {
 		]);
 		// E: eStargz converted and optimized, through a containerd of our own.
 		let stargzBin: string | undefined;
-		const wantE = o.want.has("E-convert") || o.want.has("E-opt");
-		if (wantE) {
-			const missing = stargzMissing();
+		const why = (e: unknown, short: string) => {
+			const msg = (e as Error).message.replace(/\s+/g, " ");
+			// The command and the end of its stderr (where the error is).
+			return `skipped: ${short} — ${msg.length > 700 ? `${msg.slice(0, 200)} … ${msg.slice(-450)}` : msg}`;
+		};
+		if (o.want.has("E-convert") || o.want.has("E-opt")) {
+			let stage = "the stargz snapshotter is not available here";
 			try {
+				const missing = stargzMissing();
 				if (missing) throw new Error(missing);
+				stage = "the stargz snapshotter daemon did not build";
 				stargzBin = await buildStargzGrpc(repo, o.cacheDir, log);
+				stage = "ctr-remote image convert --estargz failed";
 				log(
 					"converting the image to eStargz (ctr-remote convert / optimize)...",
 				);
@@ -256,15 +314,13 @@ export async function prepareVariants(o: {
 				const c = await startContainerd(
 					join(cdir, "containerd"),
 					join(cdir, "no-dadi.sock"),
-					{
-						stargz: sg.socket,
-					},
+					{ stargz: sg.socket },
 				);
 				try {
 					const remote = (args: string[]) =>
 						run("ctr-remote", ["-a", c.socket, ...args], {
 							...process.env,
-							PATH: `/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
+							PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 						});
 					remote(["images", "pull", "--plain-http", `${H}/cs/app:plain`]);
 					remote([
@@ -276,27 +332,33 @@ export async function prepareVariants(o: {
 						`${H}/cs/app:esgz`,
 					]);
 					remote(["images", "push", "--plain-http", `${H}/cs/app:esgz`]);
-					for (const w of o.workloads) {
-						remote([
-							"images",
-							"optimize",
-							"--oci",
-							"--period",
-							"5",
-							"--entrypoint",
-							JSON.stringify(["/usr/bin/python3"]),
-							"--args",
-							JSON.stringify(["-c", WORKLOADS[w]]),
-							`${H}/cs/app:plain`,
-							`${H}/cs/app:esgz-opt-${w}`,
-						]);
-						remote([
-							"images",
-							"push",
-							"--plain-http",
-							`${H}/cs/app:esgz-opt-${w}`,
-						]);
-					}
+					if (o.want.has("E-opt"))
+						try {
+							for (const w of o.workloads) {
+								remote([
+									"images",
+									"optimize",
+									"--oci",
+									"--period",
+									"5",
+									"--entrypoint",
+									JSON.stringify(["/usr/bin/python3"]),
+									"--args",
+									JSON.stringify(["-c", WORKLOADS[w]]),
+									`${H}/cs/app:plain`,
+									`${H}/cs/app:esgz-opt-${w}`,
+								]);
+								remote([
+									"images",
+									"push",
+									"--plain-http",
+									`${H}/cs/app:esgz-opt-${w}`,
+								]);
+							}
+						} catch (e) {
+							skipped["E-opt"] = why(e, "ctr-remote image optimize failed");
+							log(`E-opt ${skipped["E-opt"]}`);
+						}
 				} finally {
 					await c.stop();
 					await sg.stop();
@@ -304,13 +366,10 @@ export async function prepareVariants(o: {
 					await rm(cdir, { recursive: true, force: true });
 				}
 			} catch (e) {
-				const msg = (e as Error).message.replace(/\s+/g, " ");
-				// The command and the end of its stderr (where the error is).
-				const why = `skipped: ${msg.length > 700 ? `${msg.slice(0, 200)} … ${msg.slice(-450)}` : msg}`;
 				stargzBin = undefined;
-				skipped["E-convert"] = why;
-				skipped["E-opt"] = why;
-				log(`E ${why}`);
+				skipped["E-convert"] = why(e, stage);
+				skipped["E-opt"] = skipped["E-convert"];
+				log(`E ${skipped["E-convert"]}`);
 			}
 		}
 
@@ -328,6 +387,7 @@ export async function prepareVariants(o: {
 			let peakMemBytes: number | null = null;
 			let peakMemHow = "largest process of the command's tree (GNU time %M)";
 			let dadi: Record<string, unknown> | undefined;
+			let demandBytes: number | undefined;
 			let mark = 0;
 			const timeFile = join(dir, "time.txt");
 			try {
@@ -366,11 +426,18 @@ export async function prepareVariants(o: {
 					];
 					dropCaches();
 					mark = reg.mark();
-					t = await timedRun(process.execPath, args, timeFile);
+					const sampler = new LoopReads();
+					try {
+						t = await timedRun(process.execPath, args, timeFile);
+					} finally {
+						sampler.stop();
+					}
 					const line = t.stderr
 						.split("\n")
 						.find((l) => l.startsWith("DADI-RUN "));
 					if (line) dadi = JSON.parse(line.slice("DADI-RUN ".length));
+					const dev = String(dadi?.blockDevice ?? "").replace("/dev/", "");
+					demandBytes = sampler.bytes(dev);
 					if (typeof dadi?.peakRssBytes === "number") {
 						peakMemBytes = Math.max(dadi.peakRssBytes, t.maxRss ?? 0);
 						peakMemHow =
@@ -434,6 +501,7 @@ export async function prepareVariants(o: {
 					peakMemBytes,
 					peakMemHow,
 					...(dadi ? { dadi } : {}),
+					...(demandBytes === undefined ? {} : { demandBytes }),
 				};
 			} finally {
 				await unmountUnder(dir);

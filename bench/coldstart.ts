@@ -79,7 +79,7 @@ function chart(r: ColdstartReport, link: Link): string {
 	const l = LINKS[link];
 	return groupedBarChart({
 		title: `Cold start to first output — ${link === "loopback" ? "loopback" : "200 Mbit/s"}`,
-		subtitle: `${r.image.description.slice(0, 90)}; median of ${r.reps}, whiskers min–max; ${r.date.slice(0, 10)} (preliminary)`,
+		subtitle: `Debian bookworm minbase + python3 + numpy, ${(r.image.layers.reduce((a, l) => a + l.gzipBytes, 0) / 1e6).toFixed(0)} MB gzip; median of ${r.reps} (whiskers min–max); ${r.date.slice(0, 10)}, load ${r.machine.loadavgBefore[0]?.toFixed(1)}`,
 		axisLabel:
 			"seconds from start to the workload's first output (lower is better)",
 		groups: r.workloads
@@ -107,7 +107,9 @@ function chart(r: ColdstartReport, link: Link): string {
 									median: 0,
 									min: 0,
 									max: 0,
-									note: (r.skipped[v] ?? "not run").slice(0, 60),
+									note: (r.skipped[v] ?? "not run")
+										.split(" — ")[0]
+										?.slice(0, 70),
 								};
 					}),
 				}))
