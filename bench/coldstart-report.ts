@@ -186,7 +186,7 @@ export function evaluateTargets(
 			for (const v of ["B", "C"] as const) {
 				const s = get(l, w, v);
 				const what = `${v}: bytes fetched ≤ 1.5 × bytes the start reads, ${w}, ${l}`;
-				if (!s || !s.demandBytes)
+				if (!s?.demandBytes)
 					t.push({
 						what,
 						status: "UNKNOWN",
