@@ -15,7 +15,7 @@
  * latency while each attack of the abuse review runs, beside the quiet figure.
  * The cold-start section of issue 18 (bench/coldstart.ts, also `npm run bench:coldstart`) is NOT
  * part of the plain run: it builds a Debian + numpy image, converts it to eStargz, and times seven
- * variants × two workloads × two links × --reps (about 20 minutes at 5 reps); --coldstart runs it
+ * variants × two workloads × two links × --reps (15–20 minutes at 5 reps); --coldstart runs it
  * (only it, with the other "only" flags those too); --no-coldstart is accepted and changes nothing.
  * See docs/benchmarks.md.
  *
@@ -192,7 +192,7 @@ const USAGE = `usage: node dist/bench/run.js [options]
   --no-attest          skip the attestation section
   --coldstart          run the cold-start section of issue 18 (time to first output of python3 in a
                        Debian + numpy image: ocicrypt, dadi, plain, eStargz; loopback and 200 Mbit/s;
-                       root; about 20 minutes at 5 reps; also npm run bench:coldstart); not part of
+                       root; 15–20 minutes at 5 reps; also npm run bench:coldstart); not part of
                        the plain run; with the other "only" flags, those too
   --no-coldstart       (the default) leave the cold-start section out
 environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
