@@ -179,6 +179,8 @@ export async function prepareVariants(o: {
 	workloads: Workload[];
 	want: Set<Variant>;
 	log: (line: string) => void;
+	/** Throws when the bench was interrupted (called between setup steps). */
+	checkpoint: () => void;
 }): Promise<Prepared> {
 	const { repo, work, reg, log } = o;
 	const seal = join(repo, "dist/src/cli/dadi-seal.js");
@@ -210,6 +212,7 @@ export async function prepareVariants(o: {
 			]);
 		log("sealing the image (dadi-seal, ext4 default)...");
 		sealTo("sealed");
+		o.checkpoint();
 		const broker = await startInitialisedBroker(join(work, "broker"));
 		cleanups.push(async () => {
 			await broker.daemon.stop();
@@ -274,6 +277,7 @@ export async function prepareVariants(o: {
 					log(`C ${skipped.C}`);
 				}
 		}
+		o.checkpoint();
 		// A: ocicrypt (JWE, RSA keypair).
 		const priv = join(work, "ocicrypt-priv.pem");
 		const pub = join(work, "ocicrypt-pub.pem");
@@ -296,6 +300,7 @@ export async function prepareVariants(o: {
 			src,
 			`docker://${H}/cs/app:plain`,
 		]);
+		o.checkpoint();
 		// E: eStargz converted and optimized, through a containerd of our own.
 		let stargzBin: string | undefined;
 		const why = (e: unknown, short: string) => {

@@ -133,6 +133,18 @@ export async function runColdstartBench(
 	const reg = await startShapedRegistry(join(work, "registry"), o.log);
 	const runs: ColdRun[] = [];
 	let prepared: Awaited<ReturnType<typeof prepareVariants>> | undefined;
+	// Ctrl-C / SIGTERM: the step under way ends (its tools get the terminal's SIGINT too), then the
+	// bench stops and the finally blocks take down what it started. A second signal kills at once.
+	let interrupted: NodeJS.Signals | undefined;
+	const onSignal = (sig: NodeJS.Signals) => {
+		interrupted = sig;
+		o.log(`${sig}: stopping after the current step and cleaning up`);
+	};
+	const checkpoint = () => {
+		if (interrupted) throw new Error(`interrupted (${interrupted})`);
+	};
+	process.once("SIGINT", onSignal);
+	process.once("SIGTERM", onSignal);
 	try {
 		prepared = await prepareVariants({
 			repo: o.repo,
@@ -143,8 +155,10 @@ export async function runColdstartBench(
 			workloads: o.workloads,
 			want: new Set(o.variants),
 			log: o.log,
+			checkpoint,
 		});
 		const p = prepared;
+		checkpoint();
 		const active = o.variants.filter((v) => p.skipped[v] === undefined);
 		for (const link of o.links) {
 			reg.shape(LINKS[link].mbit);
@@ -153,6 +167,7 @@ export async function runColdstartBench(
 					for (let i = 0; i < active.length; i++) {
 						// Round robin, the starting variant rotating with the repetition.
 						const v = active[(i + rep) % active.length] as Variant;
+						checkpoint();
 						try {
 							const r = await p.runOne(v, w, link, rep);
 							runs.push(r);
@@ -209,6 +224,8 @@ export async function runColdstartBench(
 		}
 		return report;
 	} finally {
+		process.off("SIGINT", onSignal);
+		process.off("SIGTERM", onSignal);
 		await prepared?.close();
 		await reg.stop();
 		await rm(work, { recursive: true, force: true });
