@@ -13,6 +13,10 @@
  * from 64 concurrent clients on loopback, against a bare HTTP echo server on the same stack; and,
  * unless --no-broker-attack, the key broker under attack (bench/broker-attack-bench.ts): guests'
  * latency while each attack of the abuse review runs, beside the quiet figure.
+ * The cold-start section of issue 18 (bench/coldstart.ts, also `npm run bench:coldstart`) is NOT
+ * part of the plain run: it builds a Debian + numpy image, converts it to eStargz, and times seven
+ * variants × two workloads × two links × --reps (15–20 minutes at 5 reps); --coldstart runs it
+ * (only it, with the other "only" flags those too); --no-coldstart is accepted and changes nothing.
  * See docs/benchmarks.md.
  *
  *   node dist/bench/run.js [--quick] [--json] [--json-file FILE] [--reps N]
@@ -21,7 +25,7 @@
  *                          [--guest | --no-guest] [--guest-seconds N] [--guest-profile DIR]
  *                          [--broker | --no-broker] [--broker-seconds N] [--broker-profile DIR]
  *                          [--broker-attack | --no-broker-attack] [--broker-attack-seconds N]
- *                          [--attest | --no-attest]
+ *                          [--attest | --no-attest] [--coldstart | --no-coldstart]
  */
 
 import { spawnSync } from "node:child_process";
@@ -54,6 +58,9 @@ import { runBrokerAttackBench } from "./broker-attack-bench.js";
 import type { AttackBenchReport } from "./broker-attack-report.js";
 import { runBrokerBench } from "./broker-bench.js";
 import type { BrokerBenchReport } from "./broker-report.js";
+import { coldstartMissing, runColdstartBench } from "./coldstart.js";
+import type { ColdstartReport } from "./coldstart-report.js";
+import { VARIANTS } from "./coldstart-variants.js";
 import {
 	type ContainerBenchReport,
 	containerBenchMissing,
@@ -132,6 +139,8 @@ interface Options {
 	noBrokerAttack: boolean;
 	/** Timed seconds of each run under attack. */
 	brokerAttackSeconds: number;
+	/** Run the cold-start section (not part of the plain run). */
+	coldstart: boolean;
 	/** --reps as given (the image section's default differs). */
 	repsGiven: number | undefined;
 }
@@ -181,6 +190,11 @@ const USAGE = `usage: node dist/bench/run.js [options]
                        second on one core against the raw signature checks they contain; needs the
                        shared fixtures, $DADI_FIXTURES); with the other "only" flags, those too
   --no-attest          skip the attestation section
+  --coldstart          run the cold-start section of issue 18 (time to first output of python3 in a
+                       Debian + numpy image: ocicrypt, dadi, plain, eStargz; loopback and 200 Mbit/s;
+                       root; 15–20 minutes at 5 reps; also npm run bench:coldstart); not part of
+                       the plain run; with the other "only" flags, those too
+  --no-coldstart       (the default) leave the cold-start section out
 environment: DADI_BENCH_CACHE (image cache, default <repo>/.bench-cache),
              DADI_BENCH_TMP (scratch directory, default /dev/shm when it has room, else the OS tmpdir)
 `;
@@ -215,6 +229,8 @@ function parseOptions(argv: string[]): Options {
 			"no-attest": { type: "boolean", default: false },
 			containers: { type: "boolean", default: false },
 			"no-containers": { type: "boolean", default: false },
+			coldstart: { type: "boolean", default: false },
+			"no-coldstart": { type: "boolean", default: false },
 			help: { type: "boolean", default: false },
 		},
 	});
@@ -293,6 +309,8 @@ function parseOptions(argv: string[]): Options {
 		noAttest: values["no-attest"] ?? false,
 		containers: values.containers ?? false,
 		noContainers: values["no-containers"] ?? false,
+		coldstart:
+			(values.coldstart ?? false) && !(values["no-coldstart"] ?? false),
 		brokerSeconds,
 		brokerProfile: values["broker-profile"],
 		brokerAttack: values["broker-attack"] ?? false,
@@ -403,7 +421,8 @@ async function main(): Promise<void> {
 			opts.broker ||
 			opts.brokerAttack ||
 			opts.attest ||
-			opts.containers;
+			opts.containers ||
+			opts.coldstart;
 		const disk = only
 			? undefined
 			: await bench(opts, size, workDir, log, print);
@@ -532,6 +551,28 @@ async function main(): Promise<void> {
 				if (opts.containers) process.exitCode = 1;
 			}
 		}
+		let coldstart: ColdstartReport | { skipped: string } | undefined;
+		if (opts.coldstart) {
+			const missing = coldstartMissing();
+			if (missing === null)
+				coldstart = await runColdstartBench({
+					repo: REPO,
+					cacheDir: process.env.DADI_BENCH_CACHE ?? join(REPO, ".bench-cache"),
+					// On a disk, not /dev/shm: unpacking is part of what is timed, and caches are dropped.
+					workDir: process.env.DADI_BENCH_TMP ?? tmpdir(),
+					reps: opts.repsGiven ?? (opts.quick ? 1 : 5),
+					variants: [...VARIANTS],
+					links: opts.quick ? ["loopback"] : ["loopback", "200mbit"],
+					workloads: opts.quick ? ["print"] : ["print", "numpy"],
+					log,
+					print,
+				});
+			else {
+				log(`cold-start section skipped: ${missing}`);
+				coldstart = { skipped: missing };
+				process.exitCode = 1;
+			}
+		}
 		const sections = [
 			disk,
 			images,
@@ -541,6 +582,7 @@ async function main(): Promise<void> {
 			brokerAttack,
 			attest,
 			containers,
+			coldstart,
 		].filter((x) => x !== undefined);
 		if (sections.length > 1)
 			log(
@@ -556,6 +598,7 @@ async function main(): Promise<void> {
 			...(brokerAttack === undefined ? {} : { brokerAttack }),
 			...(attest === undefined ? {} : { attest }),
 			...(containers === undefined ? {} : { containers }),
+			...(coldstart === undefined ? {} : { coldstart }),
 		};
 		const report =
 			disk !== undefined
