@@ -14,7 +14,7 @@
  *      ctr-remote image optimize, which runs the workload to find the prefetch landmark)
  */
 import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { startInitialisedBroker } from "../test/broker/harness.js";
@@ -239,7 +239,7 @@ export async function prepareVariants(o: {
 						const tag = `trace-${w}`;
 						sealTo(tag);
 						const mnt = join(work, `record-${w}`);
-						const trace = join(work, `trace-${w}.json`);
+						const trace = join(work, `trace-${w}.trace`);
 						await mkdir(mnt, { recursive: true });
 						const serve = await startDaemon(guest, [
 							"serve",
@@ -413,7 +413,7 @@ export async function prepareVariants(o: {
 					t = await timedRun("sh", ["-c", script], timeFile);
 				} else if (v === "B" || v === "C") {
 					const args = [
-						join(repo, "dist/src/cli/dadi-guest.js"),
+						guestProgram(repo),
 						"run",
 						`docker://${H}/cs/app:${v === "B" ? "sealed" : `trace-${w}`}`,
 						"--broker",
@@ -523,4 +523,13 @@ export async function prepareVariants(o: {
 		await close();
 		throw e;
 	}
+}
+
+/**
+ * The dadi-guest a start runs: the single-file build `npm run build` writes (what a guest image
+ * ships, and what dadi-snapshotter starts), or dist's module entry point without it.
+ */
+function guestProgram(repo: string): string {
+	const bundle = join(repo, "dist/guest/dadi-guest.mjs");
+	return existsSync(bundle) ? bundle : join(repo, "dist/src/cli/dadi-guest.js");
 }

@@ -99,8 +99,16 @@ describe("dadi-guest serve", () => {
 			expect(String(s.ready.loopDevice)).toMatch(/^\/dev\/loop\d+$/);
 			expect(String(s.ready.image)).toMatch(/@sha256:/);
 			// where the start went, step by step, and the steps add up to no more than the whole
-			const t = s.ready.timingsMs as Record<string, number>;
-			for (const step of ["startup", "open", "fuse", "mount", "ready"])
+			const t = s.ready.timingsMs as {
+				startup: number;
+				open: number;
+				fuse: number;
+				mount: number;
+				ready: number;
+				key?: number;
+				nbd?: number;
+			};
+			for (const step of ["startup", "open", "fuse", "mount", "ready"] as const)
 				expect(t[step], step).toBeGreaterThan(0);
 			expect(t.nbd).toBeUndefined();
 			expect(t.key).toBeUndefined(); // a key file is read before the image is opened
