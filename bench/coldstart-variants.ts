@@ -423,8 +423,8 @@ export async function prepareVariants(o: {
 						"--insecure",
 						"--block",
 						"loop",
-						"--cache-dir",
-						join(dir, "cache"),
+						// No --cache-dir: chunks wait in memory, as in a sandbox VM, which has no disk
+						// of its own to keep them on (and a file per chunk costs the start CPU time).
 						"--json",
 						...(prefetchFlag
 							? ["--prefetch", v === "B" ? "none" : "trace"]

@@ -234,6 +234,8 @@ describe("start-up traces", () => {
 			entries: entries.length,
 			prefetch: expect.objectContaining({ stoppedBy: "done" }),
 		});
+		// the trace names the metadata the start reads: no file-system walk besides it
+		expect(coldStats.fetched.metadataPrefetch).toBeUndefined();
 	});
 
 	it("the cold start's on-demand chunk reads are mostly hits", () => {
@@ -289,6 +291,11 @@ describe("start-up traces", () => {
 			expect(s1.stderr()).toMatch(
 				/warning: ignoring the image's start-up trace: .*another image/,
 			);
+			// without a usable trace, the file system's metadata is prefetched instead
+			const s1Stats = JSON.parse(await readFile(s1.statsFile, "utf8"));
+			expect(s1Stats.fetched.metadataPrefetch).toMatchObject({
+				fsType: "ext4",
+			});
 			// 2. Rewritten to name B as its subject: the sealed trace is still bound to A.
 			const b2 = await attachTrace(
 				storeB,

@@ -29,6 +29,14 @@ export function addPrefetchOptions(c: Command): Command {
 		);
 }
 
+/**
+ * What the metadata prefetch fetches and reads to parse at most. The superblock, descriptors and
+ * in-use inode tables come first and fit; directories beyond it are left to demand. Measured on
+ * the cold-start bench image (268 MB, 12k files): unbounded, the walk fetched 15.5 MB in 184
+ * requests — more than the 11.7 MB a python start reads — and competed with the start's own reads.
+ */
+export const METADATA_PREFETCH_BYTES = 4 << 20;
+
 /** How long closing waits for a prefetch it has aborted. */
 const SETTLE_MS = 2000;
 
@@ -50,6 +58,8 @@ export function startMetadataPrefetch(
 	stats.metadataPrefetch = { fsType, stoppedBy: "running" };
 	const running = prefetchMetadata(opened.image.disk, fsType, {
 		signal: ac.signal,
+		budgetBytes: METADATA_PREFETCH_BYTES,
+		maxReadBytes: METADATA_PREFETCH_BYTES,
 	}).then((r) => {
 		stats.metadataPrefetch = r;
 		if (r.stoppedBy === "error")

@@ -286,8 +286,6 @@ async function runAction(
 				throw new Interrupted(sig);
 			}),
 		]);
-		// In the background, while the disk is attached and mounted.
-		void startMetadataPrefetch(opened, opts, debug);
 		report.image = opened.name;
 		report.timingsMs.attest = ms(keyMs);
 		report.timingsMs.open = ms(performance.now() - openStart - keyMs);
@@ -295,7 +293,13 @@ async function runAction(
 		// The trace lookup ran alongside the key release and the layer opening; the prefetch runs
 		// alongside attaching, mounting and the container (only --prefetch trace waits for the check).
 		const image = opened.image;
-		const replaying = tracing.ready(image).then(() => tracing.start(image));
+		const readable = opened;
+		// Without a trace, the file system's metadata is prefetched instead (a trace names what
+		// the start reads, metadata included).
+		const replaying = tracing.ready(image).then(() => {
+			if (!tracing.start(image) && !tracing.closed)
+				void startMetadataPrefetch(readable, opts, debug);
+		});
 		if (tracing.mode === "trace") await replaying;
 		else replaying.catch(() => {});
 		const imageConfig = await opened.image.imageConfig();

@@ -181,8 +181,6 @@ export function serveCommand(program: Command, prog: string): void {
 					throw e;
 				});
 				const openedAt = performance.now();
-				// In the background, while the disk is attached and mounted.
-				void startMetadataPrefetch(opened, opts, log);
 				let serving: Serving | undefined;
 				let recording: TraceRecording | undefined;
 				const onUsr1 = () => void recording?.finish("signal");
@@ -198,9 +196,12 @@ export function serveCommand(program: Command, prog: string): void {
 					}
 					// The trace lookup ran alongside the key release and the layer opening; the
 					// prefetch runs alongside the mount.
-					const replaying = replay
-						.ready(opened.image)
-						.then(() => replay.start(opened.image));
+					// Without a trace, the file system's metadata is prefetched instead (a trace names
+					// what the start reads, metadata included).
+					const replaying = replay.ready(opened.image).then(() => {
+						if (!replay.start(opened.image) && !replay.closed)
+							void startMetadataPrefetch(opened, opts, log);
+					});
 					if (replay.mode === "trace") await replaying;
 					else replaying.catch(() => {});
 					if (opts.runConfig)

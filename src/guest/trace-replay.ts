@@ -26,7 +26,12 @@ import {
 	findTrace,
 	type ReferrerStore,
 } from "../image/trace-referrer.js";
-import { type PrefetchResult, prefetchChunks } from "../lazy/prefetch.js";
+import {
+	fillGaps,
+	type PrefetchItem,
+	type PrefetchResult,
+	prefetchChunks,
+} from "../lazy/prefetch.js";
 
 export type PrefetchMode = "auto" | "trace" | "none";
 
@@ -58,6 +63,11 @@ export interface TraceReplayJson {
 	error?: { code: string; message: string };
 	prefetch?: PrefetchResult;
 }
+
+/** Gaps between a trace's chunks fetched along (chunks). */
+export const REPLAY_GAP_CHUNKS = 2;
+/** Prefetch requests at once; the limiter keeps two more slots for on-demand reads. */
+export const REPLAY_CONCURRENCY = 6;
 
 export class TraceReplay {
 	#lookup: Promise<FoundTrace | undefined> | undefined;
@@ -141,15 +151,34 @@ export class TraceReplay {
 		}
 	}
 
-	/** Starts prefetching the trace's chunks (not awaited); a no-op without a usable trace. */
-	start(image: OpenedImage): void {
+	/**
+	 * Starts prefetching the trace's chunks (not awaited); false (and nothing done) without a
+	 * usable trace. Gaps of up to REPLAY_GAP_CHUNKS chunks between the trace's chunks are fetched
+	 * too: a few more bytes for fewer, larger requests.
+	 */
+	start(image: OpenedImage): boolean {
 		const entries = this.#entries;
-		if (!entries) return;
-		this.#running = prefetchChunks(
-			image.disk,
-			entries.map((e) => ({ layer: e.layer, chunk: e.chunk })),
-			{ budgetBytes: this.budgetBytes, signal: this.#abort.signal },
-		).then(
+		if (!entries) return false;
+		const named = new Set<number>(entries.map((e) => e.chunk));
+		const chunks = fillGaps(
+			entries.map((e) => e.chunk),
+			named,
+			REPLAY_GAP_CHUNKS,
+		);
+		// The trace's own chunks keep their layer; a filled gap comes from the layer shown there.
+		const layerOf = new Map<number, number>(
+			entries.map((e) => [e.chunk, e.layer]),
+		);
+		const items: PrefetchItem[] = [];
+		for (const chunk of chunks) {
+			const layer = layerOf.get(chunk) ?? image.disk.layerOf(chunk);
+			if (layer >= 0) items.push({ layer, chunk });
+		}
+		this.#running = prefetchChunks(image.disk, items, {
+			budgetBytes: this.budgetBytes,
+			concurrency: REPLAY_CONCURRENCY,
+			signal: this.#abort.signal,
+		}).then(
 			(r) => {
 				this.state.prefetch = r;
 				this.state.state = "done";
@@ -162,6 +191,12 @@ export class TraceReplay {
 				};
 			},
 		);
+		return true;
+	}
+
+	/** Whether close() was called (nothing more should be started for this image). */
+	get closed(): boolean {
+		return this.#abort.signal.aborted;
 	}
 
 	/** Stops a running prefetch and waits for it (before the image closes). */
