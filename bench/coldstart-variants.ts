@@ -447,7 +447,12 @@ export async function prepareVariants(o: {
 						.find((l) => l.startsWith("DADI-RUN "));
 					if (line) dadi = JSON.parse(line.slice("DADI-RUN ".length));
 					const dev = String(dadi?.blockDevice ?? "").replace("/dev/", "");
-					demandBytes = sampler.bytes(dev);
+					// dadi-guest counts what the kernel read of the disk itself (run report `read`);
+					// the loop device's counters are the fallback for builds without it
+					const guestRead = (dadi?.read as { bytes?: unknown } | undefined)
+						?.bytes;
+					demandBytes =
+						typeof guestRead === "number" ? guestRead : sampler.bytes(dev);
 					if (typeof dadi?.peakRssBytes === "number") {
 						peakMemBytes = Math.max(dadi.peakRssBytes, t.maxRss ?? 0);
 						peakMemHow =

@@ -195,6 +195,9 @@ describe("dadi-guest run --block loop", () => {
 			expect(line.timingsMs[k], k).toBeGreaterThan(0);
 		expect(line.fetched.bytes).toBeGreaterThan(0);
 		expect(line.fetched.requests).toBeGreaterThan(0);
+		// what the kernel read of the disk (mount and command), counted in the guest
+		expect(line.read.reads).toBeGreaterThan(0);
+		expect(line.read.bytes).toBeGreaterThan(0);
 		expect(line.peakRssBytes).toBeGreaterThan(10 << 20);
 		// the report and the log carry no secret from the config
 		expect(r.stderr).not.toMatch(/s3cr3t/);
@@ -337,6 +340,8 @@ describe("dadi-guest run --block loop", () => {
 		expect(r.code).toBe(9);
 		expect(r.stdout).toBe("");
 		expect(r.stderr).toMatch(/\[POLICY_DENIED\]/);
+		// the container starter spawned ahead of time was stopped, not left to find no spec
+		expect(r.stderr).not.toMatch(/process spec/);
 		const line = reportOf(r);
 		expect(line.ok).toBe(false);
 		expect(line.error.code).toBe("POLICY_DENIED");

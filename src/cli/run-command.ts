@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import { performance } from "node:perf_hooks";
 import type { Command } from "commander";
 import { asDadiError, DadiError } from "../errors.js";
-import type { StartedProcess } from "../guest/exec-in-root.js";
+import { type StartedProcess, spawnStarter } from "../guest/exec-in-root.js";
 import {
 	decodeVolumeText,
 	type GuestVolume,
@@ -248,6 +248,10 @@ async function runAction(
 		if (report.block === "nbd") checkNbdPresent(nbdDevice);
 		if (opts.rootfs)
 			opts.rootfs = await prepareMountPoint(opts.rootfs, "--rootfs", say);
+		// The container's starter (a second node) starts now, alongside attesting, fetching and
+		// mounting, instead of after them; killed if no container runs.
+		const starter = spawnStarter();
+		undo.push("stop the unused container starter", () => starter.cancel());
 		const openStart = performance.now();
 		let keyMs = 0;
 		const timedKey =
@@ -304,6 +308,7 @@ async function runAction(
 		else replaying.catch(() => {});
 		const imageConfig = await opened.image.imageConfig();
 		const code = await runContainer({
+			starter,
 			source: opened.image.disk,
 			imageConfig,
 			name: opened.name,

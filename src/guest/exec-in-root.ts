@@ -1,11 +1,11 @@
 /**
  * Starting the container's process in its root. Node cannot chroot a child it spawns, so
  * `dadi-guest run` spawns itself — `process.execPath` on its own script or single-file bundle,
- * with the hidden first argument EXEC_IN_ROOT — and that starter:
+ * with the hidden first argument EXEC_IN_ROOT — as soon as it starts (spawnStarter: node's own
+ * start-up and loading libc then overlap attestation, fetching and mounting), and that starter:
  *
- *   reads the process spec from fd 3 (a pipe: the image's env may hold secrets, so it is in no
- *   argv or environment the sandbox's `ps` shows) → chroot(2) + chdir into the root (koffi and
- *   libc loaded before) → makes the working directory if the image lacks it (as runc does) →
+ *   loads koffi and libc → reads the process spec from fd 3 (a pipe: the image's env may hold secrets, so it is in no
+ *   argv or environment the sandbox's `ps` shows) → chroot(2) + chdir into the root → makes the working directory if the image lacks it (as runc does) →
  *   drops to the container's user: setgroups, setgid, setuid → spawns the process with exactly
  *   the image's env (libuv's execvp looks the command up in that env's PATH, inside the new root)
  *   and inherited stdio → forwards SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 → exits with
@@ -64,8 +64,18 @@ export function shellExitCode(
 	return 128 + (n ?? 0);
 }
 
-/** Spawns the starter for `spec`; stdio is inherited. */
-export function startInRoot(spec: ExecSpec): StartedProcess {
+/**
+ * A starter spawned ahead of time: node starts and loads libc through koffi while the image is
+ * being opened and mounted, then waits for its spec on fd 3. `start` hands it the spec; `cancel`
+ * (a no-op once started) kills it when no container will run.
+ */
+export interface Starter {
+	start(spec: ExecSpec): StartedProcess;
+	cancel(): void;
+}
+
+/** Spawns a starter now; stdio is inherited. */
+export function spawnStarter(): Starter {
 	const script = process.argv[1];
 	if (!script)
 		throw new Error("cannot find this program's script to start the container");
@@ -76,31 +86,50 @@ export function startInRoot(spec: ExecSpec): StartedProcess {
 	});
 	const pipe = child.stdio[3] as NodeJS.WritableStream | null;
 	pipe?.on("error", () => {}); // a starter that died early: its exit says why
-	pipe?.end(JSON.stringify(spec));
 	const exited = new Promise<number>((resolve) => {
 		child.once("error", () => resolve(127));
 		child.once("exit", (code, signal) => resolve(shellExitCode(code, signal)));
 	});
 	const pid = child.pid ?? -1;
-	return {
-		pid,
-		exited,
-		signal: (sig) => {
+	const killAll = () => {
+		if (pid > 0)
 			try {
-				child.kill(sig);
+				process.kill(-pid, "SIGKILL");
 			} catch {
 				// already gone
 			}
+	};
+	let used = false;
+	return {
+		start: (spec) => {
+			if (used) throw new Error("a starter starts one process");
+			used = true;
+			pipe?.end(JSON.stringify(spec));
+			return {
+				pid,
+				exited,
+				signal: (sig) => {
+					try {
+						child.kill(sig);
+					} catch {
+						// already gone
+					}
+				},
+				killAll,
+			};
 		},
-		killAll: () => {
-			if (pid > 0)
-				try {
-					process.kill(-pid, "SIGKILL");
-				} catch {
-					// already gone
-				}
+		cancel: () => {
+			if (used) return;
+			used = true;
+			killAll();
+			pipe?.end();
 		},
 	};
+}
+
+/** Spawns the starter for `spec` at once; stdio is inherited. */
+export function startInRoot(spec: ExecSpec): StartedProcess {
+	return spawnStarter().start(spec);
 }
 
 function fail(code: number, message: string): never {
@@ -132,6 +161,13 @@ function isSpec(v: unknown): v is ExecSpec {
 
 /** The starter's main: never returns (exits with the container's code). */
 export function execInRootMain(): void {
+	// Loaded before the spec arrives: a starter spawned ahead of time does this meanwhile.
+	let preloaded: unknown;
+	try {
+		preloadChroot();
+	} catch (e) {
+		preloaded = e;
+	}
 	let spec: unknown;
 	try {
 		spec = JSON.parse(readFileSync(3, "utf8"));
@@ -140,7 +176,7 @@ export function execInRootMain(): void {
 	}
 	if (!isSpec(spec)) fail(125, "the container's process spec is malformed");
 	try {
-		preloadChroot();
+		if (preloaded) throw preloaded;
 		chroot(spec.root);
 		process.chdir("/");
 		mkdirSync(spec.cwd, { recursive: true, mode: 0o755 });

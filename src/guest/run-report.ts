@@ -37,6 +37,12 @@ export interface RunReport {
 	timingsMs: RunTimings;
 	/** Lazy fetch statistics of a registry image. */
 	fetched?: { bytes: number; requests: number; chunks: number };
+	/**
+	 * What the guest kernel read from the disk (the block device's reads as they reached
+	 * dadi-guest, mount and container together): plaintext bytes and reads. Against `fetched`,
+	 * what the start cost in transfer per byte it used.
+	 */
+	read?: { bytes: number; reads: number };
 	/** The metadata prefetch started at open (--prefetch-metadata), as it stood at the end. */
 	metadataPrefetch?: MetadataPrefetchJson;
 	/** Start-up trace replay (--prefetch): whether one was found, its entries, the prefetch. */

@@ -19,7 +19,11 @@ import {
 } from "../runtime/run-config.js";
 import type { BlockSource } from "./block-source.js";
 import { mountContainerRoot, readImageFile } from "./container-root.js";
-import { type StartedProcess, startInRoot } from "./exec-in-root.js";
+import {
+	type StartedProcess,
+	type Starter,
+	spawnStarter,
+} from "./exec-in-root.js";
 import { detectFsType, SUPERBLOCK_PROBE_BYTES } from "./fs-detect.js";
 import { FuseServer } from "./fuse/server.js";
 import { attachLoop } from "./loop-mount.js";
@@ -48,6 +52,8 @@ export interface RunContainerOptions {
 	/** Filled in as the run goes (device, file system, timings). */
 	report: RunReport;
 	onStarted: (p: StartedProcess) => void;
+	/** A starter spawned ahead of time (spawnStarter); one is spawned here without it. */
+	starter?: Starter;
 	log: (line: string) => void;
 }
 
@@ -77,6 +83,9 @@ export async function runContainer(o: RunContainerOptions): Promise<number> {
 		size: o.source.size,
 		read: async (offset, length) => {
 			const b = await o.source.read(offset, length);
+			report.read ??= { bytes: 0, reads: 0 };
+			report.read.bytes += length;
+			report.read.reads++;
 			if (attachedAt !== undefined && report.timingsMs.firstRead === undefined)
 				report.timingsMs.firstRead = ms(performance.now() - attachedAt);
 			return b;
@@ -128,7 +137,7 @@ export async function runContainer(o: RunContainerOptions): Promise<number> {
 	report.timingsMs.mount = ms(performance.now() - mountStart);
 	o.checkpoint();
 	const execStart = performance.now();
-	const started = startInRoot({
+	const started = (o.starter ?? spawnStarter()).start({
 		root,
 		args: proc.args ?? [],
 		env: proc.env ?? [],

@@ -64,8 +64,8 @@ export interface TraceReplayJson {
 	prefetch?: PrefetchResult;
 }
 
-/** Gaps between a trace's chunks fetched along (chunks). */
-export const REPLAY_GAP_CHUNKS = 2;
+/** Gaps between a trace's chunks fetched along (chunks): 8 cut the numpy start's replay from 79 requests (500 ms) to 62 (380 ms) for 13 % more bytes. */
+export const REPLAY_GAP_CHUNKS = 8;
 /** Prefetch requests at once; the limiter keeps two more slots for on-demand reads. */
 export const REPLAY_CONCURRENCY = 6;
 
