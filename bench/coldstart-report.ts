@@ -199,7 +199,7 @@ export function evaluateTargets(
 					t.push({
 						what,
 						status: x <= 1.5 ? "MET" : "MISSED",
-						detail: `${x.toFixed(2)} (${MB(s.bytesFetched)} MB from the registry, all of it: manifest, config, metadata, chunks; ${MB(s.demandBytes)} MB read from the disk's loop device)`,
+						detail: `${x.toFixed(2)} (${MB(s.bytesFetched)} MB from the registry, all of it: manifest, config, metadata, chunks; ${MB(s.demandBytes)} MB the start read from the disk)`,
 					});
 				}
 			}
