@@ -145,19 +145,8 @@ export async function prefetchChunks(
 	items: readonly PrefetchItem[],
 	o: PrefetchOptions = {},
 ): Promise<PrefetchResult> {
-	const t0 = performance.now();
-	const r: PrefetchResult = {
-		chunks: 0,
-		bytes: 0,
-		requests: 0,
-		alreadyHad: 0,
-		stoppedBy: "done",
-		ms: 0,
-	};
-	const end = () => {
-		r.ms = Math.round((performance.now() - t0) * 10) / 10;
-		return r;
-	};
+	const r = emptyResult();
+	const end = stopwatch(r);
 	try {
 		const sources = disk.layers.map((l) =>
 			isChunkedSource(l.source) ? l.source : undefined,
@@ -319,21 +308,12 @@ export async function prefetchMetadata(
 	fsType: string,
 	o: MetadataPrefetchOptions = {},
 ): Promise<MetadataPrefetchResult> {
-	const t0 = performance.now();
 	const r: MetadataPrefetchResult = {
 		fsType,
 		metadataChunks: 0,
-		chunks: 0,
-		bytes: 0,
-		requests: 0,
-		alreadyHad: 0,
-		stoppedBy: "done",
-		ms: 0,
+		...emptyResult(),
 	};
-	const end = () => {
-		r.ms = Math.round((performance.now() - t0) * 10) / 10;
-		return r;
-	};
+	const end = stopwatch(r);
 	if (
 		(fsType !== "ext4" && fsType !== "erofs") ||
 		!disk.layers.some((l) => isChunkedSource(l.source))
@@ -392,4 +372,24 @@ export async function prefetchMetadata(
 		}
 	}
 	return end();
+}
+
+function emptyResult(): PrefetchResult {
+	return {
+		chunks: 0,
+		bytes: 0,
+		requests: 0,
+		alreadyHad: 0,
+		stoppedBy: "done",
+		ms: 0,
+	};
+}
+
+/** From now: a function that sets `r.ms` to the time since (to 0.1 ms) and returns `r`. */
+function stopwatch<T extends { ms: number }>(r: T): () => T {
+	const t0 = performance.now();
+	return () => {
+		r.ms = Math.round((performance.now() - t0) * 10) / 10;
+		return r;
+	};
 }
