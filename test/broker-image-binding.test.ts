@@ -6,7 +6,7 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { sampleAttester } from "../src/attest/attester.js";
+import { type Attester, sampleAttester } from "../src/attest/attester.js";
 import { toJwk } from "../src/crypto/image-key.js";
 import { loadSealedImage, openSealedImage } from "../src/image/open-image.js";
 import { brokerKeySource } from "../src/kbs/key-provider.js";
@@ -70,6 +70,44 @@ afterAll(async () => {
 describe("a key bound to image digests", () => {
 	const source = () =>
 		brokerKeySource({ url: broker.url, attester: sampleAttester });
+
+	it("begun early, auth and attest run before the image is known, and the resource request still carries it", async () => {
+		let evidenceAt = 0;
+		const attester: Attester = {
+			...sampleAttester,
+			evidence: async (reportData) => {
+				evidenceAt = performance.now();
+				return sampleAttester.evidence(reportData);
+			},
+		};
+		const src = brokerKeySource({
+			url: broker.url,
+			attester,
+			early: true,
+		});
+		// No image asked for yet: the attestation happens anyway (up to 10 s to show it).
+		const until = Date.now() + 10_000;
+		while (evidenceAt === 0 && Date.now() < until)
+			await new Promise((r) => setTimeout(r, 5));
+		expect(evidenceAt).toBeGreaterThan(0);
+		const asked = performance.now();
+		expect(evidenceAt).toBeLessThan(asked);
+		const img = await openSealedImage(
+			{ transport: "oci", dir: oci, tag: "good" },
+			src,
+		);
+		await img.close();
+		// the early session's resource request named the image: the other one is refused
+		const e = await rejection(
+			openSealedImage(
+				{ transport: "oci", dir: oci, tag: "evil" },
+				brokerKeySource({ url: broker.url, attester, early: true }),
+			),
+		);
+		expect(e.code).toBe("POLICY_DENIED");
+		// begun and never used: cancel drops it (the test would not end with a socket left open)
+		brokerKeySource({ url: broker.url, attester, early: true }).cancel();
+	});
 
 	it("opens the pinned image; a tag repointed to another image under the same key is refused", async () => {
 		const img = await openSealedImage(

@@ -58,6 +58,8 @@ export function addKeyOptions(c: Command): Command {
 export async function keySourceFrom(
 	f: KeyFlags,
 	log?: (line: string) => void,
+	/** early: a broker's auth and attest begin at once (the caller cancels what it does not use). */
+	o: { early?: boolean } = {},
 ): Promise<KeySource> {
 	if ([f.key, f.keyDir, f.broker].filter(Boolean).length > 1)
 		throw new DadiError("USAGE", "give one of --key, --key-dir or --broker");
@@ -92,6 +94,7 @@ export async function keySourceFrom(
 		keyKind: parseKeyKind(f.brokerKey),
 		retryForMs: parseBrokerRetry(f.brokerRetry),
 		log,
+		early: o.early,
 	});
 }
 

@@ -56,7 +56,38 @@ export async function openForReading(
 	onImage?: (image: SealedImageRef, referrers: ReferrerStore) => void,
 ): Promise<ReadableImage> {
 	const ref = parseReference(refText);
-	const key = wrapKey(await keySourceFrom(keyFlags, log));
+	// From a registry, a broker's auth and attest begin now, alongside the manifest and config.
+	const raw = await keySourceFrom(keyFlags, log, {
+		early: ref.transport === "docker",
+	});
+	try {
+		return await openWith(
+			ref,
+			refText,
+			wrapKey(raw),
+			flags,
+			sequential,
+			log,
+			onImage,
+		);
+	} finally {
+		// Used by the open, or never to be: what was begun early is dropped.
+		if (typeof raw === "function" && "cancel" in raw)
+			(raw as { cancel(): void }).cancel();
+	}
+}
+
+async function openWith(
+	ref: ReturnType<typeof parseReference>,
+	refText: string,
+	key: KeySource,
+	flags: LazyFlags,
+	sequential: boolean,
+	log: ((line: string) => void) | undefined,
+	onImage:
+		| ((image: SealedImageRef, referrers: ReferrerStore) => void)
+		| undefined,
+): Promise<ReadableImage> {
 	if (ref.transport === "docker") {
 		const o = await lazyOpenOptions(ref, flags);
 		o.log = log;

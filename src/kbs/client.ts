@@ -148,6 +148,21 @@ async function exchangeOnce(
 	wanted: { image?: string },
 	transport: HttpTransport,
 ): Promise<Released> {
+	return (await attestOnce(o, base, transport)).resource(path, wanted);
+}
+
+/** An attested session: its cookie fetches resources until the broker's session TTL. */
+interface AttestedSession {
+	attestedAt: number;
+	resource(path: string, wanted: { image?: string }): Promise<Released>;
+}
+
+/** auth → attest, once (no retry): a session whose cookie fetches resources. */
+async function attestOnce(
+	o: KbsClientOptions,
+	base: URL,
+	transport: HttpTransport,
+): Promise<AttestedSession> {
 	const endpoint = (p: string) =>
 		new URL(`${base.pathname.replace(/\/$/, "")}${p}`, base);
 	let cookie = "";
@@ -255,15 +270,76 @@ async function exchangeOnce(
 			"REMOTE_PROTOCOL",
 			"key broker: the attestation response has no token",
 		);
-	const query = wanted.image
-		? `?image=${encodeURIComponent(wanted.image)}`
-		: "";
-	const jwe = parseFlattenedJwe(
-		await exchange("GET", `/kbs/v0/resource/${path}${query}`),
-		"the key broker's response",
-	);
-	const value = await decryptFromBroker(jwe, privateKey);
-	return { value, token: attested.token, tee: o.attester.tee, hash };
+	const token = attested.token;
+	return {
+		attestedAt: performance.now(),
+		resource: async (path, wanted) => {
+			const query = wanted.image
+				? `?image=${encodeURIComponent(wanted.image)}`
+				: "";
+			const jwe = parseFlattenedJwe(
+				await exchange("GET", `/kbs/v0/resource/${path}${query}`),
+				"the key broker's response",
+			);
+			const value = await decryptFromBroker(jwe, privateKey);
+			return { value, token, tee: o.attester.tee, hash };
+		},
+	};
+}
+
+/** How long an early session is used for its resource request; older, a new exchange is made. */
+export const EARLY_SESSION_MS = 30_000;
+
+/** A broker exchange begun before the resource is known (beginResource). */
+export interface EarlyResource {
+	/** The resource, over the early session when it is usable; otherwise a whole fetchResource. */
+	resource(resourceRef: string, wanted?: { image?: string }): Promise<Released>;
+	/** Drops the early session (when the resource will not be asked for); idempotent. */
+	cancel(): void;
+}
+
+/**
+ * Starts auth → attest at once, before the resource (which names the image) is known, so the
+ * broker's round trips and the evidence overlap the registry's: only the resource request waits
+ * for the image. Nothing is decided early: the policy is applied to the resource request, with
+ * the image, as always. When the early attempt failed on the way (unreachable, overloaded), its
+ * session expired or grew older than EARLY_SESSION_MS, the whole exchange is made again with
+ * fetchResource's retries; a denial is final as always.
+ */
+export function beginResource(o: KbsClientOptions): EarlyResource {
+	const base = parseBrokerUrl(o.url);
+	const transport = openBrokerTransport({
+		caFile: o.caFile,
+		timeoutMs: o.timeoutMs,
+	});
+	const session = transport.then((t) => attestOnce(o, base, t));
+	session.catch(() => {}); // met by resource(), or dropped by cancel()
+	let closed = false;
+	const close = async () => {
+		if (closed) return;
+		closed = true;
+		const t = await transport.catch(() => undefined);
+		await t?.close().catch(() => {});
+	};
+	return {
+		resource: async (resourceRef, wanted = {}) => {
+			const path = resourcePathOf(resourceRef);
+			try {
+				const s = await session;
+				if (!closed && performance.now() - s.attestedAt < EARLY_SESSION_MS)
+					return await s.resource(path, wanted);
+			} catch (e) {
+				const again =
+					isTransient(e) ||
+					(e instanceof DadiError && e.code === "SESSION_INVALID");
+				if (!again) throw e;
+			} finally {
+				await close();
+			}
+			return fetchResource(o, resourceRef, wanted);
+		},
+		cancel: () => void close(),
+	};
 }
 
 function asObject(v: unknown, what: string): Record<string, unknown> {

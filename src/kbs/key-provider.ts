@@ -1,8 +1,13 @@
 /** An image key source that asks a key broker: attest, receive the key, keep it in memory only. */
 import type { Attester } from "../attest/attester.js";
-import { parseImageKey } from "../crypto/image-key.js";
-import type { KeySource } from "../image/open-image.js";
-import { fetchResource } from "./client.js";
+import { type ImageKey, parseImageKey } from "../crypto/image-key.js";
+import type { KeySource, SealedImageRef } from "../image/open-image.js";
+import {
+	beginResource,
+	type EarlyResource,
+	fetchResource,
+	type KbsClientOptions,
+} from "./client.js";
 
 export interface BrokerKeyOptions {
 	url: string;
@@ -14,23 +19,41 @@ export interface BrokerKeyOptions {
 	log?: (line: string) => void;
 }
 
-export function brokerKeySource(o: BrokerKeyOptions): KeySource {
-	return async (image) => {
+/** A key source that may have begun its exchange early; `cancel` drops what was begun. */
+export type BrokerKeySource = KeySource &
+	((image: SealedImageRef) => Promise<ImageKey>) & {
+		cancel(): void;
+	};
+
+/**
+ * With `early`, auth and attest start at once (beginResource) and only the resource request
+ * waits for the image; the first call uses that session, later ones make a whole exchange. Call
+ * `cancel` when the image will not be asked for (its open failed before the key was needed).
+ */
+export function brokerKeySource(
+	o: BrokerKeyOptions & { early?: boolean },
+): BrokerKeySource {
+	const client: KbsClientOptions = {
+		url: o.url,
+		attester: o.attester,
+		caFile: o.caFile,
+		keyKind: o.keyKind,
+		retryForMs: o.retryForMs,
+		onRetry: (e, delay) =>
+			o.log?.(`${e.message}; retrying in ${(delay / 1000).toFixed(1)} s`),
+	};
+	let early: EarlyResource | undefined = o.early
+		? beginResource(client)
+		: undefined;
+	const source = async (image: SealedImageRef): Promise<ImageKey> => {
 		const ref = image.config.key.ref;
 		o.log?.(`attesting (${o.attester.tee}) to ${o.url} for ${ref}`);
-		const released = await fetchResource(
-			{
-				url: o.url,
-				attester: o.attester,
-				caFile: o.caFile,
-				keyKind: o.keyKind,
-				retryForMs: o.retryForMs,
-				onRetry: (e, delay) =>
-					o.log?.(`${e.message}; retrying in ${(delay / 1000).toFixed(1)} s`),
-			},
-			ref,
-			{ image: image.manifestDesc.digest },
-		);
+		const wanted = { image: image.manifestDesc.digest };
+		const begun = early;
+		early = undefined;
+		const released = begun
+			? await begun.resource(ref, wanted)
+			: await fetchResource(client, ref, wanted);
 		try {
 			const key = parseImageKey(
 				released.value.toString("utf8"),
@@ -42,4 +65,10 @@ export function brokerKeySource(o: BrokerKeyOptions): KeySource {
 			released.value.fill(0);
 		}
 	};
+	return Object.assign(source, {
+		cancel: () => {
+			early?.cancel();
+			early = undefined;
+		},
+	});
 }
