@@ -128,6 +128,20 @@ function hclFor(report: Buffer, varData: Buffer, type = 2): Buffer {
 	);
 }
 
+/** The HCL runtime data binding the AK and `digest`, and the report data (its hash) a TEE report carries. */
+function paravisorData(
+	t: Swtpm,
+	digest: Buffer,
+): { varData: Buffer; reportData: Buffer } {
+	const varData = runtimeData({
+		akPublic: createPublicKey(t.akPem),
+		userData: digest,
+	});
+	const reportData = Buffer.alloc(64);
+	createHash("sha256").update(varData).digest().copy(reportData);
+	return { varData, reportData };
+}
+
 /** The attester, with the test writing the HCL report for each digest as Azure's paravisor would. */
 function guest(): Attester {
 	const t = tpm as Swtpm;
@@ -135,12 +149,7 @@ function guest(): Attester {
 	return {
 		tee: inner.tee,
 		async evidence(digest, initData) {
-			const varData = runtimeData({
-				akPublic: createPublicKey(t.akPem),
-				userData: digest,
-			});
-			const reportData = Buffer.alloc(64);
-			createHash("sha256").update(varData).digest().copy(reportData);
+			const { varData, reportData } = paravisorData(t, digest);
 			const report = signedReport(syntheticLeaf().key, {
 				version: 3,
 				reportData,
@@ -158,12 +167,7 @@ function tdxGuest(): Attester {
 	return {
 		tee: inner.tee,
 		async evidence(digest, initData) {
-			const varData = runtimeData({
-				akPublic: createPublicKey(t.akPem),
-				userData: digest,
-			});
-			const reportData = Buffer.alloc(64);
-			createHash("sha256").update(varData).digest().copy(reportData);
+			const { varData, reportData } = paravisorData(t, digest);
 			// A TD report's bytes (MAC'd for the local platform; the verifier checks the quote).
 			const tdReport = Buffer.alloc(1184);
 			tdReport.fill(0x2a, 0, 1024);

@@ -98,6 +98,24 @@ async function serve(
 	return Object.assign(s, { mnt: join(d, "mnt"), statsFile });
 }
 
+/**
+ * Serves `image` whose attached trace must be refused (AUTH_FAILED): the start still reads the
+ * same bytes, and serving stops cleanly. Returns the stopped server (its stderr, its stats).
+ */
+async function servesWithoutTrace(image: string) {
+	const s = await serve(image);
+	try {
+		expect(s.ready.trace).toMatchObject({
+			state: "refused",
+			error: { code: "AUTH_FAILED" },
+		});
+		expect(await readStartupSet(s.mnt)).toEqual(startupHashes);
+	} finally {
+		expect(await s.stop()).toBe(0);
+	}
+	return s;
+}
+
 async function readStartupSet(mnt: string): Promise<string[]> {
 	const out: string[] = [];
 	for (const f of FILES)
@@ -278,16 +296,7 @@ describe("start-up traces", () => {
 				"application/vnd.oci.image.index.v1+json",
 				referrersTag(subjectB),
 			);
-			const s1 = await serve(B);
-			try {
-				expect(s1.ready.trace).toMatchObject({
-					state: "refused",
-					error: { code: "AUTH_FAILED" },
-				});
-				expect(await readStartupSet(s1.mnt)).toEqual(startupHashes);
-			} finally {
-				expect(await s1.stop()).toBe(0);
-			}
+			const s1 = await servesWithoutTrace(B);
 			expect(s1.stderr()).toMatch(
 				/warning: ignoring the image's start-up trace: .*another image/,
 			);
@@ -336,16 +345,7 @@ describe("start-up traces", () => {
 			);
 			const shownA = await seal(["trace", "show", `docker://${reg.host}/${A}`]);
 			expect(shownA.code).toBe(5);
-			const s3 = await serve(A);
-			try {
-				expect(s3.ready.trace).toMatchObject({
-					state: "refused",
-					error: { code: "AUTH_FAILED" },
-				});
-				expect(await readStartupSet(s3.mnt)).toEqual(startupHashes);
-			} finally {
-				expect(await s3.stop()).toBe(0);
-			}
+			await servesWithoutTrace(A);
 			// Put the good trace back for the copy test.
 			await must(
 				seal([

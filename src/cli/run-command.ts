@@ -298,14 +298,9 @@ async function runAction(
 		// alongside attaching, mounting and the container (only --prefetch trace waits for the check).
 		const image = opened.image;
 		const readable = opened;
-		// Without a trace, the file system's metadata is prefetched instead (a trace names what
-		// the start reads, metadata included).
-		const replaying = tracing.ready(image).then(() => {
-			if (!tracing.start(image) && !tracing.closed)
-				void startMetadataPrefetch(readable, opts, debug);
+		await tracing.begin(image, () => {
+			void startMetadataPrefetch(readable, opts, debug);
 		});
-		if (tracing.mode === "trace") await replaying;
-		else replaying.catch(() => {});
 		const imageConfig = await opened.image.imageConfig();
 		const code = await runContainer({
 			starter,

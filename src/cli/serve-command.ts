@@ -195,15 +195,10 @@ export function serveCommand(program: Command, prog: string): void {
 						process.on("SIGUSR1", onUsr1);
 					}
 					// The trace lookup ran alongside the key release and the layer opening; the
-					// prefetch runs alongside the mount.
-					// Without a trace, the file system's metadata is prefetched instead (a trace names
-					// what the start reads, metadata included).
-					const replaying = replay.ready(opened.image).then(() => {
-						if (!replay.start(opened.image) && !replay.closed)
-							void startMetadataPrefetch(opened, opts, log);
+					// prefetch (of the trace, or of the metadata) runs alongside the mount.
+					await replay.begin(opened.image, () => {
+						void startMetadataPrefetch(opened, opts, log);
 					});
-					if (replay.mode === "trace") await replaying;
-					else replaying.catch(() => {});
 					if (opts.runConfig)
 						await writeRunConfig(opts.runConfig, opened.image);
 					serving = await startServing({

@@ -194,6 +194,20 @@ export class TraceReplay {
 		return true;
 	}
 
+	/**
+	 * After the image opened: checks the trace and starts replaying it, or, without a usable
+	 * trace, calls `otherwise` (the metadata prefetch: a trace names what the start reads,
+	 * metadata included). Neither is awaited, except the check in `trace` mode, where a missing
+	 * or refused trace fails the start.
+	 */
+	async begin(image: OpenedImage, otherwise: () => void): Promise<void> {
+		const replaying = this.ready(image).then(() => {
+			if (!this.start(image) && !this.closed) otherwise();
+		});
+		if (this.mode === "trace") await replaying;
+		else replaying.catch(() => {});
+	}
+
 	/** Whether close() was called (nothing more should be started for this image). */
 	get closed(): boolean {
 		return this.#abort.signal.aborted;
